@@ -1,0 +1,66 @@
+# shiftwatch. The two set-up commands are `make demo` and `make test`; each installs what it
+# needs (the Python packages for training and cross-checks, the ONNX Runtime library).
+
+PYTHON ?= python3
+CARGO ?= cargo
+VENV := .venv
+PY := $(VENV)/bin/python
+ORT_VERSION := 1.31.1
+ORT_DIR := vendor/onnxruntime
+ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+# Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
+export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
+
+.PHONY: demo test test-rust test-python lint fmt venv runtime model test-model bench clean-runtime
+
+## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
+demo: runtime venv
+	$(CARGO) build --release --locked
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+## test: every test, Rust and Python (the command CI runs)
+test: test-rust test-python
+
+test-rust: runtime venv
+	$(CARGO) test --locked --all-targets
+
+test-python: venv
+	$(PY) -m pytest training/tests -q
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## venv: the Python environment (training, demo driver, cross-checks)
+venv: $(VENV)/.installed
+$(VENV)/.installed: training/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r training/requirements.txt
+	touch $@
+
+## runtime: libonnxruntime.so from the onnxruntime wheel on PyPI, into vendor/onnxruntime/
+runtime: $(ORT_LIB)
+$(ORT_LIB):
+	rm -rf $(ORT_DIR)/wheel && mkdir -p $(ORT_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: --platform manylinux_2_28_$(shell uname -m) --python-version 3.11 \
+		onnxruntime==$(ORT_VERSION) -d $(ORT_DIR)/wheel
+	$(PYTHON) scripts/unpack_runtime.py $(ORT_DIR)/wheel $(ORT_DIR)
+	rm -rf $(ORT_DIR)/wheel
+	test -f $@
+
+clean-runtime:
+	rm -rf $(ORT_DIR)
+
+## model: regenerate the bundled models, images and fixtures (see training/README.md)
+model: venv
+	$(PY) training/build.py
+
+## bench: the benchmarks behind the README's performance section
+bench: runtime venv
+	$(CARGO) bench --locked --bench pipeline
+	$(CARGO) build --release --locked
+	$(PY) scripts/loadtest.py

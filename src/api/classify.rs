@@ -1,0 +1,195 @@
+//! `POST /v1/models/{model}/classify`: image bytes in, the prediction out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::prediction::{summarize, top_k};
+use crate::preprocess::{self, format_for_media_type};
+
+/// The header that carries the caller's request id (echoed in the answer).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyQuery {
+    top_k: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassPrediction {
+    pub class: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassifyResponse {
+    pub request_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub predictions: Vec<ClassPrediction>,
+    pub confidence: f32,
+    pub margin: f32,
+    pub entropy: f32,
+    pub flags: Vec<&'static str>,
+}
+
+/// The caller's id when it is usable (1..=128 visible ASCII characters), else a new UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get(REQUEST_ID_HEADER) {
+        None => Ok(uuid::Uuid::now_v7().to_string()),
+        Some(v) => {
+            let s = v.to_str().unwrap_or_default();
+            if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                Err(ApiError::bad_request(
+                    "bad_request_id",
+                    "x-request-id must be 1 to 128 visible ASCII characters",
+                ))
+            } else {
+                Ok(s.to_string())
+            }
+        }
+    }
+}
+
+pub async fn classify(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let _started = Instant::now();
+    state.check_model(&model)?;
+    let server = &state.config.server;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let top_k_n = query.top_k.unwrap_or(server.default_top_k);
+    if top_k_n == 0 {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "top_k must be at least 1",
+        ));
+    }
+    let request_id = request_id(&headers)?;
+
+    let declared = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "set Content-Type to the image's type (image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff)",
+            ));
+        }
+        Some(Ok(ct)) if ct.trim().eq_ignore_ascii_case("application/octet-stream") => None,
+        Some(Ok(ct)) if format_for_media_type(ct).is_some() => format_for_media_type(ct),
+        Some(ct) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "unsupported Content-Type `{}`; send image/png, image/jpeg, image/webp, image/gif, image/bmp or image/tiff",
+                    ct.unwrap_or("<not text>")
+                ),
+            ));
+        }
+    };
+    let limit = server.max_body_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(ApiError::payload_too_large(limit));
+    }
+
+    let pool = state.ready_pool()?;
+    let _permit = Arc::clone(&state.admission)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable(
+                "overloaded",
+                "too many requests in flight; retry later",
+                server.retry_after_seconds,
+            )
+        })?;
+
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!("cannot read the body: {e}"),
+            ));
+        }
+    };
+
+    let spec = Arc::clone(pool.spec());
+    let limits = state.config.limits;
+    let tensor = {
+        let spec = Arc::clone(&spec);
+        tokio::task::spawn_blocking(move || {
+            let decoded = preprocess::decode(&bytes, declared, &limits)?;
+            let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
+            preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
+            Ok::<_, preprocess::PreprocessError>(tensor)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("preprocessing task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from_preprocess)?
+    };
+
+    let retry = server.retry_after_seconds;
+    let receiver = pool
+        .submit(tensor)
+        .map_err(|e| ApiError::from_inference(e, retry))?;
+    let inferred = receiver
+        .await
+        .map_err(|_| ApiError::from_inference(crate::inference::InferenceError::Closed, retry))?
+        .map_err(|e| ApiError::from_inference(e, retry))?;
+
+    let probabilities = &inferred.output.probabilities;
+    let summary = summarize(probabilities);
+    let predictions = top_k(probabilities, top_k_n)
+        .into_iter()
+        .map(|(class, probability)| ClassPrediction {
+            class,
+            label: spec.labels[class].clone(),
+            probability,
+        })
+        .collect();
+    let answer = ClassifyResponse {
+        request_id: request_id.clone(),
+        model: spec.name.clone(),
+        model_version: spec.version.clone(),
+        predictions,
+        confidence: summary.confidence,
+        margin: summary.margin,
+        entropy: summary.entropy,
+        flags: Vec::new(),
+    };
+    let mut response = Json(answer).into_response();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    Ok(response)
+}

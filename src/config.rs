@@ -1,0 +1,696 @@
+//! Configuration: the TOML file, `SHIFTWATCH__SECTION__KEY` overrides, and validation.
+//!
+//! The raw structs mirror the file one to one (`deny_unknown_fields`, so a typo is an error
+//! naming the key). [`load`] merges the environment into the parsed table, deserializes it, and
+//! [`RawConfig::validate`] turns it into a [`Config`], reporting every problem at once.
+//! `config/shiftwatch.toml` documents every key; a test checks it stays complete.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "SHIFTWATCH__";
+
+/// Everything wrong with a config, one line per problem, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub runtime: RawRuntime,
+    pub model: RawModel,
+    pub inference: RawInference,
+    pub limits: RawLimits,
+    pub logging: RawLogging,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub max_body_bytes: u64,
+    pub shutdown_grace_seconds: f64,
+    pub retry_after_seconds: u64,
+    pub default_top_k: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 20 * 1024 * 1024,
+            shutdown_grace_seconds: 30.0,
+            retry_after_seconds: 1,
+            default_top_k: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    pub library: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModel {
+    pub name: String,
+    pub path: String,
+    pub labels: Vec<String>,
+    pub execution_providers: Vec<String>,
+    pub require_cuda: bool,
+    pub preprocess: RawPreprocess,
+    pub outputs: RawOutputs,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        RawModel {
+            name: "digits".into(),
+            path: "models/digits.onnx".into(),
+            labels: Vec::new(),
+            execution_providers: vec!["cpu".into()],
+            require_cuda: false,
+            preprocess: RawPreprocess::default(),
+            outputs: RawOutputs::default(),
+        }
+    }
+}
+
+/// Preprocessing overrides. Every key left out comes from the model's own metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPreprocess {
+    pub input: Option<String>,
+    pub layout: Option<String>,
+    pub color: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub resize: Option<String>,
+    pub scale: Option<f32>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+}
+
+/// Output overrides. Every key left out comes from the model's own metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutputs {
+    pub probabilities: Option<String>,
+    pub kind: Option<String>,
+    pub embedding: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawInference {
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub max_batch: usize,
+    pub max_batch_delay_us: u64,
+    pub max_in_flight: usize,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawInference {
+            sessions: 1,
+            intra_threads: 1,
+            inter_threads: 1,
+            max_batch: 32,
+            max_batch_delay_us: 0,
+            max_in_flight: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_image_width: u32,
+    pub max_image_height: u32,
+    pub max_image_pixels: u64,
+    pub max_decode_bytes: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_image_width: 8192,
+            max_image_height: 8192,
+            max_image_pixels: 40_000_000,
+            max_decode_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogging {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            format: "text".into(),
+            level: "info,ort=warn".into(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runtime_library: Option<PathBuf>,
+    pub model: ModelConfig,
+    pub inference: InferenceConfig,
+    pub limits: DecodeLimits,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub retry_after_seconds: u64,
+    pub default_top_k: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionProvider {
+    Cuda,
+    Cpu,
+}
+
+impl fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::Cpu => "cpu",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub labels: Vec<String>,
+    pub execution_providers: Vec<ExecutionProvider>,
+    pub require_cuda: bool,
+    pub preprocess: RawPreprocess,
+    pub outputs: RawOutputs,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub max_batch: usize,
+    pub max_batch_delay: Duration,
+    pub max_in_flight: usize,
+}
+
+/// Limits applied before and while decoding an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_alloc_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Reads `path`, applies environment overrides from `vars`, and validates.
+pub fn load(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path, vars)
+}
+
+/// Like [`load`], from the file's text (`origin` names it in errors).
+pub fn load_str(
+    text: &str,
+    origin: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: origin.to_path_buf(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
+    apply_env(&mut table, vars)?;
+    let raw = parse_table(table)?;
+    raw.validate()
+}
+
+/// Deserializes a merged table, naming the full key path of the first mismatch.
+pub fn parse_table(table: toml::Table) -> Result<RawConfig, ConfigError> {
+    let de = toml::Value::Table(table);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().to_string();
+        // serde reports an unknown field at its parent: name the field itself.
+        let (key, message) = match message.strip_prefix("unknown field `") {
+            Some(rest) => {
+                let field = rest.split('`').next().unwrap_or_default();
+                let full = if key == "." || key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                (full, format!("unknown key ({message})"))
+            }
+            None => (key, message),
+        };
+        ConfigError::Key { key, message }
+    })
+}
+
+/// Merges `SHIFTWATCH__SECTION__KEY=value` variables into the table. A value is read as a
+/// TOML value when it parses as one (`8`, `true`, `["cuda", "cpu"]`), else as a string.
+pub fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in vars {
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            overrides.insert(rest.to_string(), value);
+        }
+    }
+    for (rest, value) in overrides {
+        let var = format!("{ENV_PREFIX}{rest}");
+        let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected SHIFTWATCH__SECTION__KEY".into(),
+            });
+        }
+        let parsed = parse_env_value(&value);
+        let (last, parents) = segments.split_last().expect("split yields a segment");
+        let mut node = &mut *table;
+        for segment in parents {
+            let entry = node
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{segment}` is not a section"),
+                    });
+                }
+            };
+        }
+        node.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let probe = format!("v = {value}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| value.into()),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+impl RawConfig {
+    /// Checks every value and collects every problem before reporting.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError::Key {
+                key: key.to_string(),
+                message,
+            })
+        };
+
+        let listen = match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                bad(
+                    "server.listen",
+                    format!(
+                        "`{}` is not a socket address like 127.0.0.1:8080",
+                        self.server.listen
+                    ),
+                );
+                None
+            }
+        };
+        if self.server.max_body_bytes == 0 {
+            bad("server.max_body_bytes", "must be at least 1".into());
+        }
+        if !(self.server.shutdown_grace_seconds.is_finite()
+            && self.server.shutdown_grace_seconds >= 0.0)
+        {
+            bad(
+                "server.shutdown_grace_seconds",
+                "must be a non-negative number".into(),
+            );
+        }
+        if self.server.default_top_k == 0 {
+            bad("server.default_top_k", "must be at least 1".into());
+        }
+
+        if self.model.name.is_empty()
+            || !self
+                .model
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bad(
+                "model.name",
+                "must be non-empty and use only letters, digits, `-`, `_` and `.`".into(),
+            );
+        }
+        if self.model.path.is_empty() {
+            bad("model.path", "must name the .onnx file".into());
+        }
+        let mut providers = Vec::new();
+        for (i, p) in self.model.execution_providers.iter().enumerate() {
+            match p.to_ascii_lowercase().as_str() {
+                "cuda" => providers.push(ExecutionProvider::Cuda),
+                "cpu" => providers.push(ExecutionProvider::Cpu),
+                other => bad(
+                    &format!("model.execution_providers[{i}]"),
+                    format!("unknown execution provider `{other}` (known: cuda, cpu)"),
+                ),
+            }
+        }
+        if self.model.execution_providers.is_empty() {
+            bad(
+                "model.execution_providers",
+                "must list at least one provider, e.g. [\"cpu\"]".into(),
+            );
+        }
+        if self.model.require_cuda && !providers.contains(&ExecutionProvider::Cuda) {
+            bad(
+                "model.require_cuda",
+                "is true but model.execution_providers does not list \"cuda\"".into(),
+            );
+        }
+        validate_preprocess(&self.model.preprocess, &mut bad);
+        if let Some(kind) = &self.model.outputs.kind
+            && !matches!(kind.as_str(), "probabilities" | "logits")
+        {
+            bad(
+                "model.outputs.kind",
+                format!("`{kind}` is neither `probabilities` nor `logits`"),
+            );
+        }
+
+        let inf = &self.inference;
+        for (key, v, lo, hi) in [
+            ("inference.sessions", inf.sessions, 1, 64),
+            ("inference.intra_threads", inf.intra_threads, 1, 256),
+            ("inference.inter_threads", inf.inter_threads, 1, 256),
+            ("inference.max_batch", inf.max_batch, 1, 4096),
+            ("inference.max_in_flight", inf.max_in_flight, 1, 1_000_000),
+        ] {
+            if v < lo || v > hi {
+                bad(key, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+        if inf.max_batch_delay_us > 1_000_000 {
+            bad(
+                "inference.max_batch_delay_us",
+                "must be at most 1000000 (one second)".into(),
+            );
+        }
+
+        let lim = &self.limits;
+        for (key, v) in [
+            ("limits.max_image_width", u64::from(lim.max_image_width)),
+            ("limits.max_image_height", u64::from(lim.max_image_height)),
+            ("limits.max_image_pixels", lim.max_image_pixels),
+            ("limits.max_decode_bytes", lim.max_decode_bytes),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+
+        let format = match self.logging.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                bad(
+                    "logging.format",
+                    format!("`{other}` is neither `text` nor `json`"),
+                );
+                LogFormat::Text
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.logging.level) {
+            bad("logging.level", format!("not a valid filter: {e}"));
+        }
+
+        if !errors.is_empty() {
+            return Err(if errors.len() == 1 {
+                errors.pop().expect("one error")
+            } else {
+                ConfigError::Many(errors)
+            });
+        }
+
+        Ok(Config {
+            server: ServerConfig {
+                listen: listen.expect("validated"),
+                max_body_bytes: usize::try_from(self.server.max_body_bytes).unwrap_or(usize::MAX),
+                shutdown_grace: Duration::from_secs_f64(self.server.shutdown_grace_seconds),
+                retry_after_seconds: self.server.retry_after_seconds,
+                default_top_k: self.server.default_top_k,
+            },
+            runtime_library: (!self.runtime.library.is_empty())
+                .then(|| PathBuf::from(&self.runtime.library)),
+            model: ModelConfig {
+                name: self.model.name,
+                path: PathBuf::from(self.model.path),
+                labels: self.model.labels,
+                execution_providers: providers,
+                require_cuda: self.model.require_cuda,
+                preprocess: self.model.preprocess,
+                outputs: self.model.outputs,
+            },
+            inference: InferenceConfig {
+                sessions: inf.sessions,
+                intra_threads: inf.intra_threads,
+                inter_threads: inf.inter_threads,
+                max_batch: inf.max_batch,
+                max_batch_delay: Duration::from_micros(inf.max_batch_delay_us),
+                max_in_flight: inf.max_in_flight,
+            },
+            limits: DecodeLimits {
+                max_width: lim.max_image_width,
+                max_height: lim.max_image_height,
+                max_pixels: lim.max_image_pixels,
+                max_alloc_bytes: lim.max_decode_bytes,
+            },
+            logging: LoggingConfig {
+                format,
+                level: self.logging.level,
+            },
+        })
+    }
+}
+
+fn validate_preprocess(p: &RawPreprocess, bad: &mut impl FnMut(&str, String)) {
+    if let Some(layout) = &p.layout
+        && !matches!(layout.as_str(), "nchw" | "nhwc")
+    {
+        bad(
+            "model.preprocess.layout",
+            format!("`{layout}` is neither `nchw` nor `nhwc`"),
+        );
+    }
+    if let Some(color) = &p.color
+        && !matches!(color.as_str(), "rgb" | "bgr" | "grayscale")
+    {
+        bad(
+            "model.preprocess.color",
+            format!("`{color}` is not one of `rgb`, `bgr`, `grayscale`"),
+        );
+    }
+    if let Some(resize) = &p.resize
+        && !matches!(resize.as_str(), "area" | "bilinear" | "nearest")
+    {
+        bad(
+            "model.preprocess.resize",
+            format!("`{resize}` is not one of `area`, `bilinear`, `nearest`"),
+        );
+    }
+    for (key, v) in [
+        ("model.preprocess.width", p.width),
+        ("model.preprocess.height", p.height),
+    ] {
+        if let Some(v) = v
+            && !(1..=8192).contains(&v)
+        {
+            bad(key, format!("{v} is outside 1..=8192"));
+        }
+    }
+    if let Some(scale) = p.scale
+        && !(scale.is_finite() && scale > 0.0)
+    {
+        bad("model.preprocess.scale", "must be a positive number".into());
+    }
+    if let Some(mean) = &p.mean
+        && (mean.is_empty() || mean.iter().any(|m| !m.is_finite()))
+    {
+        bad(
+            "model.preprocess.mean",
+            "must list one finite number per channel".into(),
+        );
+    }
+    if let Some(std) = &p.std
+        && (std.is_empty() || std.iter().any(|s| !(s.is_finite() && *s > 0.0)))
+    {
+        bad(
+            "model.preprocess.std",
+            "must list one positive number per channel".into(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load_str(
+            text,
+            Path::new("test.toml"),
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_text("", &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.model.execution_providers, vec![ExecutionProvider::Cpu]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_text("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("server.listne"), "{msg}");
+        let err = load_text("[sever]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("`sever`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = load_text("[inference]\nsessions = \"two\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inference.sessions"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = load_text(
+            "[server]\nlisten = \"nowhere\"\n[inference]\nsessions = 0\n[logging]\nformat = \"xml\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["server.listen", "inference.sessions", "logging.format"] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load_text(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("SHIFTWATCH__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("SHIFTWATCH__INFERENCE__MAX_BATCH", "8"),
+                (
+                    "SHIFTWATCH__MODEL__EXECUTION_PROVIDERS",
+                    "[\"cuda\", \"cpu\"]",
+                ),
+                ("SHIFTWATCH__MODEL__PREPROCESS__WIDTH", "64"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.inference.max_batch, 8);
+        assert_eq!(
+            c.model.execution_providers,
+            vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+        );
+        assert_eq!(c.model.preprocess.width, Some(64));
+    }
+
+    #[test]
+    fn unknown_environment_key_is_rejected() {
+        let err = load_text("", &[("SHIFTWATCH__SERVER__LISTN", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listn"), "{err}");
+    }
+
+    #[test]
+    fn require_cuda_needs_cuda_listed() {
+        let err = load_text("[model]\nrequire_cuda = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model.require_cuda"), "{err}");
+    }
+}

@@ -1,0 +1,225 @@
+//! The inference workers: one OS thread per ONNX Runtime session, fed by one bounded queue.
+//!
+//! A worker takes the first waiting image, then whatever else is queued (up to `max_batch`,
+//! waiting at most `max_batch_delay` for more), runs them as one batch and answers each caller
+//! through its own channel. Sessions never run on the async runtime's threads, and
+//! `Session::run` (`&mut self`) is never shared: each session belongs to one thread.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use ort::session::Session;
+use tokio::sync::oneshot;
+
+use crate::config::InferenceConfig;
+use crate::model::{LoadedModel, ModelSpec, RawOutput, run_batch};
+
+/// Why an image got no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InferenceError {
+    #[error("the inference queue is full")]
+    QueueFull,
+    #[error("the inference workers have stopped")]
+    Closed,
+    #[error("inference failed: {0}")]
+    Failed(String),
+}
+
+/// One image's result and how it was computed.
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub output: RawOutput,
+    /// How many images shared the batch.
+    pub batch_size: usize,
+    /// Time inside ONNX Runtime for the whole batch.
+    pub inference: Duration,
+    /// Time spent waiting in the queue.
+    pub queued: Duration,
+}
+
+struct Job {
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Inferred, InferenceError>>,
+}
+
+/// The running workers and the queue in front of them.
+pub struct InferencePool {
+    spec: Arc<ModelSpec>,
+    sender: Mutex<Option<Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for InferencePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferencePool")
+            .field("model", &self.spec.name)
+            .field("queue_depth", &self.queue_depth())
+            .finish()
+    }
+}
+
+impl InferencePool {
+    /// Starts one worker per session; the queue holds at most `queue_capacity` images.
+    pub fn start(model: LoadedModel, config: &InferenceConfig, queue_capacity: usize) -> Self {
+        let spec = Arc::new(model.spec);
+        let max_batch = config.max_batch.min(spec.max_batch).max(1);
+        let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
+        let workers = model
+            .sessions
+            .into_iter()
+            .enumerate()
+            .map(|(i, session)| {
+                let worker = Worker {
+                    session,
+                    spec: Arc::clone(&spec),
+                    receiver: receiver.clone(),
+                    max_batch,
+                    max_delay: config.max_batch_delay,
+                };
+                std::thread::Builder::new()
+                    .name(format!("inference-{i}"))
+                    .spawn(move || worker.run())
+                    .expect("spawning an inference thread")
+            })
+            .collect();
+        InferencePool {
+            spec,
+            sender: Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+        }
+    }
+
+    pub fn spec(&self) -> &Arc<ModelSpec> {
+        &self.spec
+    }
+
+    /// Queues one preprocessed image; the receiver yields its result.
+    pub fn submit(
+        &self,
+        input: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<Inferred, InferenceError>>, InferenceError> {
+        debug_assert_eq!(input.len(), self.spec.preprocess.tensor_len());
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        };
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = sender.as_ref().ok_or(InferenceError::Closed)?;
+        match sender.try_send(job) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => Err(InferenceError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(InferenceError::Closed),
+        }
+    }
+
+    /// Images waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        sender.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Stops taking work, lets the workers finish what is queued, and joins them.
+    /// Later submissions get [`InferenceError::Closed`].
+    pub fn close(&self) {
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let workers: Vec<_> = self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for worker in workers {
+            if worker.join().is_err() {
+                tracing::error!("an inference worker panicked");
+            }
+        }
+    }
+}
+
+impl Drop for InferencePool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Worker {
+    session: Session,
+    spec: Arc<ModelSpec>,
+    receiver: Receiver<Job>,
+    max_batch: usize,
+    max_delay: Duration,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let per_image = self.spec.preprocess.tensor_len();
+        let mut jobs: Vec<Job> = Vec::with_capacity(self.max_batch);
+        let mut input: Vec<f32> = Vec::with_capacity(self.max_batch * per_image);
+        while let Ok(first) = self.receiver.recv() {
+            jobs.push(first);
+            self.fill(&mut jobs);
+            // A caller that went away (client disconnected) needs no result.
+            jobs.retain(|j| !j.reply.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            input.clear();
+            for job in &jobs {
+                input.extend_from_slice(&job.input);
+            }
+            let started = Instant::now();
+            let n = jobs.len();
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                run_batch(&mut self.session, &self.spec, &input, n)
+            }));
+            let inference = started.elapsed();
+            match result {
+                Ok(Ok(outputs)) => {
+                    for (job, output) in jobs.drain(..).zip(outputs) {
+                        let queued = started.saturating_duration_since(job.enqueued);
+                        let _ = job.reply.send(Ok(Inferred {
+                            output,
+                            batch_size: n,
+                            inference,
+                            queued,
+                        }));
+                    }
+                }
+                Ok(Err(e)) => self.fail(&mut jobs, e.to_string()),
+                Err(_) => self.fail(&mut jobs, "onnx runtime panicked".to_string()),
+            }
+        }
+    }
+
+    /// Adds queued jobs to the batch, waiting at most `max_delay` for more.
+    fn fill(&self, jobs: &mut Vec<Job>) {
+        let deadline = Instant::now() + self.max_delay;
+        while jobs.len() < self.max_batch {
+            match self.receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) if self.max_delay.is_zero() => return,
+                Err(TryRecvError::Empty) => match self.receiver.recv_deadline(deadline) {
+                    Ok(job) => jobs.push(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+                },
+            }
+        }
+    }
+
+    fn fail(&self, jobs: &mut Vec<Job>, message: String) {
+        tracing::error!(error = %message, batch = jobs.len(), "inference failed");
+        for job in jobs.drain(..) {
+            let _ = job.reply.send(Err(InferenceError::Failed(message.clone())));
+        }
+    }
+}

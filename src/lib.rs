@@ -1,0 +1,12 @@
+//! shiftwatch: a sidecar that serves an ONNX image classifier and watches it for
+//! overconfidence and shift. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod inference;
+pub mod model;
+pub mod prediction;
+pub mod preprocess;
+pub mod server;
+pub mod telemetry;

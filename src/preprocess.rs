@@ -1,0 +1,566 @@
+//! Image bytes to model input: decode under limits, EXIF orientation, colour, resize, scale, layout.
+//!
+//! Pure: no IO, no ONNX Runtime. Every step is defined here exactly (the resize filters and the
+//! grayscale weights included) so that training code can reproduce it bit for bit; see
+//! `training/README.md` for the Python side.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
+
+use crate::config::DecodeLimits;
+
+/// Memory order of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Nchw,
+    Nhwc,
+}
+
+/// Channels the model expects, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Color {
+    Rgb,
+    Bgr,
+    Grayscale,
+}
+
+impl Color {
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Grayscale => 1,
+            Color::Rgb | Color::Bgr => 3,
+        }
+    }
+}
+
+/// How the decoded image is brought to the model's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// Box filter: each output pixel is the mean of the source area it covers, partial pixels
+    /// weighted by their overlap. Exact for integer downscale factors.
+    Area,
+    /// Linear interpolation between the two nearest source pixels, pixel centres at +0.5,
+    /// edges clamped (no antialiasing).
+    Bilinear,
+    /// The source pixel whose area contains the output pixel's centre.
+    Nearest,
+}
+
+impl Layout {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "nchw" => Some(Layout::Nchw),
+            "nhwc" => Some(Layout::Nhwc),
+            _ => None,
+        }
+    }
+}
+
+impl Color {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "rgb" => Some(Color::Rgb),
+            "bgr" => Some(Color::Bgr),
+            "grayscale" => Some(Color::Grayscale),
+            _ => None,
+        }
+    }
+}
+
+impl Resize {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "area" => Some(Resize::Area),
+            "bilinear" => Some(Resize::Bilinear),
+            "nearest" => Some(Resize::Nearest),
+            _ => None,
+        }
+    }
+}
+
+/// The model's preprocessing: input value = (pixel × scale − mean\[c\]) / std\[c\].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub width: u32,
+    pub height: u32,
+    pub color: Color,
+    pub layout: Layout,
+    pub resize: Resize,
+    pub scale: f32,
+    /// One value per channel (already broadcast).
+    pub mean: Vec<f32>,
+    /// One value per channel (already broadcast).
+    pub std: Vec<f32>,
+}
+
+impl Preprocess {
+    /// Number of f32 values one image occupies in the input tensor.
+    pub fn tensor_len(&self) -> usize {
+        self.width as usize * self.height as usize * self.color.channels()
+    }
+
+    /// The per-image tensor shape (without the batch dimension).
+    pub fn image_shape(&self) -> [i64; 3] {
+        let (c, h, w) = (
+            self.color.channels() as i64,
+            i64::from(self.height),
+            i64::from(self.width),
+        );
+        match self.layout {
+            Layout::Nchw => [c, h, w],
+            Layout::Nhwc => [h, w, c],
+        }
+    }
+}
+
+/// Why an image could not be turned into a tensor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("cannot decode image: {0}")]
+    BadImage(String),
+    #[error("image too large: {0}")]
+    TooLarge(String),
+}
+
+/// The image formats served, by media type (parameters such as `; charset` ignored).
+pub fn format_for_media_type(media_type: &str) -> Option<ImageFormat> {
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "image/png" => Some(ImageFormat::Png),
+        "image/jpeg" | "image/jpg" => Some(ImageFormat::Jpeg),
+        "image/webp" => Some(ImageFormat::WebP),
+        "image/gif" => Some(ImageFormat::Gif),
+        "image/bmp" | "image/x-ms-bmp" => Some(ImageFormat::Bmp),
+        "image/tiff" => Some(ImageFormat::Tiff),
+        _ => None,
+    }
+}
+
+/// A decoded image, upright (EXIF orientation applied).
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+}
+
+impl DecodedImage {
+    pub fn width(&self) -> u32 {
+        self.image.width()
+    }
+    pub fn height(&self) -> u32 {
+        self.image.height()
+    }
+}
+
+/// Decodes `bytes`. The format is sniffed from the content (falling back to `declared`); the
+/// dimensions and the decoder's memory are checked against `limits` before any pixel is decoded.
+pub fn decode(
+    bytes: &[u8],
+    declared: Option<ImageFormat>,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::BadImage("the body is empty".into()));
+    }
+    // Decoders are third-party code fed hostile bytes: a panic in one must not take a worker down.
+    match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, declared, limits))) {
+        Ok(result) => result,
+        Err(_) => Err(PreprocessError::BadImage(
+            "the decoder failed on malformed data".into(),
+        )),
+    }
+}
+
+fn decode_inner(
+    bytes: &[u8],
+    declared: Option<ImageFormat>,
+    limits: &DecodeLimits,
+) -> Result<DecodedImage, PreprocessError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    if let Some(format) = declared {
+        reader.set_format(format);
+    }
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::BadImage(e.to_string()))?;
+    let Some(format) = reader.format() else {
+        return Err(PreprocessError::UnsupportedMediaType(
+            "the content is not a recognised image format".into(),
+        ));
+    };
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_width);
+    decoder_limits.max_image_height = Some(limits.max_height);
+    decoder_limits.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(decoder_limits);
+
+    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::BadImage(format!(
+            "the image has no pixels ({width}x{height})"
+        )));
+    }
+    if width > limits.max_width || height > limits.max_height {
+        return Err(PreprocessError::TooLarge(format!(
+            "{width}x{height} exceeds the limit of {}x{}",
+            limits.max_width, limits.max_height
+        )));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(PreprocessError::TooLarge(format!(
+            "{width}x{height} = {pixels} pixels exceeds the limit of {}",
+            limits.max_pixels
+        )));
+    }
+    if decoder.total_bytes() > limits.max_alloc_bytes {
+        return Err(PreprocessError::TooLarge(format!(
+            "decoding needs {} bytes, over the limit of {}",
+            decoder.total_bytes(),
+            limits.max_alloc_bytes
+        )));
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    image.apply_orientation(orientation);
+    Ok(DecodedImage { image, format })
+}
+
+fn image_error(e: ImageError) -> PreprocessError {
+    match e {
+        ImageError::Limits(e) => PreprocessError::TooLarge(e.to_string()),
+        ImageError::Unsupported(e) => PreprocessError::UnsupportedMediaType(e.to_string()),
+        other => PreprocessError::BadImage(other.to_string()),
+    }
+}
+
+/// Grayscale from RGB with the ITU-R 601-2 weights in the 16-bit fixed point Pillow uses for
+/// `convert("L")`, so a model trained on Pillow's grayscale sees the same values here.
+pub fn luma_601(r: u8, g: u8, b: u8) -> u8 {
+    ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Writes the model input for one image into `out` (length [`Preprocess::tensor_len`]).
+pub fn to_tensor(image: &DynamicImage, spec: &Preprocess, out: &mut [f32]) {
+    assert_eq!(
+        out.len(),
+        spec.tensor_len(),
+        "output slice has the wrong length"
+    );
+    let (src_w, src_h) = (image.width() as usize, image.height() as usize);
+    let (dst_w, dst_h) = (spec.width as usize, spec.height as usize);
+    let channels = spec.color.channels();
+
+    // Source planes in the model's channel order, as f32 pixel values 0..255.
+    let planes: Vec<Vec<f32>> = match spec.color {
+        Color::Grayscale => {
+            let plane = match image {
+                DynamicImage::ImageLuma8(gray) => {
+                    gray.as_raw().iter().map(|&v| f32::from(v)).collect()
+                }
+                other => other
+                    .to_rgb8()
+                    .pixels()
+                    .map(|p| f32::from(luma_601(p[0], p[1], p[2])))
+                    .collect(),
+            };
+            vec![plane]
+        }
+        Color::Rgb | Color::Bgr => {
+            let rgb = image.to_rgb8();
+            let mut planes: Vec<Vec<f32>> =
+                (0..3).map(|_| Vec::with_capacity(src_w * src_h)).collect();
+            for p in rgb.pixels() {
+                for (c, plane) in planes.iter_mut().enumerate() {
+                    plane.push(f32::from(p[c]));
+                }
+            }
+            if spec.color == Color::Bgr {
+                planes.swap(0, 2);
+            }
+            planes
+        }
+    };
+
+    let columns = resize_weights(src_w, dst_w, spec.resize);
+    let rows = resize_weights(src_h, dst_h, spec.resize);
+    let mut horizontal = vec![0f32; src_h * dst_w];
+    for (c, plane) in planes.iter().enumerate() {
+        // Horizontal pass: src_h × dst_w.
+        for y in 0..src_h {
+            let row = &plane[y * src_w..(y + 1) * src_w];
+            for (x, w) in columns.iter().enumerate() {
+                horizontal[y * dst_w + x] = w.apply(|i| row[i]);
+            }
+        }
+        // Vertical pass, written straight into the tensor.
+        let (mean, std) = (spec.mean[c], spec.std[c]);
+        for (y, w) in rows.iter().enumerate() {
+            for x in 0..dst_w {
+                let pixel = w.apply(|i| horizontal[i * dst_w + x]);
+                let value = (pixel * spec.scale - mean) / std;
+                let idx = match spec.layout {
+                    Layout::Nchw => (c * dst_h + y) * dst_w + x,
+                    Layout::Nhwc => (y * dst_w + x) * channels + c,
+                };
+                out[idx] = value;
+            }
+        }
+    }
+}
+
+/// The source pixels one output pixel reads, with their weights (summing to 1).
+#[derive(Debug, Clone, PartialEq)]
+struct Taps {
+    start: usize,
+    weights: Vec<f32>,
+}
+
+impl Taps {
+    #[inline]
+    fn apply(&self, read: impl Fn(usize) -> f32) -> f32 {
+        if self.weights.len() == 1 {
+            return read(self.start);
+        }
+        let mut acc = 0f32;
+        for (k, w) in self.weights.iter().enumerate() {
+            acc += w * read(self.start + k);
+        }
+        acc
+    }
+}
+
+fn resize_weights(src: usize, dst: usize, filter: Resize) -> Vec<Taps> {
+    if src == dst {
+        return (0..dst)
+            .map(|i| Taps {
+                start: i,
+                weights: vec![1.0],
+            })
+            .collect();
+    }
+    let ratio = src as f64 / dst as f64;
+    (0..dst)
+        .map(|o| match filter {
+            Resize::Nearest => {
+                let i = (((o as f64 + 0.5) * ratio).floor() as usize).min(src - 1);
+                Taps {
+                    start: i,
+                    weights: vec![1.0],
+                }
+            }
+            Resize::Bilinear => {
+                let pos = ((o as f64 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f64);
+                let i0 = pos.floor() as usize;
+                let frac = pos - i0 as f64;
+                if i0 + 1 >= src || frac == 0.0 {
+                    Taps {
+                        start: i0,
+                        weights: vec![1.0],
+                    }
+                } else {
+                    Taps {
+                        start: i0,
+                        weights: vec![(1.0 - frac) as f32, frac as f32],
+                    }
+                }
+            }
+            Resize::Area => {
+                let lo = o as f64 * ratio;
+                let hi = ((o + 1) as f64 * ratio).min(src as f64);
+                let first = lo.floor() as usize;
+                let last = (hi.ceil() as usize).clamp(first + 1, src);
+                let weights: Vec<f32> = (first..last)
+                    .map(|i| {
+                        let overlap = (hi.min(i as f64 + 1.0) - lo.max(i as f64)).max(0.0);
+                        (overlap / (hi - lo)) as f32
+                    })
+                    .collect();
+                Taps {
+                    start: first,
+                    weights,
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+
+    fn spec(w: u32, h: u32, color: Color, layout: Layout, resize: Resize) -> Preprocess {
+        let c = color.channels();
+        Preprocess {
+            width: w,
+            height: h,
+            color,
+            layout,
+            resize,
+            scale: 1.0,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
+    }
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_width: 1000,
+        max_height: 1000,
+        max_pixels: 100_000,
+        max_alloc_bytes: 64 * 1024 * 1024,
+    };
+
+    fn png(image: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn area_downscale_of_blocks_is_exact() {
+        // An 8x8 pattern upscaled 4x by nearest neighbour comes back exactly.
+        let small = GrayImage::from_fn(8, 8, |x, y| Luma([((x * 8 + y) * 3) as u8]));
+        let big = GrayImage::from_fn(32, 32, |x, y| *small.get_pixel(x / 4, y / 4));
+        let s = spec(8, 8, Color::Grayscale, Layout::Nchw, Resize::Area);
+        let mut out = vec![0.0; 64];
+        to_tensor(&DynamicImage::ImageLuma8(big), &s, &mut out);
+        for y in 0..8 {
+            for x in 0..8 {
+                assert_eq!(
+                    out[y * 8 + x],
+                    f32::from(small.get_pixel(x as u32, y as u32)[0])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn area_weights_cover_fractional_pixels() {
+        let taps = resize_weights(3, 2, Resize::Area);
+        assert_eq!(taps[0].start, 0);
+        assert_eq!(taps[0].weights.len(), 2);
+        assert!((taps[0].weights[0] - 2.0 / 3.0).abs() < 1e-6);
+        assert!((taps[0].weights[1] - 1.0 / 3.0).abs() < 1e-6);
+        for t in resize_weights(37, 5, Resize::Area) {
+            let sum: f32 = t.weights.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn bilinear_and_nearest_follow_their_definitions() {
+        // 4 → 2: bilinear samples at 0.5 and 2.5 → mean of neighbours.
+        let t = resize_weights(4, 2, Resize::Bilinear);
+        assert_eq!((t[0].start, t[0].weights.clone()), (0, vec![0.5, 0.5]));
+        assert_eq!((t[1].start, t[1].weights.clone()), (2, vec![0.5, 0.5]));
+        let n = resize_weights(4, 2, Resize::Nearest);
+        assert_eq!((n[0].start, n[1].start), (1, 3));
+    }
+
+    #[test]
+    fn layouts_scaling_and_channel_order() {
+        let img = RgbImage::from_fn(2, 1, |x, _| {
+            if x == 0 {
+                Rgb([10, 20, 30])
+            } else {
+                Rgb([40, 50, 60])
+            }
+        });
+        let img = DynamicImage::ImageRgb8(img);
+        let mut s = spec(2, 1, Color::Rgb, Layout::Nchw, Resize::Area);
+        s.scale = 0.5;
+        s.mean = vec![1.0, 2.0, 3.0];
+        s.std = vec![2.0, 2.0, 2.0];
+        let mut out = vec![0.0; 6];
+        to_tensor(&img, &s, &mut out);
+        assert_eq!(out, vec![2.0, 9.5, 4.0, 11.5, 6.0, 13.5]);
+        s.layout = Layout::Nhwc;
+        to_tensor(&img, &s, &mut out);
+        assert_eq!(out, vec![2.0, 4.0, 6.0, 9.5, 11.5, 13.5]);
+        s.color = Color::Bgr;
+        to_tensor(&img, &s, &mut out);
+        // BGR: channel 0 is blue, normalised with mean[0]/std[0].
+        assert_eq!(out[0], (30.0 * 0.5 - 1.0) / 2.0);
+        assert_eq!(out[2], (10.0 * 0.5 - 3.0) / 2.0);
+    }
+
+    #[test]
+    fn grayscale_uses_pillow_weights() {
+        assert_eq!(luma_601(255, 255, 255), 255);
+        assert_eq!(luma_601(0, 0, 0), 0);
+        // Pillow: Image.new("RGB", (1, 1), (200, 100, 50)).convert("L") → 124
+        assert_eq!(luma_601(200, 100, 50), 124);
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(1, 1, Rgb([200, 100, 50])));
+        let mut out = vec![0.0; 1];
+        to_tensor(
+            &img,
+            &spec(1, 1, Color::Grayscale, Layout::Nchw, Resize::Area),
+            &mut out,
+        );
+        assert_eq!(out[0], 124.0);
+    }
+
+    #[test]
+    fn decode_round_trips_and_sniffs() {
+        let img = DynamicImage::ImageLuma8(GrayImage::from_fn(5, 3, |x, y| Luma([(x + y) as u8])));
+        let bytes = png(&img);
+        // A wrong declared type is overridden by the content.
+        let d = decode(&bytes, Some(ImageFormat::Jpeg), &LIMITS).unwrap();
+        assert_eq!((d.width(), d.height(), d.format), (5, 3, ImageFormat::Png));
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors_not_panics() {
+        assert!(matches!(
+            decode(b"", None, &LIMITS),
+            Err(PreprocessError::BadImage(_))
+        ));
+        assert!(matches!(
+            decode(b"hello, not an image", None, &LIMITS),
+            Err(PreprocessError::UnsupportedMediaType(_))
+        ));
+        let bytes = png(&DynamicImage::ImageLuma8(GrayImage::new(40, 40)));
+        for cut in [8, 20, 33, bytes.len() - 5] {
+            let r = decode(&bytes[..cut], None, &LIMITS);
+            assert!(
+                matches!(r, Err(PreprocessError::BadImage(_))),
+                "cut {cut}: {r:?}"
+            );
+        }
+        let wide = png(&DynamicImage::ImageLuma8(GrayImage::new(1001, 1)));
+        assert!(matches!(
+            decode(&wide, None, &LIMITS),
+            Err(PreprocessError::TooLarge(_))
+        ));
+        let many = png(&DynamicImage::ImageLuma8(GrayImage::new(400, 400)));
+        assert!(matches!(
+            decode(&many, None, &LIMITS),
+            Err(PreprocessError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(format_for_media_type("image/png"), Some(ImageFormat::Png));
+        assert_eq!(
+            format_for_media_type("IMAGE/JPEG; q=1"),
+            Some(ImageFormat::Jpeg)
+        );
+        assert_eq!(format_for_media_type("text/plain"), None);
+    }
+}

@@ -1,0 +1,438 @@
+//! `shiftwatch serve`: predictions match training, any model shape, every error, shutdown.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{Server, labels_csv, read, read_response, repo};
+
+/// Rebuilds the full probability vector from a classify answer with top_k = classes.
+fn probabilities(answer: &Value, classes: usize) -> Vec<f64> {
+    let mut p = vec![f64::NAN; classes];
+    for item in answer["predictions"].as_array().expect("predictions") {
+        let class = item["class"].as_u64().unwrap() as usize;
+        p[class] = item["probability"].as_f64().unwrap();
+    }
+    p
+}
+
+fn png_bytes(image: &image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+#[test]
+fn bundled_images_reproduce_training_probabilities() {
+    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
+    let images = fixture["images"].as_array().unwrap().clone();
+    assert!(
+        images.len() > 1000,
+        "fixture covers every bundled traffic image"
+    );
+    let server = Server::start(&[]);
+    let checked = std::sync::atomic::AtomicUsize::new(0);
+    let worst = std::sync::Mutex::new(0f64);
+    std::thread::scope(|scope| {
+        for chunk in images.chunks(images.len().div_ceil(4)) {
+            let server = &server;
+            let (checked, worst) = (&checked, &worst);
+            scope.spawn(move || {
+                for image in chunk {
+                    let file = image["file"].as_str().unwrap();
+                    let r = server.post(
+                        "/v1/models/digits/classify?top_k=10",
+                        Some("image/png"),
+                        &read(file),
+                    );
+                    assert_eq!(
+                        r.status,
+                        200,
+                        "{file}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                    let got = probabilities(&r.json(), 10);
+                    for (g, want) in got.iter().zip(image["probabilities"].as_array().unwrap()) {
+                        let diff = (g - want.as_f64().unwrap()).abs();
+                        assert!(
+                            diff <= 1e-4,
+                            "{file}: {got:?} vs {}",
+                            image["probabilities"]
+                        );
+                        let mut w = worst.lock().unwrap();
+                        *w = w.max(diff);
+                    }
+                    checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let checked = checked.into_inner();
+    assert_eq!(checked, images.len());
+    println!(
+        "{checked} images match the training fixture; largest difference {:e}",
+        worst.into_inner().unwrap()
+    );
+}
+
+#[test]
+fn answer_has_the_contract_fields_and_request_id() {
+    let server = Server::start(&[]);
+    let labels = labels_csv("data/traffic/normal/labels.csv");
+    let (file, _) = &labels[0];
+    let mut raw = format!(
+        "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: image/png\r\nx-request-id: my-id-42\r\nContent-Length: {}\r\n\r\n",
+        read(format!("data/traffic/normal/{file}")).len()
+    )
+    .into_bytes();
+    raw.extend(read(format!("data/traffic/normal/{file}")));
+    let r = crate::support::request(server.addr, &raw);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("my-id-42"));
+    let v = r.json();
+    assert_eq!(v["request_id"], "my-id-42");
+    assert_eq!(v["model"], "digits");
+    assert_eq!(v["model_version"].as_str().unwrap().len(), 12);
+    assert_eq!(
+        v["predictions"].as_array().unwrap().len(),
+        5,
+        "default top_k is 5"
+    );
+    let top = &v["predictions"][0];
+    assert_eq!(top["probability"], v["confidence"]);
+    assert_eq!(top["label"], top["class"].to_string());
+    let second = v["predictions"][1]["probability"].as_f64().unwrap();
+    let margin = v["confidence"].as_f64().unwrap() - second;
+    assert!((v["margin"].as_f64().unwrap() - margin).abs() < 1e-6);
+    assert!(v["entropy"].as_f64().unwrap() >= 0.0);
+    assert!(v["flags"].is_array());
+
+    // Without the header a UUIDv7 is made.
+    let r = server.post(
+        "/v1/models/digits/classify?top_k=1",
+        Some("image/png"),
+        &read(format!("data/traffic/normal/{file}")),
+    );
+    let id = r.json()["request_id"].as_str().unwrap().to_string();
+    let uuid = uuid::Uuid::parse_str(&id).expect("a uuid");
+    assert_eq!(uuid.get_version_num(), 7);
+    assert_eq!(r.json()["predictions"].as_array().unwrap().len(), 1);
+
+    // Model metadata (v2) and health.
+    let m = server.get("/v2/models/digits").json();
+    assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 1, 8, 8]));
+    assert_eq!(m["outputs"][0]["name"], "probabilities");
+    assert_eq!(m["versions"][0], v["model_version"]);
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/digits/ready",
+        "/v2",
+    ] {
+        assert_eq!(server.get(path).status, 200, "{path}");
+    }
+    assert_eq!(server.get("/readyz").json()["execution_provider"], "cpu");
+}
+
+#[test]
+fn a_model_of_another_shape_is_served_from_config_alone() {
+    let expected: Value =
+        serde_json::from_slice(&read("tests/data/rgb-cnn/expected.json")).unwrap();
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+[model]
+name = "rgb-cnn"
+path = "tests/data/rgb-cnn/model.onnx"
+labels = ["cat", "dog", "bird", "fish", "frog"]
+[model.preprocess]
+layout = "nhwc"
+color = "rgb"
+resize = "area"
+scale = 0.00392156862745098
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+[model.outputs]
+kind = "logits"
+"#;
+    let server = Server::start_with_config(config, &[]);
+    let meta = server.get("/v2/models/rgb-cnn").json();
+    assert_eq!(
+        meta["inputs"][0]["shape"],
+        serde_json::json!([-1, 64, 64, 3])
+    );
+    assert_eq!(meta["inputs"][0]["name"], "input");
+    assert_eq!(
+        meta["outputs"].as_array().unwrap().len(),
+        1,
+        "no embedding output"
+    );
+    let images = expected["images"].as_array().unwrap();
+    assert!(images.len() >= 3);
+    for image in images {
+        let file = image["file"].as_str().unwrap();
+        let (content_type, tolerance) = if file.ends_with(".jpg") {
+            ("image/jpeg", 2e-2)
+        } else {
+            ("image/png", 1e-5)
+        };
+        let r = server.post(
+            "/v1/models/rgb-cnn/classify?top_k=5",
+            Some(content_type),
+            &read(file),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{file}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        let got = probabilities(&v, 5);
+        let want: Vec<f64> = image["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= tolerance,
+                "{file}: got {got:?}, want {want:?}"
+            );
+        }
+        let sum: f64 = got.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "softmax applied to logits: {sum}");
+        let best = v["predictions"][0]["class"].as_u64().unwrap() as usize;
+        assert_eq!(
+            v["predictions"][0]["label"],
+            ["cat", "dog", "bird", "fish", "frog"][best]
+        );
+    }
+}
+
+#[test]
+fn every_error_gets_its_status_and_code() {
+    let server = Server::start(&[
+        ("SHIFTWATCH__SERVER__MAX_BODY_BYTES", "200000"),
+        ("SHIFTWATCH__LIMITS__MAX_IMAGE_PIXELS", "1000000"),
+        ("SHIFTWATCH__LIMITS__MAX_IMAGE_WIDTH", "4096"),
+    ]);
+    let good = read("data/traffic/normal/normal-0000.png");
+    let classify = "/v1/models/digits/classify";
+
+    server
+        .post("/v1/models/nope/classify", Some("image/png"), &good)
+        .assert_error(404, "unknown_model");
+    server
+        .get("/v2/models/nope")
+        .assert_error(404, "unknown_model");
+    server.get("/no/such/route").assert_error(404, "not_found");
+    server.get(classify).assert_error(405, "method_not_allowed");
+
+    server
+        .post(classify, Some("text/plain"), &good)
+        .assert_error(415, "unsupported_media_type");
+    server
+        .post(classify, None, &good)
+        .assert_error(415, "unsupported_media_type");
+    // Bytes that are no known image format, declared as an octet stream.
+    server
+        .post(
+            classify,
+            Some("application/octet-stream"),
+            b"plain text, not an image",
+        )
+        .assert_error(415, "unsupported_media_type");
+
+    server
+        .post(classify, Some("image/png"), b"\x89PNG\r\n\x1a\n garbage")
+        .assert_error(400, "bad_image");
+    for cut in [16, good.len() / 2, good.len() - 20] {
+        server
+            .post(classify, Some("image/png"), &good[..cut])
+            .assert_error(400, "bad_image");
+    }
+    server
+        .post(
+            classify,
+            Some("image/jpeg"),
+            &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0],
+        )
+        .assert_error(400, "bad_image");
+    server
+        .post(classify, Some("image/png"), b"")
+        .assert_error(400, "bad_image");
+
+    server
+        .post(classify, Some("image/png"), &vec![0u8; 300_000])
+        .assert_error(413, "payload_too_large");
+
+    // Over the width limit, and a decompression bomb: 3000x3000 zeros compress to a few KB,
+    // rejected from the header before any pixel is decoded.
+    let wide = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(
+        5000, 1,
+    )));
+    server
+        .post(classify, Some("image/png"), &wide)
+        .assert_error(422, "image_too_large");
+    let bomb = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(
+        3000, 3000,
+    )));
+    assert!(bomb.len() < 200_000, "the bomb is small: {}", bomb.len());
+    server
+        .post(classify, Some("image/png"), &bomb)
+        .assert_error(422, "image_too_large");
+
+    server
+        .post(&format!("{classify}?top_k=abc"), Some("image/png"), &good)
+        .assert_error(400, "bad_query");
+    server
+        .post(&format!("{classify}?top_k=0"), Some("image/png"), &good)
+        .assert_error(400, "bad_query");
+    let mut raw = format!(
+        "POST {classify} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: image/png\r\n\
+         x-request-id: has space\r\nContent-Length: {}\r\n\r\n",
+        good.len()
+    )
+    .into_bytes();
+    raw.extend(&good);
+    crate::support::request(server.addr, &raw).assert_error(400, "bad_request_id");
+
+    // Other image formats decode too (BMP, GIF, TIFF, JPEG, WebP made from the same pixels).
+    let img = image::open(repo().join("data/traffic/normal/normal-0000.png")).unwrap();
+    for (format, ct) in [
+        (image::ImageFormat::Bmp, "image/bmp"),
+        (image::ImageFormat::Gif, "image/gif"),
+        (image::ImageFormat::Tiff, "image/tiff"),
+        (image::ImageFormat::Jpeg, "image/jpeg"),
+        (image::ImageFormat::WebP, "image/webp"),
+    ] {
+        let mut bytes = Vec::new();
+        let rgb = image::DynamicImage::ImageRgb8(img.to_rgb8());
+        let encodable = if format == image::ImageFormat::WebP || format == image::ImageFormat::Gif {
+            image::DynamicImage::ImageRgba8(img.to_rgba8())
+        } else {
+            rgb
+        };
+        encodable
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        let r = server.post(classify, Some(ct), &bytes);
+        assert_eq!(r.status, 200, "{ct}: {}", String::from_utf8_lossy(&r.body));
+    }
+
+    // Still healthy after all of it.
+    assert_eq!(server.post(classify, Some("image/png"), &good).status, 200);
+    assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+}
+
+/// Opens a classify request and sends all but the last `hold` bytes of the body.
+fn open_partial(addr: std::net::SocketAddr, body: &[u8], hold: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..body.len() - hold]).unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+/// Polls `/readyz` until `n` requests are in flight (admitted, unanswered), then checks that
+/// one more is refused with 503 overloaded and Retry-After.
+fn wait_until_full(server: &Server, n: u64, body: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = server.get("/readyz").json();
+        if ready["in_flight"].as_u64() == Some(n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {n} in flight: {ready}; stderr:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = server.post("/v1/models/digits/classify", Some("image/png"), body);
+    r.assert_error(503, "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let server = Server::start(&[("SHIFTWATCH__INFERENCE__MAX_IN_FLIGHT", "2")]);
+    let body = read("data/traffic/normal/normal-0001.png");
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| open_partial(server.addr, &body, 10))
+        .collect();
+    wait_until_full(&server, 2, &body);
+    for stream in &mut held {
+        stream.write_all(&body[body.len() - 10..]).unwrap();
+        let r = read_response(stream);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Permits come back: serving goes on.
+    assert_eq!(
+        server
+            .post("/v1/models/digits/classify", Some("image/png"), &body)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn sigterm_finishes_every_request_in_flight() {
+    let in_flight = 8;
+    let mut server = Server::start(&[(
+        "SHIFTWATCH__INFERENCE__MAX_IN_FLIGHT",
+        &in_flight.to_string(),
+    )]);
+    let labels = labels_csv("data/traffic/normal/labels.csv");
+    let bodies: Vec<Vec<u8>> = labels[..in_flight]
+        .iter()
+        .map(|(f, _)| read(format!("data/traffic/normal/{f}")))
+        .collect();
+    let mut held: Vec<TcpStream> = bodies
+        .iter()
+        .map(|b| open_partial(server.addr, b, 7))
+        .collect();
+    wait_until_full(&server, in_flight as u64, &bodies[0]);
+
+    server.terminate();
+    // Readiness and new connections go away while the held requests are still open.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(server.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener stayed open after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (stream, body) in held.iter_mut().zip(&bodies) {
+        stream.write_all(&body[body.len() - 7..]).unwrap();
+        let r = read_response(stream);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["predictions"].is_array());
+    }
+    let status = server.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(server.stderr().contains("shut down"));
+}

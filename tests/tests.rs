@@ -1,0 +1,5 @@
+//! Integration tests: the real binary, the real ONNX Runtime, real sockets on loopback.
+
+mod support;
+
+mod serve;
