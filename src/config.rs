@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SHIFTWATCH__";
@@ -34,7 +34,7 @@ pub enum ConfigError {
     Many(Vec<ConfigError>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub server: RawServer,
@@ -45,7 +45,7 @@ pub struct RawConfig {
     pub logging: RawLogging,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     pub listen: String,
@@ -67,13 +67,13 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRuntime {
     pub library: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawModel {
     pub name: String,
@@ -100,7 +100,7 @@ impl Default for RawModel {
 }
 
 /// Preprocessing overrides. Every key left out comes from the model's own metadata.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPreprocess {
     pub input: Option<String>,
@@ -115,7 +115,7 @@ pub struct RawPreprocess {
 }
 
 /// Output overrides. Every key left out comes from the model's own metadata.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOutputs {
     pub probabilities: Option<String>,
@@ -123,7 +123,7 @@ pub struct RawOutputs {
     pub embedding: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawInference {
     pub sessions: usize,
@@ -147,7 +147,7 @@ impl Default for RawInference {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     pub max_image_width: u32,
@@ -167,7 +167,7 @@ impl Default for RawLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLogging {
     pub format: String,
@@ -684,6 +684,87 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.listn"), "{err}");
+    }
+
+    /// The shipped file parses, shows every default as it is, and has a comment above every key
+    /// (options that default to "from the model" appear commented out).
+    #[test]
+    fn shipped_config_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shiftwatch.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let parsed = parse_table(table).unwrap();
+        assert_eq!(parsed, RawConfig::default(), "the file's values are the defaults");
+        load_str(&text, &path, Vec::new()).unwrap();
+
+        let mut every = RawConfig::default();
+        every.model.preprocess = RawPreprocess {
+            input: Some(String::new()),
+            layout: Some(String::new()),
+            color: Some(String::new()),
+            width: Some(1),
+            height: Some(1),
+            resize: Some(String::new()),
+            scale: Some(1.0),
+            mean: Some(vec![0.0]),
+            std: Some(vec![1.0]),
+        };
+        every.model.outputs = RawOutputs {
+            probabilities: Some(String::new()),
+            kind: Some(String::new()),
+            embedding: Some(String::new()),
+        };
+        let tree = toml::Value::try_from(&every).unwrap();
+        let mut keys = Vec::new();
+        collect_keys(&tree, "", &mut keys);
+        assert!(keys.len() > 30, "{keys:?}");
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let is_key = |l: &str, k: &str| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('='))
+        };
+        for (section, key) in keys {
+            let header = format!("[{section}]");
+            let start = lines
+                .iter()
+                .position(|l| *l == header)
+                .unwrap_or_else(|| panic!("no section {header}"));
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| l.starts_with('['))
+                .map_or(lines.len(), |i| start + 1 + i);
+            let at = (start + 1..end)
+                .find(|&i| is_key(lines[i], &key))
+                .unwrap_or_else(|| panic!("{section}.{key} is not in the shipped config"));
+            // Above it (past neighbouring keys that share the comment) stands a real comment.
+            let mut i = at;
+            while i > start + 1 && lines[i - 1].contains(" = ") {
+                i -= 1;
+            }
+            let above = lines[i - 1];
+            assert!(
+                above.starts_with('#') && !above.contains(" = "),
+                "{section}.{key} has no comment above it"
+            );
+        }
+    }
+
+    fn collect_keys(value: &toml::Value, section: &str, out: &mut Vec<(String, String)>) {
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                match v {
+                    toml::Value::Table(_) => {
+                        let name = if section.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{section}.{k}")
+                        };
+                        collect_keys(v, &name, out);
+                    }
+                    _ => out.push((section.to_string(), k.clone())),
+                }
+            }
+        }
     }
 
     #[test]
