@@ -694,7 +694,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = text.parse().unwrap();
         let parsed = parse_table(table).unwrap();
-        assert_eq!(parsed, RawConfig::default(), "the file's values are the defaults");
+        assert_eq!(
+            parsed,
+            RawConfig::default(),
+            "the file's values are the defaults"
+        );
         load_str(&text, &path, Vec::new()).unwrap();
 
         let mut every = RawConfig::default();
@@ -721,7 +725,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         let is_key = |l: &str, k: &str| {
             let l = l.trim_start_matches('#').trim_start();
-            l.strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('='))
+            l.strip_prefix(k)
+                .is_some_and(|r| r.trim_start().starts_with('='))
         };
         for (section, key) in keys {
             let header = format!("[{section}]");
