@@ -554,6 +554,57 @@ mod tests {
         ));
     }
 
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG with an `eXIf` chunk saying "rotate 90° clockwise" (EXIF orientation 6).
+    fn png_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+        let plain = png(image);
+        // Big-endian TIFF header, one IFD entry: tag 0x0112 (orientation), SHORT, count 1.
+        let mut exif =
+            b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+        exif.extend_from_slice(&orientation.to_be_bytes());
+        exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut chunk = (exif.len() as u32).to_be_bytes().to_vec();
+        let mut body = b"eXIf".to_vec();
+        body.extend_from_slice(&exif);
+        chunk.extend_from_slice(&body);
+        chunk.extend_from_slice(&crc32(&body).to_be_bytes());
+        // Insert after the signature (8 bytes) and IHDR (4 + 4 + 13 + 4 bytes).
+        let at = 8 + 25;
+        let mut out = plain[..at].to_vec();
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&plain[at..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // 2 wide, 1 high: black then white. Rotated 90° clockwise it is 1 wide, 2 high, black on top.
+        let img = DynamicImage::ImageLuma8(GrayImage::from_fn(2, 1, |x, _| {
+            Luma([if x == 0 { 0 } else { 255 }])
+        }));
+        let d = decode(&png_with_orientation(&img, 6), None, &LIMITS).unwrap();
+        assert_eq!((d.width(), d.height()), (1, 2));
+        let gray = d.image.to_luma8();
+        assert_eq!((gray.get_pixel(0, 0)[0], gray.get_pixel(0, 1)[0]), (0, 255));
+        // Orientation 1 leaves it as it is.
+        let d = decode(&png_with_orientation(&img, 1), None, &LIMITS).unwrap();
+        assert_eq!((d.width(), d.height()), (2, 1));
+    }
+
     #[test]
     fn media_types() {
         assert_eq!(format_for_media_type("image/png"), Some(ImageFormat::Png));
