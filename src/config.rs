@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::log::{Durability, LogConfig};
+
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SHIFTWATCH__";
 
@@ -43,6 +45,9 @@ pub struct RawConfig {
     pub inference: RawInference,
     pub limits: RawLimits,
     pub logging: RawLogging,
+    pub log: RawLog,
+    pub feedback: RawFeedback,
+    pub auth: RawAuth,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -183,6 +188,60 @@ impl Default for RawLogging {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub enabled: bool,
+    pub dir: String,
+    pub durability: String,
+    pub fsync_interval_ms: u64,
+    pub queue_capacity: usize,
+    pub rotate_rows: usize,
+    pub rotate_bytes: u64,
+    pub rotate_seconds: f64,
+    pub row_group_rows: usize,
+    pub retention_hours: f64,
+    pub max_disk_bytes: u64,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            enabled: true,
+            dir: "runs/log".into(),
+            durability: "interval".into(),
+            fsync_interval_ms: 1000,
+            queue_capacity: 65_536,
+            rotate_rows: 1_000_000,
+            rotate_bytes: 128 * 1024 * 1024,
+            rotate_seconds: 60.0,
+            row_group_rows: 65_536,
+            retention_hours: 0.0,
+            max_disk_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFeedback {
+    pub match_window: usize,
+}
+
+impl Default for RawFeedback {
+    fn default() -> Self {
+        RawFeedback {
+            match_window: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub token: String,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -192,6 +251,12 @@ pub struct Config {
     pub inference: InferenceConfig,
     pub limits: DecodeLimits,
     pub logging: LoggingConfig,
+    /// `None` when `log.enabled` is false.
+    pub log: Option<LogConfig>,
+    /// Recent request ids remembered for matching feedback.
+    pub feedback_match_window: usize,
+    /// Bearer token for feedback and admin routes; `None` leaves them open.
+    pub auth_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -496,6 +561,55 @@ impl RawConfig {
             bad("logging.level", format!("not a valid filter: {e}"));
         }
 
+        let log = &self.log;
+        let durability = Durability::parse(&log.durability);
+        if durability.is_none() {
+            bad(
+                "log.durability",
+                format!(
+                    "`{}` is not one of `strict`, `interval`, `none`",
+                    log.durability
+                ),
+            );
+        }
+        if log.enabled && log.dir.is_empty() {
+            bad(
+                "log.dir",
+                "must name a folder (or set log.enabled = false)".into(),
+            );
+        }
+        for (key, v) in [
+            ("log.queue_capacity", log.queue_capacity as u64),
+            ("log.rotate_rows", log.rotate_rows as u64),
+            ("log.rotate_bytes", log.rotate_bytes),
+            ("log.row_group_rows", log.row_group_rows as u64),
+            ("log.fsync_interval_ms", log.fsync_interval_ms),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v) in [
+            ("log.rotate_seconds", log.rotate_seconds),
+            ("log.retention_hours", log.retention_hours),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bad(key, "must be a non-negative number".into());
+            }
+        }
+        if log.rotate_seconds == 0.0 {
+            bad("log.rotate_seconds", "must be above 0".into());
+        }
+        if self.feedback.match_window == 0 {
+            bad("feedback.match_window", "must be at least 1".into());
+        }
+        if !self.auth.token.is_empty() && self.auth.token.len() < 16 {
+            bad(
+                "auth.token",
+                "must be at least 16 characters (or empty for no auth)".into(),
+            );
+        }
+
         if !errors.is_empty() {
             return Err(if errors.len() == 1 {
                 errors.pop().expect("one error")
@@ -541,6 +655,21 @@ impl RawConfig {
                 format,
                 level: self.logging.level,
             },
+            log: self.log.enabled.then(|| LogConfig {
+                dir: PathBuf::from(&self.log.dir),
+                durability: durability.expect("validated"),
+                fsync_interval: Duration::from_millis(self.log.fsync_interval_ms),
+                queue_capacity: self.log.queue_capacity,
+                rotate_rows: self.log.rotate_rows,
+                rotate_bytes: usize::try_from(self.log.rotate_bytes).unwrap_or(usize::MAX),
+                rotate_age: Duration::from_secs_f64(self.log.rotate_seconds),
+                row_group_rows: self.log.row_group_rows,
+                retention: (self.log.retention_hours > 0.0)
+                    .then(|| Duration::from_secs_f64(self.log.retention_hours * 3600.0)),
+                max_disk_bytes: (self.log.max_disk_bytes > 0).then_some(self.log.max_disk_bytes),
+            }),
+            feedback_match_window: self.feedback.match_window,
+            auth_token: (!self.auth.token.is_empty()).then_some(self.auth.token),
         })
     }
 }

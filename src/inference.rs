@@ -64,7 +64,12 @@ impl std::fmt::Debug for InferencePool {
 
 impl InferencePool {
     /// Starts one worker per session; the queue holds at most `queue_capacity` images.
-    pub fn start(model: LoadedModel, config: &InferenceConfig, queue_capacity: usize) -> Self {
+    pub fn start(
+        model: LoadedModel,
+        config: &InferenceConfig,
+        queue_capacity: usize,
+        metrics: BatchMetrics,
+    ) -> Self {
         let spec = Arc::new(model.spec);
         let max_batch = config.max_batch.min(spec.max_batch).max(1);
         let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
@@ -79,6 +84,7 @@ impl InferencePool {
                     receiver: receiver.clone(),
                     max_batch,
                     max_delay: config.max_batch_delay,
+                    metrics: metrics.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
@@ -151,7 +157,15 @@ impl Drop for InferencePool {
     }
 }
 
+/// Per-batch metrics the workers record.
+#[derive(Clone)]
+pub struct BatchMetrics {
+    pub inference_duration: prometheus::Histogram,
+    pub batch_size: prometheus::Histogram,
+}
+
 struct Worker {
+    metrics: BatchMetrics,
     session: Session,
     spec: Arc<ModelSpec>,
     receiver: Receiver<Job>,
@@ -182,6 +196,10 @@ impl Worker {
                 run_batch(&mut self.session, &self.spec, &input, n)
             }));
             let inference = started.elapsed();
+            self.metrics
+                .inference_duration
+                .observe(inference.as_secs_f64());
+            self.metrics.batch_size.observe(n as f64);
             match result {
                 Ok(Ok(outputs)) => {
                     for (job, output) in jobs.drain(..).zip(outputs) {

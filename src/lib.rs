@@ -4,7 +4,11 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod feedback;
+pub mod image_stats;
 pub mod inference;
+pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod prediction;
 pub mod preprocess;

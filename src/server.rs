@@ -13,9 +13,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Serving};
 use crate::config::Config;
-use crate::inference::InferencePool;
+use crate::feedback::RecentPredictions;
+use crate::inference::{BatchMetrics, InferencePool};
+use crate::log::PredictionLog;
 use crate::model;
 
 /// Runs the sidecar until a shutdown signal; returns once everything is closed.
@@ -98,14 +100,65 @@ pub async fn serve_on(
         max_in_flight = state.config.inference.max_in_flight,
         "model ready"
     );
+    let metrics = &state.metrics;
+    metrics
+        .build_info
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            spec.version.as_str(),
+            &spec.execution_provider.to_string(),
+        ])
+        .set(1);
+    metrics.init_series(&spec.labels);
+
+    let log = match state.config.log.clone() {
+        None => None,
+        Some(log_config) => {
+            let (name, version, labels) =
+                (spec.name.clone(), spec.version.clone(), spec.labels.clone());
+            let log_metrics = metrics.log.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                PredictionLog::open(&log_config, &name, &version, &labels, &log_metrics)
+            })
+            .await
+            .context("the log opening task failed")?;
+            match opened {
+                Ok((log, recovered)) => {
+                    tracing::info!(
+                        dir = %state.config.log.as_ref().map(|l| l.dir.display().to_string()).unwrap_or_default(),
+                        durability = ?log.durability(),
+                        recovered_predictions = recovered.predictions,
+                        recovered_feedback = recovered.feedback,
+                        "prediction log open"
+                    );
+                    Some(log)
+                }
+                Err(e) => {
+                    server.abort();
+                    return Err(
+                        anyhow::Error::new(e).context("cannot open the prediction log (log.dir)")
+                    );
+                }
+            }
+        }
+    };
     let pool = InferencePool::start(
         loaded,
         &state.config.inference,
         state.config.inference.max_in_flight,
+        BatchMetrics {
+            inference_duration: metrics.inference_duration.clone(),
+            batch_size: metrics.batch_size.clone(),
+        },
     );
+    let serving = Serving {
+        pool,
+        log,
+        recent: RecentPredictions::new(state.config.feedback_match_window),
+    };
     state
-        .pool
-        .set(pool)
+        .serving
+        .set(serving)
         .expect("the model is loaded exactly once");
     println!("shiftwatch ready");
 
@@ -131,9 +184,13 @@ async fn finish(
             server.abort();
         }
     }
-    // Every request is answered; let the workers finish what is queued and join them.
-    if let Some(pool) = state.pool.get() {
-        pool.close();
+    // Every request is answered: let the workers finish what is queued, then write out and
+    // close every log file.
+    if let Some(serving) = state.serving.get() {
+        serving.pool.close();
+        if let Some(log) = &serving.log {
+            log.close();
+        }
     }
     tracing::info!("shut down");
     Ok(())

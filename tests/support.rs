@@ -24,6 +24,8 @@ pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The server's log folder (a temporary one unless the test set SHIFTWATCH__LOG__DIR).
+    pub log_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
@@ -59,8 +61,13 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let mut log_dir = dir.path().join("log");
+        cmd.env("SHIFTWATCH__LOG__DIR", &log_dir);
         for (k, v) in env {
             cmd.env(k, v);
+            if *k == "SHIFTWATCH__LOG__DIR" {
+                log_dir = PathBuf::from(v);
+            }
         }
         let mut child = cmd.spawn().expect("spawning shiftwatch");
 
@@ -112,6 +119,7 @@ impl Server {
         Server {
             child,
             addr: addr.expect("the listen line comes before ready"),
+            log_dir,
             stderr,
             _dir: dir,
         }
@@ -144,6 +152,12 @@ impl Server {
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit, at most `limit`.

@@ -12,7 +12,11 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use super::{ApiError, AppState};
+use crate::image_stats::{dhash, input_stats};
+use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable, now_us};
 use crate::prediction::{summarize, top_k};
 use crate::preprocess::{self, format_for_media_type};
 
@@ -69,7 +73,8 @@ pub async fn classify(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let _started = Instant::now();
+    let started = Instant::now();
+    let ts_us = now_us();
     state.check_model(&model)?;
     let server = &state.config.server;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
@@ -82,6 +87,16 @@ pub async fn classify(
     }
     let request_id = request_id(&headers)?;
 
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
     let declared = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => {
             return Err(ApiError::new(
@@ -113,7 +128,8 @@ pub async fn classify(
         return Err(ApiError::payload_too_large(limit));
     }
 
-    let pool = state.ready_pool()?;
+    let serving = state.ready()?;
+    let pool = &serving.pool;
     let _permit = Arc::clone(&state.admission)
         .try_acquire_owned()
         .map_err(|_| {
@@ -139,13 +155,19 @@ pub async fn classify(
 
     let spec = Arc::clone(pool.spec());
     let limits = state.config.limits;
-    let tensor = {
+    let (tensor, image) = {
         let spec = Arc::clone(&spec);
         tokio::task::spawn_blocking(move || {
             let decoded = preprocess::decode(&bytes, declared, &limits)?;
             let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
             preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
-            Ok::<_, preprocess::PreprocessError>(tensor)
+            let image = ImageInfo {
+                bytes: bytes.len() as i64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                dhash: dhash(&decoded.image),
+                stats: input_stats(&decoded.image),
+            };
+            Ok::<_, preprocess::PreprocessError>((tensor, image))
         })
         .await
         .map_err(|e| {
@@ -169,6 +191,17 @@ pub async fn classify(
 
     let probabilities = &inferred.output.probabilities;
     let summary = summarize(probabilities);
+    let metrics = &state.metrics;
+    metrics
+        .predictions
+        .with_label_values(&[spec.labels[summary.class].as_str()])
+        .inc();
+    metrics.confidence.observe(f64::from(summary.confidence));
+    if spec.num_classes() > 1 {
+        metrics
+            .entropy_ratio
+            .observe(f64::from(summary.entropy) / (spec.num_classes() as f64).ln());
+    }
     let predictions = top_k(probabilities, top_k_n)
         .into_iter()
         .map(|(class, probability)| ClassPrediction {
@@ -177,6 +210,46 @@ pub async fn classify(
             probability,
         })
         .collect();
+    let flags: Vec<&'static str> = Vec::new();
+    if let Some(log) = &serving.log {
+        let record = PredictionRecord {
+            request_id: request_id.clone(),
+            ts_us,
+            endpoint: Endpoint::Classify,
+            predicted_class: summary.class,
+            confidence: summary.confidence,
+            margin: summary.margin,
+            entropy: summary.entropy,
+            probabilities: inferred.output.probabilities.clone(),
+            embedding: inferred.output.embedding.clone(),
+            latency_us: started.elapsed().as_micros() as i64,
+            inference_us: inferred.inference.as_micros() as i64,
+            batch_size: inferred.batch_size as i32,
+            content_type: content_type.clone(),
+            image: Some(image),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        let strict = log.durability() == Durability::Strict;
+        match log.append_prediction(record) {
+            Ok(appended) => durable(appended).await.map_err(|e| {
+                ApiError::unavailable(
+                    "log_unavailable",
+                    format!("the prediction could not be logged durably: {e}"),
+                    retry,
+                )
+            })?,
+            // Not strict: the row is dropped and counted; the answer goes out.
+            Err(_) if !strict => {}
+            Err(e) => {
+                return Err(ApiError::unavailable(
+                    "log_unavailable",
+                    format!("the prediction could not be logged: {e}"),
+                    retry,
+                ));
+            }
+        }
+    }
+    serving.recent.remember(&request_id);
     let answer = ClassifyResponse {
         request_id: request_id.clone(),
         model: spec.name.clone(),
@@ -185,7 +258,7 @@ pub async fn classify(
         confidence: summary.confidence,
         margin: summary.margin,
         entropy: summary.entropy,
-        flags: Vec::new(),
+        flags,
     };
     let mut response = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -24,17 +24,24 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             Json(json!({"status": "shutting_down"})),
         );
     }
-    match state.pool.get() {
+    match state.serving.get() {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading", "model": state.config.model.name})),
         ),
-        Some(pool) => {
+        Some(serving) => {
+            let pool = &serving.pool;
             let spec = pool.spec();
+            let log_error = serving.log.as_ref().and_then(|l| l.degraded());
             (
                 StatusCode::OK,
                 Json(json!({
-                    "status": "ready",
+                    "status": if log_error.is_some() { "degraded" } else { "ready" },
+                    "log": match (&serving.log, &log_error) {
+                        (None, _) => json!("disabled"),
+                        (Some(_), None) => json!("ok"),
+                        (Some(_), Some(e)) => json!({"error": e}),
+                    },
                     "model": spec.name,
                     "model_version": spec.version,
                     "execution_provider": spec.execution_provider.to_string(),
@@ -59,7 +66,7 @@ pub async fn v2_live() -> Json<Value> {
 }
 
 pub async fn v2_ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let ready = state.ready_pool().is_ok();
+    let ready = state.ready().is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -82,8 +89,7 @@ pub async fn v2_model(
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.check_model(&model)?;
-    let pool = state.ready_pool()?;
-    let spec = pool.spec();
+    let spec = state.ready()?.pool.spec();
     let image_shape = spec.preprocess.image_shape();
     let mut outputs = vec![json!({
         "name": spec.probabilities_output,

@@ -1,0 +1,187 @@
+//! `POST /v1/feedback`: delayed labels, one object or an array, stored in the log.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+use crate::log::{FeedbackRecord, durable, now_us};
+use crate::metrics::FeedbackOutcome;
+
+/// Most labels one request may carry.
+pub const MAX_ITEMS: usize = 10_000;
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+    outcome: FeedbackOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FeedbackResponse {
+    accepted: usize,
+    results: Vec<ItemResult>,
+}
+
+/// A valid item: (request id, label, class index, source).
+fn parse_item(item: &Value, labels: &[String]) -> Result<(String, String, usize, String), String> {
+    let obj = item
+        .as_object()
+        .ok_or("each item must be an object with request_id and label")?;
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "request_id" | "label" | "source") {
+            return Err(format!(
+                "unknown field `{key}` (known: request_id, label, source)"
+            ));
+        }
+    }
+    let id = obj
+        .get("request_id")
+        .and_then(Value::as_str)
+        .ok_or("request_id must be a string")?;
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("request_id must be 1 to 128 visible ASCII characters".into());
+    }
+    let label = match obj.get("label") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err("label must be a class name (string)".into()),
+    };
+    let class = labels.iter().position(|l| *l == label).ok_or_else(|| {
+        format!(
+            "unknown label `{label}` (the model's classes: {})",
+            labels.join(", ")
+        )
+    })?;
+    let source = match obj.get("source") {
+        None | Some(Value::Null) => "api".to_string(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s.clone(),
+        Some(_) => return Err("source must be a string of 1 to 64 characters".into()),
+    };
+    Ok((id.to_string(), label, class, source))
+}
+
+pub async fn feedback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.check_token(&headers)?;
+    let serving = state.ready()?;
+    let limit = state.config.server.max_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!("cannot read the body: {e}"),
+            ));
+        }
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let items = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_json",
+                "send an object {\"request_id\", \"label\"} or an array of them",
+            ));
+        }
+    };
+    if items.len() > MAX_ITEMS {
+        return Err(ApiError::bad_request(
+            "too_many_items",
+            format!("at most {MAX_ITEMS} labels per request"),
+        ));
+    }
+
+    let labels = &serving.pool.spec().labels;
+    let ts_us = now_us();
+    let mut results = Vec::with_capacity(items.len());
+    let mut pending = Vec::new();
+    let mut accepted = 0;
+    for item in &items {
+        let parsed = parse_item(item, labels);
+        let (id, label, class, source) = match parsed {
+            Ok(p) => p,
+            Err(error) => {
+                state
+                    .metrics
+                    .feedback
+                    .with_label_values(&[FeedbackOutcome::Invalid.as_str()])
+                    .inc();
+                results.push(ItemResult {
+                    request_id: item
+                        .get("request_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    outcome: FeedbackOutcome::Invalid,
+                    error: Some(error),
+                });
+                continue;
+            }
+        };
+        let outcome = serving.recent.label(&id);
+        state
+            .metrics
+            .feedback
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        if let Some(log) = &serving.log {
+            let record = FeedbackRecord {
+                request_id: id.clone(),
+                ts_us,
+                label,
+                class,
+                source,
+            };
+            match log.append_feedback(record) {
+                Ok(appended) => pending.push(appended),
+                Err(e) if log.durability() == crate::log::Durability::Strict => {
+                    return Err(ApiError::unavailable(
+                        "log_unavailable",
+                        format!("the label could not be stored: {e}"),
+                        state.config.server.retry_after_seconds,
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        accepted += 1;
+        results.push(ItemResult {
+            request_id: Some(id),
+            outcome,
+            error: None,
+        });
+    }
+    for appended in pending {
+        durable(appended).await.map_err(|e| {
+            ApiError::unavailable(
+                "log_unavailable",
+                format!("the labels could not be made durable: {e}"),
+                state.config.server.retry_after_seconds,
+            )
+        })?;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(FeedbackResponse { accepted, results }),
+    )
+        .into_response())
+}

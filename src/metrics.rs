@@ -1,0 +1,276 @@
+//! Prometheus metrics: one registry owned by the app (no global registry), every family carrying
+//! the `model` label, label values from fixed sets. Names and units are the DESIGN.md contract.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why a log row was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The writer's queue was full.
+    QueueFull,
+    /// The disk refused the write (full, unwritable, I/O error).
+    WriteError,
+    /// The writer had already stopped (shutdown).
+    Closed,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteError => "write_error",
+            DropReason::Closed => "closed",
+        }
+    }
+}
+
+/// What became of one feedback item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackOutcome {
+    Matched,
+    UnknownId,
+    Duplicate,
+    Invalid,
+}
+
+impl FeedbackOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackOutcome::Matched => "matched",
+            FeedbackOutcome::UnknownId => "unknown_id",
+            FeedbackOutcome::Duplicate => "duplicate",
+            FeedbackOutcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The log's families (shared by the prediction and feedback streams, told apart by `stream`).
+#[derive(Clone)]
+pub struct LogMetrics {
+    pub rows_written: IntCounterVec,
+    pub rows_dropped: IntCounterVec,
+    pub rows_recovered: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub files_written: IntCounterVec,
+    pub files_deleted: IntCounterVec,
+}
+
+/// Every metric family of the sidecar.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub inference_duration: Histogram,
+    pub batch_size: Histogram,
+    pub predictions: IntCounterVec,
+    pub confidence: Histogram,
+    pub entropy_ratio: Histogram,
+    pub feedback: IntCounterVec,
+    pub log: LogMetrics,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric families are registered once with distinct names");
+    c
+}
+
+impl Metrics {
+    /// A fresh registry whose every series carries `model="<model>"`.
+    pub fn new(model: &str) -> Self {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("model".to_string(), model.to_string());
+        let registry =
+            Registry::new_custom(None, Some(labels)).expect("the model label is a valid label");
+        let r = &registry;
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+            )
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid histogram"),
+            )
+        };
+        let log = LogMetrics {
+            rows_written: counter_vec(
+                "shiftwatch_log_rows_written_total",
+                "Rows made durable in the log (write-ahead log or Parquet)",
+                &["stream"],
+            ),
+            rows_dropped: counter_vec(
+                "shiftwatch_log_rows_dropped_total",
+                "Rows that could not be logged, by reason",
+                &["stream", "reason"],
+            ),
+            rows_recovered: counter_vec(
+                "shiftwatch_log_rows_recovered_total",
+                "Rows recovered from write-ahead log segments into Parquet",
+                &["stream"],
+            ),
+            queue_depth: gauge_vec(
+                "shiftwatch_log_queue_depth",
+                "Rows waiting for the log writer",
+                &["stream"],
+            ),
+            files_written: counter_vec(
+                "shiftwatch_log_files_written_total",
+                "Parquet files completed and made visible",
+                &["stream"],
+            ),
+            files_deleted: counter_vec(
+                "shiftwatch_log_files_deleted_total",
+                "Parquet files deleted by retention or the disk quota",
+                &["stream"],
+            ),
+        };
+        Metrics {
+            build_info: gauge_vec(
+                "shiftwatch_build_info",
+                "Always 1; labels say what is running",
+                &["version", "model_version", "execution_provider"],
+            ),
+            requests: counter_vec(
+                "shiftwatch_requests_total",
+                "HTTP requests answered, by endpoint and status code",
+                &["endpoint", "code"],
+            ),
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "shiftwatch_request_duration_seconds",
+                        "Server time per request, from arrival to answer",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &["endpoint"],
+                )
+                .expect("valid histogram"),
+            ),
+            inference_duration: histogram(
+                "shiftwatch_inference_duration_seconds",
+                "Time inside ONNX Runtime per batch",
+                vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0,
+                ],
+            ),
+            batch_size: histogram(
+                "shiftwatch_inference_batch_size",
+                "Images per inference batch",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            predictions: counter_vec(
+                "shiftwatch_predictions_total",
+                "Predictions by predicted class name",
+                &["class"],
+            ),
+            confidence: histogram(
+                "shiftwatch_prediction_confidence",
+                "Top-1 probability of each prediction",
+                vec![
+                    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0,
+                ],
+            ),
+            entropy_ratio: histogram(
+                "shiftwatch_prediction_entropy_ratio",
+                "Entropy of each prediction divided by ln(classes), 0..1",
+                vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            ),
+            feedback: counter_vec(
+                "shiftwatch_feedback_total",
+                "Delayed labels received, by outcome",
+                &["outcome"],
+            ),
+            log,
+            registry,
+        }
+    }
+
+    /// Creates every series of a fixed label set at zero, so dashboards and `rate()` see them
+    /// before the first event.
+    pub fn init_series(&self, classes: &[String]) {
+        for class in classes {
+            self.predictions.with_label_values(&[class.as_str()]);
+        }
+        for o in [
+            FeedbackOutcome::Matched,
+            FeedbackOutcome::UnknownId,
+            FeedbackOutcome::Duplicate,
+            FeedbackOutcome::Invalid,
+        ] {
+            self.feedback.with_label_values(&[o.as_str()]);
+        }
+        for stream in ["predictions", "feedback"] {
+            self.log.rows_written.with_label_values(&[stream]);
+            self.log.rows_recovered.with_label_values(&[stream]);
+            self.log.files_written.with_label_values(&[stream]);
+            self.log.files_deleted.with_label_values(&[stream]);
+            self.log.queue_depth.with_label_values(&[stream]);
+            for reason in [
+                DropReason::QueueFull,
+                DropReason::WriteError,
+                DropReason::Closed,
+            ] {
+                self.log
+                    .rows_dropped
+                    .with_label_values(&[stream, reason.as_str()]);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_carries_the_model_label() {
+        let m = Metrics::new("digits");
+        m.init_series(&["0".into(), "1".into()]);
+        m.requests.with_label_values(&["classify", "200"]).inc();
+        m.confidence.observe(0.97);
+        let text = m.render();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.contains("model=\"digits\""), "{line}");
+        }
+        assert!(
+            text.contains(
+                "shiftwatch_prediction_confidence_bucket{model=\"digits\",le=\"0.99\"} 1"
+            )
+        );
+        assert!(text.contains("shiftwatch_log_rows_dropped_total{reason=\"queue_full\",stream=\"predictions\",model=\"digits\"} 0"), "{text}");
+    }
+}
