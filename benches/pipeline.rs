@@ -188,31 +188,28 @@ fn estimate(home: &Path, id: &str, since: SystemTime) -> Option<f64> {
 }
 
 fn print_summary(home: &Path, since: SystemTime) {
-    let per_image = |id: &str, n: usize| estimate(home, id, since).map(|s| s / n as f64);
-    let rows: Vec<(String, usize, Option<f64>)> = ["bare_ort", "run_batch", "pipeline"]
+    // (benchmark, seconds per image) for each benchmark this run measured, in report order.
+    let measured: Vec<(String, f64)> = ["bare_ort", "run_batch", "decode_preprocess", "pipeline"]
         .iter()
         .flat_map(|g| BATCHES.iter().map(move |&n| (format!("{g}/batch{n}"), n)))
-        .chain([("decode_preprocess/batch1".to_string(), 1)])
-        .map(|(id, n)| {
-            let t = per_image(&id, n);
-            (id, n, t)
+        .filter_map(|(id, n)| {
+            let seconds = estimate(home, &id, since)?;
+            Some((id, seconds / n as f64))
         })
         .collect();
-    if rows.iter().all(|(_, _, t)| t.is_none()) {
-        println!("\nno benchmark ran in this run (test mode or a filter): no ratio");
+    if measured.is_empty() {
+        println!("\nno benchmark was measured in this run (test mode or a filter): no ratio");
         return;
     }
     println!("\nper image, this run ({}):", home.display());
-    for (id, _, t) in &rows {
-        if let Some(t) = t {
-            println!("  {id:<26} {:>9.3} µs", t * 1e6);
-        }
+    for (id, seconds) in &measured {
+        println!("  {id:<26} {:>9.3} µs", seconds * 1e6);
     }
-    let get = |id: &str| rows.iter().find(|(i, _, _)| i == id).and_then(|r| r.2);
+    let get = |id: String| measured.iter().find(|(m, _)| *m == id).map(|m| m.1);
     for n in BATCHES {
         match (
-            get(&format!("pipeline/batch{n}")),
-            get(&format!("bare_ort/batch{n}")),
+            get(format!("pipeline/batch{n}")),
+            get(format!("bare_ort/batch{n}")),
         ) {
             (Some(p), Some(b)) => println!(
                 "ratio batch {n}: pipeline / bare ONNX Runtime = {:.2} ({:.3} µs / {:.3} µs per image)",

@@ -33,94 +33,95 @@ pub struct InputStats {
     pub saturation: f32,
 }
 
-/// Gray and saturation planes of the (bounded) image, as f64.
-fn planes(image: &DynamicImage) -> (usize, usize, Vec<f64>, Vec<f64>) {
+/// The (bounded) image's gray plane (0..255) and the sum of its pixels' saturation.
+fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
     let (w, h) = (image.width(), image.height());
     let longest = w.max(h).max(1);
-    let (tw, th) = if longest > STATS_MAX_SIDE {
-        let scale = f64::from(STATS_MAX_SIDE) / f64::from(longest);
-        (
-            ((f64::from(w) * scale).round() as u32).max(1),
-            ((f64::from(h) * scale).round() as u32).max(1),
-        )
-    } else {
-        (w, h)
-    };
-    // Resize the RGB planes with the area filter (unscaled 0..255), then derive gray/saturation.
+    if longest <= STATS_MAX_SIDE {
+        let n = (w * h) as usize;
+        return match image {
+            DynamicImage::ImageLuma8(gray) => (
+                w as usize,
+                h as usize,
+                gray.as_raw().iter().map(|&v| f32::from(v)).collect(),
+                0.0,
+            ),
+            other => {
+                let rgb = other.to_rgb8();
+                let mut gray = Vec::with_capacity(n);
+                let mut saturation = 0f64;
+                for p in rgb.pixels() {
+                    let [r, g, b] = p.0;
+                    gray.push(f32::from(luma_601(r, g, b)));
+                    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+                    if max > 0 {
+                        saturation += f64::from(max - min) / f64::from(max);
+                    }
+                }
+                (w as usize, h as usize, gray, saturation)
+            }
+        };
+    }
+    // Larger: area-resize the RGB planes, round back to 8 bits, then as above.
+    let scale = f64::from(STATS_MAX_SIDE) / f64::from(longest);
+    let tw = ((f64::from(w) * scale).round() as u32).max(1);
+    let th = ((f64::from(h) * scale).round() as u32).max(1);
     let spec = Preprocess {
         width: tw,
         height: th,
         color: Color::Rgb,
-        layout: Layout::Nchw,
+        layout: Layout::Nhwc,
         resize: Resize::Area,
         scale: 1.0,
         mean: vec![0.0; 3],
         std: vec![1.0; 3],
     };
-    let n = (tw * th) as usize;
-    let rgb: Vec<f32> = if (tw, th) == (w, h) {
-        // No resize: read exact 8-bit values.
-        let buf = image.to_rgb8();
-        let mut planar = vec![0f32; 3 * n];
-        for (i, p) in buf.pixels().enumerate() {
-            for c in 0..3 {
-                planar[c * n + i] = f32::from(p[c]);
-            }
-        }
-        planar
-    } else {
-        let mut planar = vec![0f32; 3 * n];
-        to_tensor(image, &spec, &mut planar);
-        planar
-    };
-    let mut gray = Vec::with_capacity(n);
-    let mut sat = Vec::with_capacity(n);
-    let is_gray_source = matches!(
+    let mut rgb = vec![0f32; (tw * th * 3) as usize];
+    to_tensor(image, &spec, &mut rgb);
+    let bytes: Vec<u8> = rgb
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let small = image::RgbImage::from_raw(tw, th, bytes).expect("sized above");
+    let small = if matches!(
         image,
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_)
-    );
-    for i in 0..n {
-        let (r, g, b) = (rgb[i], rgb[n + i], rgb[2 * n + i]);
-        let y = if is_gray_source {
-            f64::from(r)
-        } else {
-            let q = |v: f32| v.round().clamp(0.0, 255.0) as u8;
-            f64::from(luma_601(q(r), q(g), q(b)))
-        };
-        gray.push(y);
-        let max = r.max(g).max(b);
-        let min = r.min(g).min(b);
-        sat.push(if max > 0.0 {
-            f64::from((max - min) / max)
-        } else {
-            0.0
-        });
-    }
-    (tw as usize, th as usize, gray, sat)
+    ) {
+        DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(small).to_luma8())
+    } else {
+        DynamicImage::ImageRgb8(small)
+    };
+    gray_and_saturation(&small)
 }
 
 /// The statistics of one decoded image (width and height are the decoded, full size).
 pub fn input_stats(image: &DynamicImage) -> InputStats {
-    let (w, h, gray, sat) = planes(image);
+    let (w, h, gray, saturation) = gray_and_saturation(image);
     let n = gray.len() as f64;
-    let mean = gray.iter().sum::<f64>() / n;
-    let var = gray.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
-    let saturation = sat.iter().sum::<f64>() / n;
+    let (mut sum, mut sum_sq) = (0f64, 0f64);
+    for &g in &gray {
+        let g = f64::from(g);
+        sum += g;
+        sum_sq += g * g;
+    }
+    let mean = sum / n;
+    let var = (sum_sq / n - mean * mean).max(0.0);
     let sharpness = if w >= 3 && h >= 3 {
-        let mut lap = Vec::with_capacity((w - 2) * (h - 2));
+        let (mut s, mut s2) = (0f64, 0f64);
         for y in 1..h - 1 {
+            let (up, row, down) = (
+                &gray[(y - 1) * w..y * w],
+                &gray[y * w..(y + 1) * w],
+                &gray[(y + 1) * w..(y + 2) * w],
+            );
             for x in 1..w - 1 {
-                let c = gray[y * w + x];
-                let v = gray[(y - 1) * w + x]
-                    + gray[(y + 1) * w + x]
-                    + gray[y * w + x - 1]
-                    + gray[y * w + x + 1]
-                    - 4.0 * c;
-                lap.push(v);
+                let v = f64::from(up[x] + down[x] + row[x - 1] + row[x + 1] - 4.0 * row[x]);
+                s += v;
+                s2 += v * v;
             }
         }
-        let m = lap.iter().sum::<f64>() / lap.len() as f64;
-        lap.iter().map(|v| (v - m).powi(2)).sum::<f64>() / lap.len() as f64
+        let m = ((w - 2) * (h - 2)) as f64;
+        (s2 / m - (s / m) * (s / m)).max(0.0)
     } else {
         0.0
     };
@@ -130,7 +131,7 @@ pub fn input_stats(image: &DynamicImage) -> InputStats {
         brightness: (mean / 255.0) as f32,
         contrast: (var.sqrt() / 255.0) as f32,
         sharpness: sharpness as f32,
-        saturation: saturation as f32,
+        saturation: (saturation / n) as f32,
     }
 }
 
@@ -223,6 +224,62 @@ mod tests {
         }));
         assert_eq!(dhash(&falling), 0);
         assert_eq!(hamming(dhash(&ramp), dhash(&falling)), 64);
+    }
+
+    /// Every statistic agrees with the plain numpy definitions of
+    /// `training/make_stats_fixture.py` (1e-6 relative; dHash exactly).
+    #[test]
+    fn statistics_match_the_numpy_fixture() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("tests/data/image_stats.json")).unwrap(),
+        )
+        .unwrap();
+        let images = fixture["images"].as_array().unwrap();
+        assert!(images.len() >= 7);
+        let close = |got: f32, want: f64, what: &str, file: &str| {
+            let got = f64::from(got);
+            let tol = 1e-6 * want.abs().max(1e-3);
+            assert!((got - want).abs() <= tol, "{file} {what}: {got} vs {want}");
+        };
+        for entry in images {
+            let file = entry["file"].as_str().unwrap();
+            let img = image::open(root.join(file)).unwrap();
+            let s = input_stats(&img);
+            assert_eq!(u64::from(s.width), entry["width"].as_u64().unwrap());
+            assert_eq!(u64::from(s.height), entry["height"].as_u64().unwrap());
+            close(
+                s.brightness,
+                entry["brightness"].as_f64().unwrap(),
+                "brightness",
+                file,
+            );
+            close(
+                s.contrast,
+                entry["contrast"].as_f64().unwrap(),
+                "contrast",
+                file,
+            );
+            close(
+                s.sharpness,
+                entry["sharpness"].as_f64().unwrap(),
+                "sharpness",
+                file,
+            );
+            close(
+                s.saturation,
+                entry["saturation"].as_f64().unwrap(),
+                "saturation",
+                file,
+            );
+            let want: u64 = entry["dhash"].as_str().unwrap().parse().unwrap();
+            assert_eq!(
+                dhash(&img),
+                want,
+                "{file} dhash: {:064b} vs {want:064b}",
+                dhash(&img)
+            );
+        }
     }
 
     #[test]

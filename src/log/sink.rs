@@ -28,7 +28,8 @@ use arrow_schema::{ArrowError, SchemaRef};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tokio::sync::oneshot;
 
 use super::{Durability, LogConfig, LogError, retention};
@@ -193,12 +194,34 @@ impl<R> Drop for Sink<R> {
     }
 }
 
+/// Columns with few distinct values, where dictionary encoding pays; elsewhere (ids, hashes,
+/// floats) it only costs time before falling back.
+const DICTIONARY_COLUMNS: &[&str] = &[
+    "model_version",
+    "endpoint",
+    "predicted_class",
+    "predicted_label",
+    "content_type",
+    "batch_size",
+    "image_width",
+    "image_height",
+    "flags.list.item",
+    "label",
+    "class",
+    "source",
+];
+
 fn writer_properties(row_group_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .set_created_by(format!("shiftwatch {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_created_by(format!("shiftwatch {}", env!("CARGO_PKG_VERSION")));
+    for column in DICTIONARY_COLUMNS {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*column), true);
+    }
+    builder.build()
 }
 
 struct OpenFile {

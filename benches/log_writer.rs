@@ -1,0 +1,170 @@
+//! Prediction-log throughput and its cost on the request path (`cargo bench --bench log_writer`).
+//!
+//! Rows carry 10 probabilities and a 32-d embedding (the DESIGN.md target shape). One producer
+//! thread appends rows as fast as it can; the writer thread (one core) turns them into
+//! write-ahead batches and zstd Parquet. Throughput = rows / (time from first append until every
+//! file is closed). The request-side cost is the time `append` takes (building the record's
+//! vectors included), and separately the input statistics, dHash and sha256 computed for the log
+//! on a bundled 32×32 PNG. Prints one line per measurement and a JSON summary under runs/.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use shiftwatch::image_stats::{dhash, input_stats};
+use shiftwatch::log::{
+    Durability, Endpoint, ImageInfo, LogConfig, PredictionLog, PredictionRecord, now_us,
+};
+use shiftwatch::metrics::Metrics;
+
+const ROWS: usize = 500_000;
+const TARGET_ROWS_PER_SECOND: f64 = 500_000.0;
+
+fn record(i: usize, image: &ImageInfo) -> PredictionRecord {
+    let mut probabilities = [0.01f32; 10];
+    probabilities[i % 10] = 0.91;
+    let embedding: Vec<f32> = (0..32).map(|k| ((i * 31 + k) % 97) as f32 / 97.0).collect();
+    PredictionRecord {
+        request_id: format!("01a2-bench-{i:08}"),
+        ts_us: now_us(),
+        endpoint: Endpoint::Classify,
+        predicted_class: i % 10,
+        confidence: 0.91,
+        margin: 0.9,
+        entropy: 0.5,
+        probabilities: probabilities.to_vec(),
+        embedding: Some(embedding),
+        latency_us: 250,
+        inference_us: 40,
+        batch_size: 8,
+        content_type: Some("image/png".into()),
+        image: Some(image.clone()),
+        flags: Vec::new(),
+    }
+}
+
+fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = LogConfig {
+        dir: dir.path().to_path_buf(),
+        durability,
+        fsync_interval: Duration::from_millis(1000),
+        queue_capacity: ROWS,
+        rotate_rows: 1_000_000,
+        rotate_bytes: 512 * 1024 * 1024,
+        rotate_age: Duration::from_secs(3600),
+        row_group_rows: 65_536,
+        retention: None,
+        max_disk_bytes: None,
+    };
+    let labels: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let metrics = Metrics::new("bench");
+    let (log, _) = PredictionLog::open(&config, "bench", "0123456789ab", &labels, &metrics.log)
+        .expect("opening the log");
+    // Build records first so the append timing is the request path's share only.
+    let records: Vec<PredictionRecord> = (0..ROWS).map(|i| record(i, image)).collect();
+    let started = Instant::now();
+    let mut append_time = Duration::ZERO;
+    for r in records {
+        let t = Instant::now();
+        log.append_prediction(r).expect("the queue holds every row");
+        append_time += t.elapsed();
+    }
+    log.close();
+    let elapsed = started.elapsed().as_secs_f64();
+    let written = metrics
+        .log
+        .rows_written
+        .with_label_values(&["predictions"])
+        .get();
+    assert_eq!(written as usize, ROWS, "every row written");
+    let bytes: u64 = walk(dir.path());
+    let rows_per_second = ROWS as f64 / elapsed;
+    let append_ns = append_time.as_nanos() as f64 / ROWS as f64;
+    println!(
+        "log {durability:?}: {ROWS} rows in {elapsed:.3} s = {rows_per_second:.0} rows/s \
+         ({:.2}x the 500k rows/s target), {:.1} MB of Parquet, append {append_ns:.0} ns/row",
+        rows_per_second / TARGET_ROWS_PER_SECOND,
+        bytes as f64 / 1e6,
+    );
+    (rows_per_second, append_ns)
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p)
+                    } else if p.extension().is_some_and(|x| x == "parquet") {
+                        e.metadata().map_or(0, |m| m.len())
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing and wants it quick.
+    let full = std::env::args().any(|a| a == "--bench");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let png = std::fs::read(root.join("data/traffic/normal/normal-0000.png")).expect("bundled PNG");
+    let decoded = image::load_from_memory(&png).expect("decodes");
+
+    // The log's extra preprocessing per request: input statistics, dHash, sha256.
+    let n = if full { 20_000 } else { 100 };
+    let t = Instant::now();
+    let mut sink = 0u64;
+    for _ in 0..n {
+        let s = input_stats(&decoded);
+        sink ^= dhash(&decoded) ^ u64::from(s.brightness.to_bits());
+        sink ^= u64::from(Sha256::digest(&png)[0]);
+    }
+    let extras_ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+    let time = |f: &dyn Fn() -> u64| {
+        let t = Instant::now();
+        let mut x = 0u64;
+        for _ in 0..n {
+            x ^= f();
+        }
+        (t.elapsed().as_nanos() as f64 / f64::from(n), x)
+    };
+    let (stats_ns, a) = time(&|| u64::from(input_stats(&decoded).sharpness.to_bits()));
+    let (dhash_ns, b) = time(&|| dhash(&decoded));
+    let (sha_ns, c) = time(&|| u64::from(Sha256::digest(&png)[0]));
+    println!(
+        "input statistics + dHash + sha256 of a 32x32 PNG: {extras_ns:.0} ns/request \
+         (statistics {stats_ns:.0}, dHash {dhash_ns:.0}, sha256 {sha_ns:.0}) [{}]",
+        sink ^ a ^ b ^ c
+    );
+
+    if !full {
+        return;
+    }
+    let image = ImageInfo {
+        bytes: png.len() as i64,
+        sha256: hex::encode(Sha256::digest(&png)),
+        dhash: dhash(&decoded),
+        stats: input_stats(&decoded),
+    };
+    let (interval_rps, interval_append) = run(Durability::Interval, &image);
+    let (none_rps, none_append) = run(Durability::None, &image);
+    let summary = serde_json::json!({
+        "rows": ROWS,
+        "interval_rows_per_second": interval_rps,
+        "none_rows_per_second": none_rps,
+        "target_rows_per_second": TARGET_ROWS_PER_SECOND,
+        "interval_append_ns": interval_append,
+        "none_append_ns": none_append,
+        "image_extras_ns": extras_ns,
+    });
+    let out = root.join("runs");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::write(out.join("log_writer.json"), summary.to_string());
+    println!("{summary}");
+}
