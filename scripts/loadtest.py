@@ -7,14 +7,16 @@ Markdown table: requests per second, p50 and p99 latency, non-2xx responses. The
 to runs/loadtest-<UTC time>.json (with wrk's full output and the sidecar's log beside it).
 
 Every run is bounded (wrk's -d, plus a hard timeout) and the sidecar is stopped with SIGTERM at
-the end, also on error or Ctrl-C. Exit status 1 when any response was not 2xx or any socket
-error happened; 2 when something needed is missing.
+the end, also on error or Ctrl-C. Exit status 1 when any response was an error (wrk counts
+statuses of 400 and above; the sidecar never redirects) or any socket error or timeout happened;
+2 when something needed is missing.
 
-SHIFTWATCH__* variables in the environment reach the sidecar (e.g. SHIFTWATCH__INFERENCE__SESSIONS=2)
-and are recorded in the JSON; the listen address, model and log level are set here.
+SHIFTWATCH__* variables in the environment reach the sidecar (for instance
+SHIFTWATCH__INFERENCE__SESSIONS=2) and are recorded in the JSON; the listen address, model and
+log level are set here.
 
-usage: loadtest.py [--duration 10] [--concurrency 1,8,64] [--threads 2] [--image PNG]
-                   [--binary target/release/shiftwatch] [--out runs/loadtest-....json]
+usage: loadtest.py [--duration 10] [--warmup 2] [--concurrency 1,8,64] [--threads 2]
+                   [--image PNG] [--binary target/release/shiftwatch] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ MODEL = "digits"
 PATH = f"/v1/models/{MODEL}/classify"
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
-# wrk prints its own report, then this line from done() with the exact numbers (latency in µs).
+# wrk prints its own report, then this line from done() with exact numbers (latency in µs).
 RESULT_MARK = "LOADTEST_RESULT "
 
 WRK_SCRIPT = """\
@@ -53,14 +55,14 @@ f:close()
 
 function done(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format(
-    '{mark}{{"requests": %d, "duration_us": %d, "bytes": %d, ' ..
-    '"non_2xx": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
-    '"timeouts": %d, "latency_us": {{"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "max": %d}}}}\\n',
-    summary.requests, summary.duration, summary.bytes,
-    e.status, e.connect, e.read, e.write, e.timeout,
+  io.write("{mark}", string.format(
+    '{{"requests": %d, "duration_us": %d, "bytes": %d, "non_2xx": %d, ' ..
+    '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "timeouts": %d, ' ..
+    '"latency_us": {{"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "max": %d}}}}',
+    summary.requests, summary.duration, summary.bytes, e.status,
+    e.connect, e.read, e.write, e.timeout,
     latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max))
+    latency.max), "\\n")
 end
 """
 
@@ -73,7 +75,9 @@ def fail(message: str, code: int = 2) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per concurrency (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load first (default 2)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="seconds of unrecorded load first (default 2)"
+    )
     p.add_argument(
         "--concurrency",
         default="1,8,64",
@@ -126,7 +130,7 @@ class Sidecar:
             'level = "warn,ort=error"\n'
         )
         self.config_text = config.read_text()
-        env = {k: v for k, v in os.environ.items()}
+        env = dict(os.environ)
         # The file decides these; an override in the environment would defeat the point.
         for key in ("SERVER__LISTEN", "MODEL__NAME", "MODEL__PATH", "LOGGING__LEVEL"):
             env.pop(f"SHIFTWATCH__{key}", None)
@@ -186,7 +190,10 @@ class Sidecar:
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                print(f"loadtest: the sidecar ignored SIGTERM for {STOP_TIMEOUT_S} s; killing it", file=sys.stderr)
+                print(
+                    f"loadtest: the sidecar ignored SIGTERM for {STOP_TIMEOUT_S} s; killing it",
+                    file=sys.stderr,
+                )
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
@@ -211,7 +218,13 @@ def check_once(addr: str, image: bytes) -> dict:
     return answer
 
 
-def run_wrk(wrk: str, script: Path, url: str, connections: int, threads: int, seconds: int) -> tuple[dict, str]:
+ERROR_KINDS = ("connect_errors", "read_errors", "write_errors", "timeouts")
+
+
+def run_wrk(
+    wrk: str, script: Path, url: str, connections: int, threads: int, seconds: int
+) -> tuple[dict, str]:
+    """One bounded wrk run; returns the numbers from the Lua done() and wrk's whole output."""
     threads = max(1, min(threads, connections))
     cmd = [
         wrk,
@@ -226,9 +239,11 @@ def run_wrk(wrk: str, script: Path, url: str, connections: int, threads: int, se
         url,
     ]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"wrk did not finish within {seconds + 30} s: {' '.join(cmd)}") from None
+        raise RuntimeError(f"wrk ran past {seconds + 30} s: {' '.join(cmd)}") from None
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed (exit {done.returncode}):\n{output}")
@@ -238,6 +253,27 @@ def run_wrk(wrk: str, script: Path, url: str, connections: int, threads: int, se
     result = json.loads(marked[0][len(RESULT_MARK) :])
     result["threads"] = threads
     return result, output
+
+
+def row(concurrency: int, result: dict) -> dict:
+    seconds = result["duration_us"] / 1e6
+    latency = result["latency_us"]
+    errors = {k: result[k] for k in ERROR_KINDS}
+    return {
+        "concurrency": concurrency,
+        "threads": result["threads"],
+        "seconds": round(seconds, 3),
+        "requests": result["requests"],
+        "requests_per_second": result["requests"] / seconds,
+        "p50_us": latency["p50"],
+        "p90_us": latency["p90"],
+        "p99_us": latency["p99"],
+        "max_us": latency["max"],
+        "mean_us": latency["mean"],
+        "non_2xx": result["non_2xx"],
+        "socket_errors": sum(errors.values()),
+        "errors": errors,
+    }
 
 
 def fmt_ms(us: float) -> str:
@@ -275,7 +311,7 @@ def main() -> int:
     args = parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
-        fail("wrk is not installed (Debian/Ubuntu: `apt-get install wrk`; macOS: `brew install wrk`)")
+        fail("wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
     binary = args.binary.resolve()
     if not binary.is_file():
         fail(f"{binary} does not exist; build it first: cargo build --release --locked")
@@ -283,8 +319,9 @@ def main() -> int:
     if not image_path.is_file():
         fail(f"the image {image_path} does not exist")
     image = image_path.read_bytes()
-    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False).stdout
-    wrk_version = next((l for l in wrk_version.splitlines() if l.startswith("wrk")), "wrk (unknown)")
+    banner = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False).stdout
+    wrk_version = next((x for x in banner.splitlines() if x.startswith("wrk")), "wrk (unknown)")
+    shown = image_path.relative_to(ROOT) if image_path.is_relative_to(ROOT) else image_path
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "runs" / f"loadtest-{stamp}.json"
@@ -306,50 +343,44 @@ def main() -> int:
                 raise RuntimeError(f"the sidecar listens on {addr}, not on loopback")
             url = f"http://{addr}{PATH}"
             answer = check_once(addr, image)
-            print(f"sidecar on {addr}; {image_path.relative_to(ROOT) if image_path.is_relative_to(ROOT) else image_path} "
-                  f"({len(image)} bytes) → class {answer['predictions'][0]['label']} "
-                  f"p={answer['predictions'][0]['probability']:.3f}")
-            print(f"{wrk_version}; {args.duration} s per level, threads ≤ {args.threads}, "
-                  f"{os.cpu_count()} CPUs shared by wrk and the sidecar")
+            top = answer["predictions"][0]
+            print(
+                f"sidecar on {addr}; {shown} ({len(image)} bytes) → class {top['label']} "
+                f"p={top['probability']:.3f}"
+            )
+            print(
+                f"{wrk_version}; {args.duration} s per level, threads ≤ {args.threads}, "
+                f"{os.cpu_count()} CPUs shared by wrk and the sidecar"
+            )
             with open(wrk_log, "w") as log:
                 if args.warmup:
-                    _, output = run_wrk(wrk, script, url, max(args.levels), args.threads, args.warmup)
+                    _, output = run_wrk(
+                        wrk, script, url, max(args.levels), args.threads, args.warmup
+                    )
                     log.write(f"=== warm-up ({args.warmup} s, not recorded)\n{output}\n")
                 for c in args.levels:
                     result, output = run_wrk(wrk, script, url, c, args.threads, args.duration)
                     log.write(f"=== concurrency {c}\n{output}\n")
-                    socket_errors = sum(
-                        result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
-                    )
-                    seconds = result["duration_us"] / 1e6
-                    rows.append(
-                        {
-                            "concurrency": c,
-                            "threads": result["threads"],
-                            "seconds": round(seconds, 3),
-                            "requests": result["requests"],
-                            "requests_per_second": result["requests"] / seconds,
-                            "p50_us": result["latency_us"]["p50"],
-                            "p90_us": result["latency_us"]["p90"],
-                            "p99_us": result["latency_us"]["p99"],
-                            "max_us": result["latency_us"]["max"],
-                            "mean_us": result["latency_us"]["mean"],
-                            "non_2xx": result["non_2xx"],
-                            "socket_errors": socket_errors,
-                            "errors": {k: result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")},
-                        }
-                    )
-                    print(f"  concurrency {c}: {rows[-1]['requests_per_second']:,.0f} req/s", flush=True)
+                    rows.append(row(c, result))
+                    rate = rows[-1]["requests_per_second"]
+                    print(f"  concurrency {c}: {rate:,.0f} req/s", flush=True)
             if sidecar.proc.poll() is not None:
-                raise RuntimeError(f"the sidecar exited during the test (code {sidecar.proc.returncode})")
+                code = sidecar.proc.returncode
+                raise RuntimeError(f"the sidecar exited during the test (code {code})")
         except (RuntimeError, OSError, json.JSONDecodeError) as e:
             print(f"loadtest: {e}", file=sys.stderr)
             print(f"sidecar log ({server_log}):\n{sidecar.log_tail()}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("loadtest: interrupted; stopping the sidecar", file=sys.stderr)
+            return 130
         finally:
             stop_code = sidecar.stop()
             if stop_code != 0:
-                print(f"loadtest: the sidecar exited with code {stop_code} after SIGTERM", file=sys.stderr)
+                print(
+                    f"loadtest: the sidecar exited with code {stop_code} after SIGTERM",
+                    file=sys.stderr,
+                )
 
     print()
     print(table(rows))
@@ -359,7 +390,11 @@ def main() -> int:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "revision": git_describe(),
         "tool": wrk_version,
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+        },
         "binary": str(binary),
         "url_path": PATH,
         "image": {"path": str(image_path), "bytes": len(image)},
