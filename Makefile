@@ -8,10 +8,11 @@ PY := $(VENV)/bin/python
 ORT_VERSION := 1.31.1
 ORT_DIR := vendor/onnxruntime
 ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: demo test test-rust test-python lint fmt venv runtime model test-model bench clean-runtime
+.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
 demo: runtime venv
@@ -58,9 +59,23 @@ clean-runtime:
 ## model: regenerate the bundled models, images and fixtures (see training/README.md)
 model: venv
 	$(PY) training/build.py
+	$(PY) training/make_stats_fixture.py
+	$(PY) tests/data/make_statistics_fixture.py
+	$(MAKE) reference
+
+## reference: the bundled models' reference profiles, from the bundled validation set
+reference: runtime
+	$(CARGO) build --release --locked
+	$(CARGO_TARGET)/release/shiftwatch reference --images data/reference \
+		--labels data/reference/labels.csv --out models/digits.reference.json
+	SHIFTWATCH__MODEL__PATH=models/digits-overconfident.onnx \
+		$(CARGO_TARGET)/release/shiftwatch reference --images data/reference \
+		--labels data/reference/labels.csv --out models/digits-overconfident.reference.json
 
 ## bench: the benchmarks behind the README's performance section
 bench: runtime venv
 	$(CARGO) bench --locked --bench pipeline
+	$(CARGO) bench --locked --bench log_writer
+	$(CARGO) bench --locked --bench monitor
 	$(CARGO) build --release --locked
 	$(PY) scripts/loadtest.py

@@ -16,6 +16,7 @@ import csv
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -34,11 +35,25 @@ PHASES = [
 ]
 
 
+DEMO_DIR = ROOT / "runs/demo"
+# The window holds about one phase, and is evaluated often, so each phase is judged on its own.
+MONITOR = {
+    "SHIFTWATCH__MONITOR__WINDOW": "150",
+    "SHIFTWATCH__MONITOR__MIN_SAMPLES": "100",
+    "SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS": "0.5",
+    "SHIFTWATCH__MONITOR__CLEAR_AFTER": "1",
+}
+
+
 def start(binary: Path, listen: str, model: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     env["SHIFTWATCH__SERVER__LISTEN"] = listen
     env.setdefault("SHIFTWATCH__LOGGING__LEVEL", "warn,ort=error")
     env["SHIFTWATCH__MODEL__PATH"] = model
+    env["SHIFTWATCH__MONITOR__REFERENCE"] = model.removesuffix(".onnx") + ".reference.json"
+    env["SHIFTWATCH__LOG__DIR"] = str(DEMO_DIR / "log")
+    env["SHIFTWATCH__MONITOR__STATE_FILE"] = str(DEMO_DIR / "monitor-window.json")
+    env.update(MONITOR)
     proc = subprocess.Popen(
         [str(binary), "serve", "--config", str(ROOT / "config/shiftwatch.toml")],
         cwd=ROOT,
@@ -76,6 +91,31 @@ def classify(addr: str, png: bytes) -> tuple[int, dict, float]:
     elapsed = time.perf_counter() - started
     conn.close()
     return resp.status, json.loads(body), elapsed
+
+
+def get_json(addr: str, path: str) -> dict:
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    return body
+
+
+def fresh_evaluation(addr: str, after: str) -> dict:
+    """Waits for an evaluation that started after `after` (and one more, so it covers it)."""
+    seen = 0
+    deadline = time.monotonic() + 30
+    last = after
+    while time.monotonic() < deadline:
+        snap = get_json(addr, "/v1/monitor")
+        if snap["evaluated_at"] > last:
+            seen += 1
+            last = snap["evaluated_at"]
+            if seen >= 2:
+                return snap
+        time.sleep(0.1)
+    raise SystemExit("the monitor did not evaluate within 30 s")
 
 
 def replay(addr: str, folder: Path) -> dict:
@@ -119,6 +159,7 @@ def main() -> int:
     binary = Path(args.binary)
     if not binary.exists():
         raise SystemExit(f"{binary} is missing: run `cargo build --release` (make demo does)")
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
     proc, addr = start(binary, args.listen, args.model)
     try:
         host, port = addr.rsplit(":", 1)
@@ -136,10 +177,13 @@ def main() -> int:
         print(header)
         print("-" * len(header))
         summary = {}
+        monitor = {}
         for name, what in PHASES:
             folder = ROOT / "data/traffic" / name
+            before = get_json(addr, "/v1/monitor")["evaluated_at"]
             s = replay(addr, folder)
             summary[name] = s
+            monitor[name] = fresh_evaluation(addr, before)
             acc = "   n/a" if s["accuracy"] is None else f"{s['accuracy']:8.3f}"
             gap = "   n/a" if s["accuracy"] is None else f"{s['confidence'] - s['accuracy']:+6.3f}"
             top = ", ".join(f"{c}:{n}" for c, n in s["top_classes"])
@@ -149,6 +193,28 @@ def main() -> int:
                 f"{s['p50_ms']:7.2f} {s['p99_ms']:7.2f}  {top}"
             )
         failed = sum(s["sent"] - s["ok"] for s in summary.values())
+        print("\nWhat the monitor saw, without labels (window: the last 150 predictions):")
+        print(f"{'phase':<12} {'ATC est.':>8} {'DoC est.':>8} {'true acc':>8} {'gap':>6}  tests in alert")
+        for name, _ in PHASES:
+            snap = monitor[name]
+            est = snap["estimates"]
+            # A family's verdict is on its `all` entry (or its only entry).
+            alerts = sorted(
+                {
+                    t["test"]
+                    for t in snap["tests"]
+                    if t["status"] == "alert"
+                    and (t["feature"] == "all" or t["test"] not in ("bbsd_ks", "input_ks"))
+                }
+            )
+            acc = summary[name]["accuracy"]
+            fmt = lambda v: "   n/a" if v is None else f"{v:8.3f}"
+            gap = est.get("overconfidence_gap")
+            print(
+                f"{name:<12} {fmt(est.get('atc'))} {fmt(est.get('doc'))} {fmt(acc)} "
+                f"{'  n/a' if gap is None else f'{gap:+6.3f}'}  {', '.join(alerts) or '-'}"
+            )
+
         print("\nWhat this shows (accuracy uses the bundled labels, which the sidecar never sees):")
         normal = summary["normal"]
         for name, what in PHASES[1:]:
@@ -171,11 +237,19 @@ def main() -> int:
             "confidence,\n  entropy and input statistics alone.\n"
         )
         print("Where to look next:")
+        print(f"  curl -s http://{addr}/v1/monitor        # every test, estimates, calibration")
+        print(f"  curl -s http://{addr}/metrics           # Prometheus")
         print(f"  curl -s http://{addr}/readyz")
         print(f"  curl -s http://{addr}/v2/models/digits")
         print(
             f"  curl -s -H 'Content-Type: image/png' --data-binary @data/traffic/ood/ood-0000.png "
             f"'http://{addr}/v1/models/digits/classify?top_k=3'"
+        )
+        print(
+            f"  the Parquet log (complete after the sidecar stops): {DEMO_DIR / 'log'}\n"
+            f"    .venv/bin/python -c \"import duckdb; print(duckdb.sql(\\\"select predicted_label, "
+            f"count(*), avg(confidence) from read_parquet('{DEMO_DIR / 'log'}/predictions/*/*/*/*.parquet', "
+            f"hive_partitioning=true) group by all order by 1\\\"))\""
         )
         print("  README.md (configuration, API, performance) and ARCHITECTURE.md (how it works)")
         if failed:

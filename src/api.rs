@@ -28,6 +28,7 @@ use crate::feedback::RecentPredictions;
 use crate::inference::InferencePool;
 use crate::log::PredictionLog;
 use crate::metrics::Metrics;
+use crate::monitor::Monitor;
 
 /// What exists once the model is loaded: the readiness latch holds it.
 #[derive(Debug)]
@@ -35,6 +36,7 @@ pub struct Serving {
     pub pool: InferencePool,
     pub log: Option<PredictionLog>,
     pub recent: RecentPredictions,
+    pub monitor: Option<Arc<Monitor>>,
 }
 
 /// What every handler shares.
@@ -134,6 +136,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models/{model}/classify", post(classify::classify))
         .route("/v1/feedback", post(feedback::feedback))
+        .route("/v1/monitor", get(monitor))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -156,6 +159,7 @@ fn endpoint_label(route: &str) -> &'static str {
     match route {
         "/v1/models/{model}/classify" => "classify",
         "/v1/feedback" => "feedback",
+        "/v1/monitor" => "monitor",
         "/metrics" => "metrics",
         "/v2" | "/v2/models/{model}" => "metadata",
         _ => "health",
@@ -193,6 +197,27 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// `GET /v1/monitor`: the latest evaluation (made now if none has run yet).
+async fn monitor(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let serving = state.ready()?;
+    let Some(monitor) = serving.monitor.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "monitor_disabled",
+            "the monitor is disabled (monitor.enabled = false)",
+        ));
+    };
+    let snapshot = match monitor.latest() {
+        Some(s) => s,
+        None => tokio::task::spawn_blocking(move || monitor.evaluate_now())
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?,
+    };
+    Ok(axum::Json(snapshot.as_ref().clone()).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -1,4 +1,4 @@
-//! The command line: `shiftwatch serve | check-config`, each with `--config`.
+//! The command line: `shiftwatch serve | reference | check-config`, each with `--config`.
 //!
 //! Exit codes: 0 success, 64 the config is invalid, 1 anything else.
 
@@ -27,6 +27,21 @@ pub struct Cli {
 pub enum Command {
     /// Serve the model over HTTP until SIGTERM or SIGINT
     Serve,
+    /// Build the reference profile the monitor compares traffic with, from validation images
+    Reference {
+        /// Folder of validation images
+        #[arg(long)]
+        images: PathBuf,
+        /// CSV with header `file,label` (class names): adds accuracy, ECE, temperature, ATC
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Where to write the profile (JSON)
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples kept at most (a seeded subsample beyond)
+        #[arg(long, default_value_t = 5000)]
+        max_samples: usize,
+    },
     /// Validate the config, then load the model and run one batch (unless --skip-model)
     CheckConfig {
         /// Only validate the config file and the environment overrides
@@ -49,6 +64,21 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::CheckConfig { skip_model } => check_config(&cli.config, &config, skip_model),
+        Command::Reference {
+            images,
+            labels,
+            out,
+            max_samples,
+        } => reference(
+            &config,
+            &crate::profile::ProfileOptions {
+                images,
+                labels,
+                out,
+                max_samples,
+                seed: 42,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +96,32 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .thread_name("shiftwatch-io")
         .build()?;
     runtime.block_on(crate::server::serve(config))
+}
+
+fn reference(config: &Config, options: &crate::profile::ProfileOptions) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.logging);
+    let profile = crate::profile::build(config, options)?;
+    let s = profile.summary.as_ref().expect("build writes the summary");
+    println!(
+        "reference profile {}: {} images ({} kept) of model {} version {}",
+        options.out.display(),
+        profile.n_images,
+        profile.probabilities.len(),
+        profile.model,
+        profile.model_version
+    );
+    println!("  mean confidence  {:.4}", s.mean_confidence);
+    if let (Some(acc), Some(ece), Some(t), Some(atc)) =
+        (s.accuracy, s.ece, s.temperature, s.atc_threshold)
+    {
+        println!("  accuracy         {acc:.4}");
+        println!("  ECE (15 bins)    {ece:.4}");
+        println!("  temperature      {t:.4}");
+        println!("  ATC threshold    {atc:.4}");
+    } else {
+        println!("  (no labels: accuracy, ECE, temperature and ATC need --labels)");
+    }
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path, config: &Config, skip_model: bool) -> anyhow::Result<()> {

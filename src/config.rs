@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::log::{Durability, LogConfig};
+use crate::monitor::MonitorConfig;
+use crate::monitor::evaluate::Settings;
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SHIFTWATCH__";
@@ -48,6 +50,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub feedback: RawFeedback,
     pub auth: RawAuth,
+    pub monitor: RawMonitor,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -236,6 +239,100 @@ impl Default for RawFeedback {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMonitor {
+    pub enabled: bool,
+    pub reference: String,
+    pub window: usize,
+    pub max_age_seconds: f64,
+    pub evaluate_every_seconds: f64,
+    pub min_samples: usize,
+    pub alpha: f64,
+    pub clear_after: u32,
+    pub labeled_window: usize,
+    pub apply_temperature: bool,
+    pub state_file: String,
+    pub persist_every_seconds: f64,
+    pub mmd_permutations: usize,
+    pub mmd_max_window: usize,
+    pub seed: u64,
+    pub min_effect: RawMinEffect,
+}
+
+impl Default for RawMonitor {
+    fn default() -> Self {
+        RawMonitor {
+            enabled: true,
+            reference: "models/digits.reference.json".into(),
+            window: 1000,
+            max_age_seconds: 0.0,
+            evaluate_every_seconds: 5.0,
+            min_samples: 100,
+            alpha: 0.01,
+            clear_after: 3,
+            labeled_window: 1000,
+            apply_temperature: false,
+            state_file: "runs/monitor-window.json".into(),
+            persist_every_seconds: 60.0,
+            mmd_permutations: 100,
+            mmd_max_window: 200,
+            seed: 42,
+            min_effect: RawMinEffect::default(),
+        }
+    }
+}
+
+/// Minimum effect size for an alert, per test family.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMinEffect {
+    pub class_chi2: f64,
+    pub class_psi: f64,
+    pub class_js: f64,
+    pub bbsd_ks: f64,
+    pub confidence_ks: f64,
+    pub confidence_psi: f64,
+    pub entropy_ks: f64,
+    pub entropy_psi: f64,
+    pub input_ks: f64,
+    pub embedding_mmd: f64,
+}
+
+impl Default for RawMinEffect {
+    fn default() -> Self {
+        RawMinEffect {
+            class_chi2: 0.3,
+            class_psi: 0.2,
+            class_js: 0.15,
+            bbsd_ks: 0.2,
+            confidence_ks: 0.2,
+            confidence_psi: 0.2,
+            entropy_ks: 0.2,
+            entropy_psi: 0.2,
+            input_ks: 0.2,
+            embedding_mmd: 0.05,
+        }
+    }
+}
+
+impl RawMinEffect {
+    fn as_array(&self) -> [f64; 10] {
+        [
+            self.class_chi2,
+            self.class_psi,
+            self.class_js,
+            self.bbsd_ks,
+            self.confidence_ks,
+            self.confidence_psi,
+            self.entropy_ks,
+            self.entropy_psi,
+            self.input_ks,
+            self.embedding_mmd,
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
@@ -257,6 +354,8 @@ pub struct Config {
     pub feedback_match_window: usize,
     /// Bearer token for feedback and admin routes; `None` leaves them open.
     pub auth_token: Option<String>,
+    /// `None` when `monitor.enabled` is false.
+    pub monitor: Option<MonitorConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -610,6 +709,66 @@ impl RawConfig {
             );
         }
 
+        let m = &self.monitor;
+        if m.enabled && m.reference.is_empty() {
+            bad(
+                "monitor.reference",
+                "must name a reference profile (build one with `shiftwatch reference`), or set monitor.enabled = false".into(),
+            );
+        }
+        for (key, v) in [
+            ("monitor.window", m.window as u64),
+            ("monitor.min_samples", m.min_samples as u64),
+            ("monitor.labeled_window", m.labeled_window as u64),
+            ("monitor.clear_after", u64::from(m.clear_after)),
+            ("monitor.mmd_max_window", m.mmd_max_window as u64),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if m.window > 1_000_000 {
+            bad("monitor.window", "must be at most 1000000".into());
+        }
+        if !(m.alpha > 0.0 && m.alpha < 1.0) {
+            bad("monitor.alpha", "must be between 0 and 1".into());
+        }
+        for (key, v) in [
+            ("monitor.max_age_seconds", m.max_age_seconds),
+            ("monitor.evaluate_every_seconds", m.evaluate_every_seconds),
+            ("monitor.persist_every_seconds", m.persist_every_seconds),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                bad(key, "must be a non-negative number".into());
+            }
+        }
+        if m.evaluate_every_seconds < 0.05 {
+            bad(
+                "monitor.evaluate_every_seconds",
+                "must be at least 0.05".into(),
+            );
+        }
+        let names = [
+            "class_chi2",
+            "class_psi",
+            "class_js",
+            "bbsd_ks",
+            "confidence_ks",
+            "confidence_psi",
+            "entropy_ks",
+            "entropy_psi",
+            "input_ks",
+            "embedding_mmd",
+        ];
+        for (name, v) in names.iter().zip(m.min_effect.as_array()) {
+            if !(v.is_finite() && v > 0.0) {
+                bad(
+                    &format!("monitor.min_effect.{name}"),
+                    "must be a positive number".into(),
+                );
+            }
+        }
+
         if !errors.is_empty() {
             return Err(if errors.len() == 1 {
                 errors.pop().expect("one error")
@@ -670,6 +829,29 @@ impl RawConfig {
             }),
             feedback_match_window: self.feedback.match_window,
             auth_token: (!self.auth.token.is_empty()).then_some(self.auth.token),
+            monitor: self.monitor.enabled.then(|| {
+                let m = self.monitor;
+                MonitorConfig {
+                    reference: PathBuf::from(m.reference),
+                    window: m.window,
+                    max_age: (m.max_age_seconds > 0.0)
+                        .then(|| Duration::from_secs_f64(m.max_age_seconds)),
+                    evaluate_every: Duration::from_secs_f64(m.evaluate_every_seconds),
+                    settings: Settings {
+                        min_samples: m.min_samples,
+                        alpha: m.alpha,
+                        min_effect: m.min_effect.as_array(),
+                        mmd_permutations: m.mmd_permutations,
+                        mmd_max_window: m.mmd_max_window,
+                        seed: m.seed,
+                    },
+                    clear_after: m.clear_after,
+                    labeled_window: m.labeled_window,
+                    apply_temperature: m.apply_temperature,
+                    state_file: (!m.state_file.is_empty()).then(|| PathBuf::from(m.state_file)),
+                    persist_every: Duration::from_secs_f64(m.persist_every_seconds),
+                }
+            }),
         })
     }
 }

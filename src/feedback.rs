@@ -1,6 +1,7 @@
-//! Matching delayed labels to predictions: a bounded memory of recent request ids.
+//! Matching delayed labels to predictions: a bounded join buffer of recent predictions.
 //!
-//! Every prediction's id is remembered (oldest forgotten first, `feedback.match_window` at most);
+//! Every prediction's id and served probabilities are remembered (oldest forgotten first,
+//! `feedback.match_window` at most);
 //! a label for a remembered id is `matched` the first time and `duplicate` after; a label for an
 //! id no longer or never remembered is `unknown_id`. Every valid label is stored either way:
 //! labels can outlive the window.
@@ -11,8 +12,15 @@ use std::sync::{Mutex, PoisonError};
 use crate::metrics::FeedbackOutcome;
 
 #[derive(Debug)]
+struct Entry {
+    labeled: bool,
+    /// Served probabilities (empty for ids first seen through a label).
+    probabilities: Box<[f32]>,
+}
+
+#[derive(Debug)]
 struct Inner {
-    labeled: HashMap<String, bool>,
+    labeled: HashMap<String, Entry>,
     order: VecDeque<String>,
     capacity: usize,
 }
@@ -38,28 +46,44 @@ impl RecentPredictions {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Remembers a prediction's id (a repeated id keeps its place and label state).
-    pub fn remember(&self, request_id: &str) {
+    /// Remembers a prediction (a repeated id keeps its place and label state).
+    pub fn remember(&self, request_id: &str, probabilities: &[f32]) {
         let mut inner = self.lock();
         if inner.labeled.contains_key(request_id) {
             return;
         }
-        inner.insert(request_id.to_string(), false);
+        inner.insert(
+            request_id.to_string(),
+            Entry {
+                labeled: false,
+                probabilities: probabilities.into(),
+            },
+        );
     }
 
-    /// Records a label for `request_id` and says how it matched.
-    pub fn label(&self, request_id: &str) -> FeedbackOutcome {
+    /// Records a label for `request_id`: how it matched and, the first time a remembered
+    /// prediction is labeled, its served probabilities.
+    pub fn label(&self, request_id: &str) -> (FeedbackOutcome, Option<Box<[f32]>>) {
         let mut inner = self.lock();
         match inner.labeled.get_mut(request_id) {
-            Some(labeled) if *labeled => FeedbackOutcome::Duplicate,
-            Some(labeled) => {
-                *labeled = true;
-                FeedbackOutcome::Matched
+            Some(entry) if entry.labeled => (FeedbackOutcome::Duplicate, None),
+            Some(entry) => {
+                entry.labeled = true;
+                (
+                    FeedbackOutcome::Matched,
+                    Some(std::mem::take(&mut entry.probabilities)),
+                )
             }
             None => {
                 // Remember it as labeled, so a second label for it is a duplicate.
-                inner.insert(request_id.to_string(), true);
-                FeedbackOutcome::UnknownId
+                inner.insert(
+                    request_id.to_string(),
+                    Entry {
+                        labeled: true,
+                        probabilities: Box::new([]),
+                    },
+                );
+                (FeedbackOutcome::UnknownId, None)
             }
         }
     }
@@ -74,13 +98,13 @@ impl RecentPredictions {
 }
 
 impl Inner {
-    fn insert(&mut self, id: String, labeled: bool) {
+    fn insert(&mut self, id: String, entry: Entry) {
         while self.order.len() >= self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.labeled.remove(&old);
             }
         }
-        self.labeled.insert(id.clone(), labeled);
+        self.labeled.insert(id.clone(), entry);
         self.order.push_back(id);
     }
 }
@@ -93,16 +117,18 @@ mod tests {
     fn outcomes_and_bounded_memory() {
         let recent = RecentPredictions::new(3);
         for id in ["a", "b", "c"] {
-            recent.remember(id);
+            recent.remember(id, &[0.25, 0.75]);
         }
-        assert_eq!(recent.label("a"), FeedbackOutcome::Matched);
-        assert_eq!(recent.label("a"), FeedbackOutcome::Duplicate);
-        assert_eq!(recent.label("zzz"), FeedbackOutcome::UnknownId);
-        assert_eq!(recent.label("zzz"), FeedbackOutcome::Duplicate);
+        let (outcome, probs) = recent.label("a");
+        assert_eq!(outcome, FeedbackOutcome::Matched);
+        assert_eq!(probs.as_deref(), Some(&[0.25f32, 0.75][..]));
+        assert_eq!(recent.label("a"), (FeedbackOutcome::Duplicate, None));
+        assert_eq!(recent.label("zzz"), (FeedbackOutcome::UnknownId, None));
+        assert_eq!(recent.label("zzz").0, FeedbackOutcome::Duplicate);
         // "zzz" took a place: the oldest ("a") is forgotten.
         assert_eq!(recent.len(), 3);
-        assert_eq!(recent.label("a"), FeedbackOutcome::UnknownId);
-        recent.remember("d");
+        assert_eq!(recent.label("a").0, FeedbackOutcome::UnknownId);
+        recent.remember("d", &[0.5, 0.5]);
         assert_eq!(recent.len(), 3);
     }
 }

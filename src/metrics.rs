@@ -2,8 +2,8 @@
 //! the `model` label, label values from fixed sets. Names and units are the DESIGN.md contract.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a log row was not written.
@@ -73,6 +73,16 @@ pub struct Metrics {
     pub entropy_ratio: Histogram,
     pub feedback: IntCounterVec,
     pub log: LogMetrics,
+    pub drift_statistic: GaugeVec,
+    pub drift_p_value: GaugeVec,
+    pub drift_status: IntGaugeVec,
+    pub window_predictions: IntGauge,
+    pub window_capacity: IntGauge,
+    pub estimated_accuracy: GaugeVec,
+    pub overconfidence_gap: Gauge,
+    pub labeled_accuracy: Gauge,
+    pub calibration_error: GaugeVec,
+    pub reference_class_ratio: GaugeVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -109,6 +119,16 @@ impl Metrics {
                     .expect("valid histogram"),
             )
         };
+        let float_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+            )
+        };
+        let float =
+            |name: &str, help: &str| register(r, Gauge::new(name, help).expect("valid gauge"));
+        let int =
+            |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid gauge"));
         let log = LogMetrics {
             rows_written: counter_vec(
                 "shiftwatch_log_rows_written_total",
@@ -201,6 +221,52 @@ impl Metrics {
                 "shiftwatch_feedback_total",
                 "Delayed labels received, by outcome",
                 &["outcome"],
+            ),
+            drift_statistic: float_vec(
+                "shiftwatch_drift_statistic",
+                "Each window test's statistic against the reference",
+                &["test", "feature"],
+            ),
+            drift_p_value: float_vec(
+                "shiftwatch_drift_p_value",
+                "Each window test's p-value (after Bonferroni correction within its family)",
+                &["test", "feature"],
+            ),
+            drift_status: gauge_vec(
+                "shiftwatch_drift_status",
+                "Each test family's verdict: -1 insufficient data, 0 ok, 1 warn, 2 alert",
+                &["test"],
+            ),
+            window_predictions: int(
+                "shiftwatch_window_predictions",
+                "Predictions now in the monitor's window",
+            ),
+            window_capacity: int(
+                "shiftwatch_window_capacity",
+                "Predictions the monitor's window holds at most",
+            ),
+            estimated_accuracy: float_vec(
+                "shiftwatch_estimated_accuracy",
+                "Label-free accuracy estimate of the window, by method (atc, ac, doc)",
+                &["method"],
+            ),
+            overconfidence_gap: float(
+                "shiftwatch_overconfidence_gap",
+                "Average confidence minus the ATC accuracy estimate",
+            ),
+            labeled_accuracy: float(
+                "shiftwatch_labeled_accuracy",
+                "Accuracy over the last labeled predictions",
+            ),
+            calibration_error: float_vec(
+                "shiftwatch_calibration_error",
+                "Calibration over the last labeled predictions (ece, mce, brier, nll)",
+                &["metric"],
+            ),
+            reference_class_ratio: float_vec(
+                "shiftwatch_reference_class_ratio",
+                "Share of each predicted class in the reference profile",
+                &["class"],
             ),
             log,
             registry,

@@ -18,7 +18,10 @@ use crate::config::Config;
 use crate::feedback::RecentPredictions;
 use crate::inference::{BatchMetrics, InferencePool};
 use crate::log::PredictionLog;
-use crate::model;
+use crate::metrics::Metrics;
+use crate::model::{self, ModelSpec};
+use crate::monitor::reference::{Reference, ReferenceProfile};
+use crate::monitor::{Monitor, MonitorConfig};
 
 /// Runs the sidecar until a shutdown signal; returns once everything is closed.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -142,6 +145,16 @@ pub async fn serve_on(
             }
         }
     };
+    let monitor = match &state.config.monitor {
+        None => None,
+        Some(mc) => match load_monitor(mc, spec, metrics) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                server.abort();
+                return Err(e);
+            }
+        },
+    };
     let pool = InferencePool::start(
         loaded,
         &state.config.inference,
@@ -155,6 +168,7 @@ pub async fn serve_on(
         pool,
         log,
         recent: RecentPredictions::new(state.config.feedback_match_window),
+        monitor,
     };
     state
         .serving
@@ -191,9 +205,64 @@ async fn finish(
         if let Some(log) = &serving.log {
             log.close();
         }
+        if let Some(monitor) = &serving.monitor {
+            monitor.close();
+        }
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Reads and prepares the reference profile and starts the monitor's evaluation thread.
+fn load_monitor(
+    config: &MonitorConfig,
+    spec: &ModelSpec,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Monitor>> {
+    let path = &config.reference;
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the reference profile {} (monitor.reference); build it with \
+             `shiftwatch reference --images DIR --labels CSV --out {}` or set monitor.enabled = false",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let profile: ReferenceProfile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a reference profile", path.display()))?;
+    if profile.model_version != spec.version {
+        anyhow::bail!(
+            "the reference profile {} was built with model version {}, but the served model is {}; \
+             rebuild it with `shiftwatch reference`",
+            path.display(),
+            profile.model_version,
+            spec.version
+        );
+    }
+    if profile.labels != spec.labels {
+        anyhow::bail!(
+            "the reference profile {} has other class labels than the model",
+            path.display()
+        );
+    }
+    let reference = Reference::prepare(&profile, config.apply_temperature, config.settings.seed)
+        .map_err(|e| anyhow::anyhow!("reference profile {}: {e}", path.display()))?;
+    tracing::info!(
+        reference = %path.display(),
+        samples = reference.n,
+        accuracy = ?reference.labeled.as_ref().map(|l| l.accuracy),
+        temperature_applied = ?reference.temperature_applied,
+        "monitor ready"
+    );
+    let monitor = Arc::new(Monitor::new(
+        &spec.name,
+        config.clone(),
+        reference,
+        spec.embedding_dim.unwrap_or(0),
+        metrics.clone(),
+    ));
+    monitor.spawn();
+    Ok(monitor)
 }
 
 async fn watch_signals(stop: watch::Sender<bool>) {

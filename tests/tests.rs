@@ -3,4 +3,6 @@
 mod support;
 
 mod log;
+mod monitor;
+mod prometheus;
 mod serve;

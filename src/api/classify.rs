@@ -17,8 +17,10 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, AppState};
 use crate::image_stats::{dhash, input_stats};
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable, now_us};
+use crate::monitor::window::Observation;
 use crate::prediction::{summarize, top_k};
 use crate::preprocess::{self, format_for_media_type};
+use crate::stats;
 
 /// The header that carries the caller's request id (echoed in the answer).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -189,8 +191,41 @@ pub async fn classify(
         .map_err(|_| ApiError::from_inference(crate::inference::InferenceError::Closed, retry))?
         .map_err(|e| ApiError::from_inference(e, retry))?;
 
-    let probabilities = &inferred.output.probabilities;
+    let mut output = inferred.output;
+    let mut flags: Vec<&'static str> = Vec::new();
+    if let Some(t) = serving
+        .monitor
+        .as_ref()
+        .and_then(|m| m.reference().temperature_applied)
+    {
+        stats::apply_temperature(&mut output.probabilities, spec.num_classes(), t);
+        flags.push("calibrated");
+    }
+    let probabilities = &output.probabilities;
     let summary = summarize(probabilities);
+    if let Some(monitor) = &serving.monitor {
+        flags.extend(monitor.flags(
+            summary.class,
+            summary.confidence,
+            output.embedding.as_deref(),
+        ));
+        monitor.observe(&Observation {
+            ts_us,
+            class: summary.class,
+            confidence: summary.confidence,
+            entropy: summary.entropy,
+            probabilities,
+            inputs: [
+                image.stats.brightness,
+                image.stats.contrast,
+                image.stats.sharpness,
+                image.stats.saturation,
+                image.stats.width as f32,
+                image.stats.height as f32,
+            ],
+            embedding: output.embedding.as_deref(),
+        });
+    }
     let metrics = &state.metrics;
     metrics
         .predictions
@@ -210,7 +245,7 @@ pub async fn classify(
             probability,
         })
         .collect();
-    let flags: Vec<&'static str> = Vec::new();
+    serving.recent.remember(&request_id, probabilities);
     if let Some(log) = &serving.log {
         let record = PredictionRecord {
             request_id: request_id.clone(),
@@ -220,8 +255,8 @@ pub async fn classify(
             confidence: summary.confidence,
             margin: summary.margin,
             entropy: summary.entropy,
-            probabilities: inferred.output.probabilities.clone(),
-            embedding: inferred.output.embedding.clone(),
+            probabilities: output.probabilities.clone(),
+            embedding: output.embedding.clone(),
             latency_us: started.elapsed().as_micros() as i64,
             inference_us: inferred.inference.as_micros() as i64,
             batch_size: inferred.batch_size as i32,
@@ -249,7 +284,6 @@ pub async fn classify(
             }
         }
     }
-    serving.recent.remember(&request_id);
     let answer = ClassifyResponse {
         request_id: request_id.clone(),
         model: spec.name.clone(),

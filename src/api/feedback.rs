@@ -137,7 +137,10 @@ pub async fn feedback(
                 continue;
             }
         };
-        let outcome = serving.recent.label(&id);
+        let (outcome, probabilities) = serving.recent.label(&id);
+        if let (Some(monitor), Some(p)) = (&serving.monitor, probabilities) {
+            monitor.observe_label(&p, class);
+        }
         state
             .metrics
             .feedback

@@ -1,0 +1,584 @@
+//! The monitor: the window of recent predictions, the labeled window, and their evaluation
+//! against the reference profile, off the request path.
+//!
+//! The request path calls [`Monitor::observe`] (a copy into a fixed ring under a short lock) and
+//! [`Monitor::flags`]. A background thread ([`Monitor::spawn`]) evaluates every
+//! `evaluate_every`, applies hysteresis, updates the metrics and keeps the latest
+//! [`Snapshot`] for `GET /v1/monitor`; it also saves the window so that a restart does not
+//! blind the monitor.
+
+pub mod evaluate;
+pub mod reference;
+pub mod window;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use self::evaluate::{Estimates, Hysteresis, Settings, Status, TestKind, TestOutcome, evaluate};
+use self::reference::Reference;
+use self::window::{Observation, Window, WindowData};
+use crate::metrics::Metrics;
+use crate::stats;
+
+/// The monitor's settings (the `[monitor]` config section, validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorConfig {
+    pub reference: PathBuf,
+    pub window: usize,
+    pub max_age: Option<Duration>,
+    pub evaluate_every: Duration,
+    pub settings: Settings,
+    pub clear_after: u32,
+    pub labeled_window: usize,
+    pub apply_temperature: bool,
+    pub state_file: Option<PathBuf>,
+    pub persist_every: Duration,
+}
+
+/// Labeled predictions: the served probabilities and the true class, last N.
+#[derive(Debug)]
+struct Labeled {
+    capacity: usize,
+    classes: usize,
+    rows: std::collections::VecDeque<(Box<[f32]>, usize)>,
+}
+
+/// What `GET /v1/monitor` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub model: String,
+    pub model_version: String,
+    pub evaluated_at: String,
+    pub window: WindowInfo,
+    pub tests: Vec<TestReport>,
+    pub estimates: Estimates,
+    pub labeled: Option<LabeledReport>,
+    pub reference: ReferenceInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowInfo {
+    pub predictions: usize,
+    pub capacity: usize,
+    pub max_age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub test: &'static str,
+    pub feature: String,
+    pub statistic: f64,
+    pub p_value: f64,
+    pub effect_size: f64,
+    pub threshold: f64,
+    pub status: Status,
+    pub n_window: usize,
+    pub n_reference: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabeledReport {
+    pub n: usize,
+    pub accuracy: f64,
+    pub ece: f64,
+    pub adaptive_ece: f64,
+    pub mce: f64,
+    pub brier: f64,
+    pub nll: f64,
+    pub reliability: Vec<ReliabilityReport>,
+    pub per_class_accuracy: Vec<Option<f64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReliabilityReport {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub accuracy: f64,
+    pub confidence: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceInfo {
+    pub samples: usize,
+    pub accuracy: Option<f64>,
+    pub mean_confidence: f64,
+    pub ece: Option<f64>,
+    pub temperature: Option<f64>,
+    pub temperature_applied: bool,
+    pub atc_threshold: Option<f64>,
+}
+
+/// The saved window (JSON), restored at start when the model version matches.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedWindow {
+    model_version: String,
+    classes: usize,
+    embedding_dim: usize,
+    ts_us: Vec<i64>,
+    class: Vec<u32>,
+    confidence: Vec<f32>,
+    entropy: Vec<f32>,
+    probabilities: Vec<f32>,
+    inputs: Vec<Option<f32>>,
+    embeddings: Vec<f32>,
+}
+
+pub struct Monitor {
+    model: String,
+    config: MonitorConfig,
+    reference: Arc<Reference>,
+    window: Mutex<Window>,
+    labeled: Mutex<Labeled>,
+    hysteresis: Mutex<[Hysteresis; 10]>,
+    latest: RwLock<Option<Arc<Snapshot>>>,
+    metrics: Metrics,
+    stop: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Monitor {
+    pub fn new(
+        model: &str,
+        config: MonitorConfig,
+        reference: Reference,
+        embedding_dim: usize,
+        metrics: Metrics,
+    ) -> Self {
+        let classes = reference.labels.len();
+        for (class, ratio) in reference.labels.iter().zip(&reference.class_ratios) {
+            metrics
+                .reference_class_ratio
+                .with_label_values(&[class.as_str()])
+                .set(*ratio);
+        }
+        metrics.window_capacity.set(config.window as i64);
+        let dim = if reference.embeddings.is_some() {
+            embedding_dim
+        } else {
+            0
+        };
+        Monitor {
+            model: model.to_string(),
+            window: Mutex::new(Window::new(config.window, classes, dim)),
+            labeled: Mutex::new(Labeled {
+                capacity: config.labeled_window.max(1),
+                classes,
+                rows: std::collections::VecDeque::new(),
+            }),
+            hysteresis: Mutex::new([Hysteresis::default(); 10]),
+            latest: RwLock::new(None),
+            reference: Arc::new(reference),
+            config,
+            metrics,
+            stop: Mutex::new(None),
+            thread: Mutex::new(None),
+        }
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    /// Records one prediction (request path: a copy under a short lock).
+    pub fn observe(&self, o: &Observation<'_>) {
+        lock(&self.window).push(o);
+    }
+
+    /// The flags of one prediction (request path).
+    pub fn flags(
+        &self,
+        class: usize,
+        confidence: f32,
+        embedding: Option<&[f32]>,
+    ) -> Vec<&'static str> {
+        self.reference.flags(class, confidence, embedding)
+    }
+
+    /// Records a delayed label for a prediction whose served probabilities are known.
+    pub fn observe_label(&self, probabilities: &[f32], true_class: usize) {
+        let mut l = lock(&self.labeled);
+        if probabilities.len() != l.classes || true_class >= l.classes {
+            return;
+        }
+        if l.rows.len() == l.capacity {
+            l.rows.pop_front();
+        }
+        l.rows.push_back((probabilities.into(), true_class));
+    }
+
+    /// The latest evaluation, if any yet.
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.latest
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn min_ts(&self) -> i64 {
+        match self.config.max_age {
+            Some(age) => crate::log::now_us() - age.as_micros() as i64,
+            None => i64::MIN,
+        }
+    }
+
+    /// Evaluates now: tests, hysteresis, metrics, snapshot.
+    pub fn evaluate_now(&self) -> Arc<Snapshot> {
+        let data = lock(&self.window).snapshot(self.min_ts());
+        let (outcomes, estimates) = evaluate(&self.reference, &data, &self.config.settings);
+        let statuses: Vec<Status> = {
+            let mut h = lock(&self.hysteresis);
+            outcomes
+                .iter()
+                .map(|o| {
+                    let idx = TestKind::ALL
+                        .iter()
+                        .position(|k| *k == o.kind)
+                        .expect("listed");
+                    h[idx].update(o.raw, self.config.clear_after)
+                })
+                .collect()
+        };
+        let labeled = self.labeled_report();
+        self.export(&data, &outcomes, &statuses, &estimates, labeled.as_ref());
+        let tests = outcomes
+            .iter()
+            .zip(&statuses)
+            .flat_map(|(o, status)| {
+                let threshold = self.config.settings.min_effect(o.kind);
+                let overall = TestReport {
+                    test: o.kind.as_str(),
+                    feature: o.overall.feature.clone(),
+                    statistic: o.overall.statistic,
+                    p_value: o.overall.p_value,
+                    effect_size: o.overall.effect_size,
+                    threshold,
+                    status: *status,
+                    n_window: o.n_window,
+                    n_reference: o.n_reference,
+                };
+                let per_feature = o.features.iter().map(move |f| TestReport {
+                    test: o.kind.as_str(),
+                    feature: f.feature.clone(),
+                    statistic: f.statistic,
+                    p_value: f.p_value,
+                    effect_size: f.effect_size,
+                    threshold,
+                    status: raw_feature_status(&self.config.settings, o, f),
+                    n_window: o.n_window,
+                    n_reference: o.n_reference,
+                });
+                std::iter::once(overall).chain(per_feature)
+            })
+            .collect();
+        let r = &self.reference;
+        let snapshot = Arc::new(Snapshot {
+            model: self.model.clone(),
+            model_version: r.model_version.clone(),
+            evaluated_at: rfc3339(crate::log::now_us()),
+            window: WindowInfo {
+                predictions: data.len,
+                capacity: self.config.window,
+                max_age_seconds: self.config.max_age.map(|a| a.as_secs_f64()),
+            },
+            tests,
+            estimates,
+            labeled,
+            reference: ReferenceInfo {
+                samples: r.n,
+                accuracy: r.labeled.as_ref().map(|l| l.accuracy),
+                mean_confidence: r.mean_confidence,
+                ece: r.labeled.as_ref().map(|l| l.ece),
+                temperature: r.labeled.as_ref().map(|l| l.temperature),
+                temperature_applied: r.temperature_applied.is_some(),
+                atc_threshold: r.labeled.as_ref().map(|l| l.atc_threshold),
+            },
+        });
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    fn labeled_report(&self) -> Option<LabeledReport> {
+        let l = lock(&self.labeled);
+        if l.rows.is_empty() {
+            return None;
+        }
+        let k = l.classes;
+        let n = l.rows.len();
+        let mut probs = Vec::with_capacity(n * k);
+        let mut truth = Vec::with_capacity(n);
+        for (p, t) in &l.rows {
+            probs.extend_from_slice(p);
+            truth.push(*t);
+        }
+        drop(l);
+        let mut confidence = Vec::with_capacity(n);
+        let mut correct = Vec::with_capacity(n);
+        let mut per_class = vec![(0usize, 0usize); k];
+        for (row, t) in probs.chunks_exact(k).zip(&truth) {
+            let s = crate::prediction::summarize(row);
+            confidence.push(f64::from(s.confidence));
+            correct.push(s.class == *t);
+            per_class[*t].0 += 1;
+            per_class[*t].1 += usize::from(s.class == *t);
+        }
+        Some(LabeledReport {
+            n,
+            accuracy: correct.iter().filter(|c| **c).count() as f64 / n as f64,
+            ece: stats::ece(&confidence, &correct, 15),
+            adaptive_ece: stats::adaptive_ece(&confidence, &correct, 15),
+            mce: stats::mce(&confidence, &correct, 15),
+            brier: stats::brier(&probs, k, &truth),
+            nll: stats::nll(&probs, k, &truth),
+            reliability: stats::reliability_bins(&confidence, &correct, 15)
+                .into_iter()
+                .map(|b| ReliabilityReport {
+                    lo: b.lo,
+                    hi: b.hi,
+                    count: b.count,
+                    accuracy: b.accuracy,
+                    confidence: b.confidence,
+                })
+                .collect(),
+            per_class_accuracy: per_class
+                .iter()
+                .map(|(n, ok)| (*n > 0).then(|| *ok as f64 / *n as f64))
+                .collect(),
+        })
+    }
+
+    fn export(
+        &self,
+        data: &WindowData,
+        outcomes: &[TestOutcome],
+        statuses: &[Status],
+        estimates: &Estimates,
+        labeled: Option<&LabeledReport>,
+    ) {
+        let m = &self.metrics;
+        m.window_predictions.set(data.len as i64);
+        for (o, status) in outcomes.iter().zip(statuses) {
+            let test = o.kind.as_str();
+            m.drift_status
+                .with_label_values(&[test])
+                .set(status.gauge());
+            for f in std::iter::once(&o.overall).chain(&o.features) {
+                m.drift_statistic
+                    .with_label_values(&[test, f.feature.as_str()])
+                    .set(f.statistic);
+                m.drift_p_value
+                    .with_label_values(&[test, f.feature.as_str()])
+                    .set(f.p_value);
+            }
+        }
+        for (method, value) in [
+            ("ac", estimates.ac),
+            ("doc", estimates.doc),
+            ("atc", estimates.atc),
+        ] {
+            if let Some(v) = value {
+                m.estimated_accuracy.with_label_values(&[method]).set(v);
+            }
+        }
+        if let Some(gap) = estimates.overconfidence_gap {
+            m.overconfidence_gap.set(gap);
+        }
+        if let Some(l) = labeled {
+            m.labeled_accuracy.set(l.accuracy);
+            for (metric, v) in [
+                ("ece", l.ece),
+                ("mce", l.mce),
+                ("brier", l.brier),
+                ("nll", l.nll),
+            ] {
+                m.calibration_error.with_label_values(&[metric]).set(v);
+            }
+        }
+    }
+
+    /// Starts the evaluation thread (and restores the saved window first).
+    pub fn spawn(self: &Arc<Self>) {
+        self.restore();
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        *lock(&self.stop) = Some(tx);
+        let me = Arc::clone(self);
+        let handle = std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || {
+                let mut last_save = Instant::now();
+                loop {
+                    let started = Instant::now();
+                    me.evaluate_now();
+                    let spent = started.elapsed();
+                    tracing::debug!(ms = spent.as_secs_f64() * 1e3, "monitor evaluated");
+                    if last_save.elapsed() >= me.config.persist_every {
+                        me.save();
+                        last_save = Instant::now();
+                    }
+                    match rx.recv_timeout(me.config.evaluate_every.saturating_sub(spent)) {
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        _ => break,
+                    }
+                }
+            })
+            .expect("spawning the monitor thread");
+        *lock(&self.thread) = Some(handle);
+    }
+
+    /// Stops the evaluation thread and saves the window.
+    pub fn close(&self) {
+        if let Some(tx) = lock(&self.stop).take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.config.state_file else {
+            return;
+        };
+        let data = lock(&self.window).snapshot(i64::MIN);
+        let saved = SavedWindow {
+            model_version: self.reference.model_version.clone(),
+            classes: data.classes,
+            embedding_dim: data.embedding_dim,
+            ts_us: data.ts_us,
+            class: data.class,
+            confidence: data.confidence,
+            entropy: data.entropy,
+            probabilities: data.probabilities,
+            inputs: data
+                .inputs
+                .iter()
+                .map(|v| v.is_finite().then_some(*v))
+                .collect(),
+            embeddings: data.embeddings,
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&saved)?)?;
+            std::fs::rename(&tmp, path)
+        })();
+        match result {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), rows = saved.ts_us.len(), "monitor window saved")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save the monitor window")
+            }
+        }
+    }
+
+    fn restore(&self) {
+        let Some(path) = &self.config.state_file else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        let saved: SavedWindow = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable saved window");
+                return;
+            }
+        };
+        if saved.model_version != self.reference.model_version {
+            tracing::info!(path = %path.display(), "the saved window is from another model version; starting empty");
+            return;
+        }
+        let data = WindowData {
+            len: saved.ts_us.len(),
+            classes: saved.classes,
+            embedding_dim: saved.embedding_dim,
+            ts_us: saved.ts_us,
+            class: saved.class,
+            confidence: saved.confidence,
+            entropy: saved.entropy,
+            probabilities: saved.probabilities,
+            inputs: saved.inputs.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
+            embeddings: saved.embeddings,
+        };
+        let consistent = data.class.len() == data.len
+            && data.confidence.len() == data.len
+            && data.entropy.len() == data.len
+            && data.probabilities.len() == data.len * data.classes
+            && data.inputs.len() == data.len * 6;
+        if !consistent {
+            tracing::warn!(path = %path.display(), "ignoring an inconsistent saved window");
+            return;
+        }
+        let mut w = lock(&self.window);
+        w.restore(&data);
+        tracing::info!(path = %path.display(), rows = w.len(), "monitor window restored");
+    }
+}
+
+fn raw_feature_status(settings: &Settings, o: &TestOutcome, f: &evaluate::FeatureResult) -> Status {
+    if o.raw == Status::InsufficientData {
+        return Status::InsufficientData;
+    }
+    let threshold = settings.min_effect(o.kind);
+    let significant = f.p_value < settings.alpha;
+    if significant && f.effect_size >= threshold {
+        Status::Alert
+    } else if significant && f.effect_size >= threshold / 2.0 {
+        Status::Warn
+    } else {
+        Status::Ok
+    }
+}
+
+/// RFC 3339 in UTC with microseconds.
+pub fn rfc3339(ts_us: i64) -> String {
+    let secs = ts_us.div_euclid(1_000_000);
+    let micros = ts_us.rem_euclid(1_000_000);
+    let (y, mo, d) = crate::log::civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        s / 3600,
+        (s % 3600) / 60,
+        s % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(1_796_000_000_123_456),
+            "2026-11-30T00:53:20.123456Z"
+        );
+    }
+}

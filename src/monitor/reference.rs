@@ -1,0 +1,456 @@
+//! The reference profile: what the model's outputs and inputs look like on validation data.
+//!
+//! The file (`shiftwatch reference` writes it, JSON, format `shiftwatch.reference/v1`) keeps
+//! per-sample data, bounded in size: probability vectors, true labels when given, input
+//! statistics and embeddings. Everything the tests need (class ratios, decile edges, sorted
+//! samples, accuracy, ECE, the temperature, the ATC threshold, flag thresholds) is derived from
+//! those samples by [`Reference::prepare`], so a profile means the same thing whether or not
+//! served probabilities are temperature-scaled. The derived numbers are also written into the
+//! file's `summary` for people to read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::window::INPUT_FEATURES;
+use crate::prediction::{entropy, summarize};
+use crate::stats;
+
+pub const FORMAT: &str = "shiftwatch.reference/v1";
+
+/// The profile as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceProfile {
+    pub format: String,
+    pub model: String,
+    pub model_version: String,
+    pub labels: Vec<String>,
+    /// Images profiled (the samples below may be a seeded subsample when there were more).
+    pub n_images: usize,
+    /// One probability vector per sample, as the model served it (no temperature).
+    pub probabilities: Vec<Vec<f32>>,
+    /// True class per sample, when the profile was built with labels.
+    pub true_classes: Option<Vec<usize>>,
+    /// Input statistics per sample, by name (see `INPUT_FEATURES`).
+    pub inputs: BTreeMap<String, Vec<f32>>,
+    /// Embedding per sample, when the model has an embedding output.
+    pub embeddings: Option<Vec<Vec<f32>>>,
+    /// Derived numbers, for people; recomputed on load.
+    pub summary: Option<ReferenceSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceSummary {
+    pub class_ratios: Vec<f64>,
+    pub mean_confidence: f64,
+    pub confidence_edges: Vec<f64>,
+    pub entropy_edges: Vec<f64>,
+    pub low_confidence_threshold: f64,
+    pub accuracy: Option<f64>,
+    pub ece: Option<f64>,
+    pub temperature: Option<f64>,
+    pub atc_threshold: Option<f64>,
+}
+
+/// What the labeled reference says about the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledReference {
+    pub accuracy: f64,
+    pub mean_confidence: f64,
+    pub ece: f64,
+    /// Fitted on the raw (served) probabilities.
+    pub temperature: f64,
+    /// On the probabilities as the monitor sees them (after the temperature when applied).
+    pub atc_threshold: f64,
+}
+
+/// The profile prepared for evaluation.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub model_version: String,
+    pub labels: Vec<String>,
+    pub n: usize,
+    pub class_ratios: Vec<f64>,
+    pub mean_confidence: f64,
+    pub confidence_sorted: Vec<f64>,
+    pub entropy_sorted: Vec<f64>,
+    pub confidence_edges: Vec<f64>,
+    pub entropy_edges: Vec<f64>,
+    pub confidence_proportions: Vec<f64>,
+    pub entropy_proportions: Vec<f64>,
+    /// Per class: that softmax output over the samples, sorted (BBSD).
+    pub probability_columns: Vec<Vec<f64>>,
+    /// Per input statistic: the samples, sorted, NaN removed.
+    pub inputs_sorted: Vec<Vec<f64>>,
+    /// Row-major embeddings (a bounded, seeded subsample) and their dimension.
+    pub embeddings: Option<(Vec<f32>, usize)>,
+    pub mmd_sigma: f64,
+    pub labeled: Option<LabeledReference>,
+    /// Confidence under which a prediction is flagged `low_confidence` (the reference's 5th percentile).
+    pub low_confidence_threshold: f64,
+    /// Confidence under which a prediction is flagged `ood_suspect` (the reference's 1st percentile).
+    pub ood_confidence_threshold: f64,
+    /// Per predicted class: the embedding centroid and the 99th percentile of distances to it.
+    pub centroids: Option<Vec<(Vec<f32>, f64)>>,
+    pub temperature_applied: Option<f64>,
+}
+
+/// Linear-interpolation quantile of sorted values (numpy's default).
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = f64::from(*x - *y);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+impl ReferenceProfile {
+    /// Structural checks, with messages that say what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format is `{}`, expected `{FORMAT}`", self.format));
+        }
+        let k = self.labels.len();
+        let n = self.probabilities.len();
+        if n == 0 || k == 0 {
+            return Err("the profile has no samples or no labels".into());
+        }
+        if let Some(bad) = self.probabilities.iter().position(|p| p.len() != k) {
+            return Err(format!(
+                "sample {bad} has a probability vector of the wrong length"
+            ));
+        }
+        if let Some(t) = &self.true_classes
+            && (t.len() != n || t.iter().any(|c| *c >= k))
+        {
+            return Err("true_classes must give one valid class per sample".into());
+        }
+        for (name, values) in &self.inputs {
+            if !INPUT_FEATURES.contains(&name.as_str()) {
+                return Err(format!("unknown input statistic `{name}`"));
+            }
+            if values.len() != n {
+                return Err(format!(
+                    "input statistic `{name}` has {} values for {n} samples",
+                    values.len()
+                ));
+            }
+        }
+        if let Some(e) = &self.embeddings {
+            let d = e.first().map_or(0, Vec::len);
+            if e.len() != n || d == 0 || e.iter().any(|v| v.len() != d) {
+                return Err("embeddings must give one vector of one size per sample".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The derived numbers as they would be served without a temperature.
+    pub fn summarize(&self) -> Result<ReferenceSummary, String> {
+        let r = Reference::prepare(self, false, 1)?;
+        Ok(ReferenceSummary {
+            class_ratios: r.class_ratios.clone(),
+            mean_confidence: r.mean_confidence,
+            confidence_edges: r.confidence_edges.clone(),
+            entropy_edges: r.entropy_edges.clone(),
+            low_confidence_threshold: r.low_confidence_threshold,
+            accuracy: r.labeled.as_ref().map(|l| l.accuracy),
+            ece: r.labeled.as_ref().map(|l| l.ece),
+            temperature: r.labeled.as_ref().map(|l| l.temperature),
+            atc_threshold: r.labeled.as_ref().map(|l| l.atc_threshold),
+        })
+    }
+}
+
+impl Reference {
+    /// Derives everything from the samples. With `apply_temperature` (and labels), the samples'
+    /// probabilities are first scaled by the fitted temperature, as served ones will be.
+    pub fn prepare(
+        profile: &ReferenceProfile,
+        apply_temperature: bool,
+        seed: u64,
+    ) -> Result<Self, String> {
+        profile.validate()?;
+        let k = profile.labels.len();
+        let n = profile.probabilities.len();
+        let mut flat: Vec<f32> = profile.probabilities.iter().flatten().copied().collect();
+
+        let temperature = profile
+            .true_classes
+            .as_ref()
+            .map(|t| stats::fit_temperature(&flat, k, t));
+        let temperature_applied = match (apply_temperature, temperature) {
+            (true, Some(t)) => {
+                stats::apply_temperature(&mut flat, k, t);
+                Some(t)
+            }
+            (true, None) => {
+                return Err("applying a temperature needs a profile built with labels".into());
+            }
+            (false, _) => None,
+        };
+
+        let mut counts = vec![0f64; k];
+        let mut confidence = Vec::with_capacity(n);
+        let mut entropies = Vec::with_capacity(n);
+        let mut predicted = Vec::with_capacity(n);
+        let mut columns = vec![Vec::with_capacity(n); k];
+        for row in flat.chunks_exact(k) {
+            let s = summarize(row);
+            counts[s.class] += 1.0;
+            confidence.push(f64::from(s.confidence));
+            entropies.push(f64::from(entropy(row)));
+            predicted.push(s.class);
+            for (c, p) in row.iter().enumerate() {
+                columns[c].push(f64::from(*p));
+            }
+        }
+        let class_ratios = stats::proportions(&counts);
+        let confidence_edges = stats::decile_edges(&confidence);
+        let entropy_edges = stats::decile_edges(&entropies);
+        let confidence_proportions = stats::bin_proportions(&confidence, &confidence_edges);
+        let entropy_proportions = stats::bin_proportions(&entropies, &entropy_edges);
+        let mean_confidence = stats::mean(&confidence);
+
+        let labeled = profile.true_classes.as_ref().map(|truth| {
+            let correct: Vec<bool> = predicted.iter().zip(truth).map(|(p, t)| p == t).collect();
+            LabeledReference {
+                accuracy: correct.iter().filter(|c| **c).count() as f64 / n as f64,
+                mean_confidence,
+                ece: stats::ece(&confidence, &correct, 15),
+                temperature: temperature.unwrap_or(1.0),
+                atc_threshold: stats::atc_threshold(&confidence, &correct),
+            }
+        });
+
+        let inputs_sorted = INPUT_FEATURES
+            .iter()
+            .map(|name| {
+                profile
+                    .inputs
+                    .get(*name)
+                    .map(|v| sorted(v.iter().map(|x| f64::from(*x)).collect()))
+                    .unwrap_or_default()
+            })
+            .collect();
+
+        let confidence_sorted = sorted(confidence);
+        let (embeddings, mmd_sigma, centroids) = match &profile.embeddings {
+            None => (None, 1.0, None),
+            Some(rows) => {
+                let dim = rows[0].len();
+                // Centroid per predicted class and the 99th percentile of distances to it.
+                let mut centroids = Vec::with_capacity(k);
+                for class in 0..k {
+                    let members: Vec<&Vec<f32>> = rows
+                        .iter()
+                        .zip(&predicted)
+                        .filter(|(_, p)| **p == class)
+                        .map(|(r, _)| r)
+                        .collect();
+                    if members.is_empty() {
+                        centroids.push((vec![f32::NAN; dim], f64::INFINITY));
+                        continue;
+                    }
+                    let mut c = vec![0f32; dim];
+                    for m in &members {
+                        for (a, b) in c.iter_mut().zip(m.iter()) {
+                            *a += *b / members.len() as f32;
+                        }
+                    }
+                    let d = sorted(members.iter().map(|m| distance(m, &c)).collect());
+                    centroids.push((c, quantile_sorted(&d, 0.99)));
+                }
+                let sample = subsample(rows.len(), MMD_REFERENCE_MAX, seed);
+                let flat_rows: Vec<f32> = sample
+                    .iter()
+                    .flat_map(|&i| rows[i].iter().copied())
+                    .collect();
+                let sigma = stats::median_heuristic_sigma(&flat_rows, &flat_rows, dim, 500);
+                (Some((flat_rows, dim)), sigma, Some(centroids))
+            }
+        };
+
+        Ok(Reference {
+            model_version: profile.model_version.clone(),
+            labels: profile.labels.clone(),
+            n,
+            class_ratios,
+            mean_confidence,
+            low_confidence_threshold: quantile_sorted(&confidence_sorted, 0.05),
+            ood_confidence_threshold: quantile_sorted(&confidence_sorted, 0.01),
+            confidence_sorted,
+            entropy_sorted: sorted(entropies),
+            confidence_edges,
+            entropy_edges,
+            confidence_proportions,
+            entropy_proportions,
+            probability_columns: columns.into_iter().map(sorted).collect(),
+            inputs_sorted,
+            embeddings,
+            mmd_sigma,
+            labeled,
+            centroids,
+            temperature_applied,
+        })
+    }
+
+    /// The flags of one prediction against this reference.
+    pub fn flags(
+        &self,
+        class: usize,
+        confidence: f32,
+        embedding: Option<&[f32]>,
+    ) -> Vec<&'static str> {
+        let mut flags = Vec::new();
+        let confidence = f64::from(confidence);
+        if confidence < self.low_confidence_threshold {
+            flags.push("low_confidence");
+        }
+        let far = match (&self.centroids, embedding) {
+            (Some(c), Some(e)) => c.get(class).is_some_and(|(centroid, radius)| {
+                centroid.len() == e.len() && distance(e, centroid) > *radius
+            }),
+            _ => false,
+        };
+        if far || confidence < self.ood_confidence_threshold {
+            flags.push("ood_suspect");
+        }
+        flags
+    }
+}
+
+/// Most reference embeddings used by the MMD test.
+pub const MMD_REFERENCE_MAX: usize = 200;
+
+/// A seeded choice of at most `max` indices out of `n`, in increasing order.
+pub fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    // Partial Fisher–Yates with SplitMix64.
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut state = seed;
+    for i in 0..max {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let j = i + (z % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    let mut chosen = idx[..max].to_vec();
+    chosen.sort_unstable();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn toy_profile() -> ReferenceProfile {
+        let labels: Vec<String> = vec!["a".into(), "b".into()];
+        let mut probabilities = Vec::new();
+        let mut truth = Vec::new();
+        let mut brightness = Vec::new();
+        let mut embeddings = Vec::new();
+        for i in 0..200 {
+            let p = 0.55 + 0.4 * (i as f32 / 200.0);
+            let (row, class) = if i % 2 == 0 {
+                (vec![p, 1.0 - p], 0)
+            } else {
+                (vec![1.0 - p, p], 1)
+            };
+            probabilities.push(row);
+            // 90% correct.
+            truth.push(if i % 10 == 0 { 1 - class } else { class });
+            brightness.push(0.3 + 0.001 * i as f32);
+            embeddings.push(vec![class as f32 + 0.01 * (i % 7) as f32, 0.5]);
+        }
+        let mut inputs = BTreeMap::new();
+        inputs.insert("brightness".to_string(), brightness);
+        ReferenceProfile {
+            format: FORMAT.into(),
+            model: "toy".into(),
+            model_version: "0123456789ab".into(),
+            labels,
+            n_images: 200,
+            probabilities,
+            true_classes: Some(truth),
+            inputs,
+            embeddings: Some(embeddings),
+            summary: None,
+        }
+    }
+
+    #[test]
+    fn derived_numbers() {
+        let p = toy_profile();
+        let r = Reference::prepare(&p, false, 1).unwrap();
+        assert_eq!(r.class_ratios, vec![0.5, 0.5]);
+        let l = r.labeled.as_ref().unwrap();
+        assert!((l.accuracy - 0.9).abs() < 1e-12);
+        assert_eq!(r.confidence_edges.len(), 9);
+        assert_eq!(r.inputs_sorted[0].len(), 200);
+        assert!(
+            r.inputs_sorted[1].is_empty(),
+            "no contrast in the toy profile"
+        );
+        assert!(r.low_confidence_threshold > r.ood_confidence_threshold);
+        // A confident prediction near its centroid carries no flag; a far one does.
+        assert!(r.flags(0, 0.9, Some(&[0.02, 0.5])).is_empty());
+        assert_eq!(r.flags(0, 0.9, Some(&[5.0, 5.0])), vec!["ood_suspect"]);
+        assert_eq!(r.flags(0, 0.5, None), vec!["low_confidence", "ood_suspect"]);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut p = toy_profile();
+        p.probabilities[3].pop();
+        assert!(p.validate().unwrap_err().contains("sample 3"));
+        let mut p = toy_profile();
+        p.inputs.insert("colour".into(), vec![0.0; 200]);
+        assert!(p.validate().unwrap_err().contains("colour"));
+        let mut p = toy_profile();
+        p.true_classes = None;
+        assert!(Reference::prepare(&p, true, 1).is_err());
+    }
+
+    #[test]
+    fn subsample_is_seeded_and_bounded() {
+        let a = subsample(1000, 10, 7);
+        assert_eq!(a.len(), 10);
+        assert_eq!(a, subsample(1000, 10, 7));
+        assert_ne!(a, subsample(1000, 10, 8));
+        assert_eq!(subsample(5, 10, 7), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&v, 0.5), 2.5);
+        assert_eq!(quantile_sorted(&v, 0.0), 1.0);
+        assert_eq!(quantile_sorted(&v, 1.0), 4.0);
+    }
+}

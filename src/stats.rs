@@ -1,0 +1,112 @@
+//! The statistics behind the monitor: two-sample tests for shift, distances between
+//! distributions, calibration metrics and label-free accuracy estimates.
+//!
+//! Pure: functions of slices, no IO, no global state. Every definition follows DESIGN.md
+//! ("Statistics") and is checked against scipy, scikit-learn or a plain numpy implementation on
+//! the committed fixture `tests/data/statistics_fixture.json`, written by
+//! `tests/data/make_statistics_fixture.py` (run `.venv/bin/python tests/data/make_statistics_fixture.py`
+//! from the repository root).
+//!
+//! Degenerate input never panics. A result that is undefined for its input (an empty sample,
+//! slices of different lengths, a NaN inside, a parameter out of range) is NaN, or a
+//! [`TestResult`] whose statistic and p-value are both NaN; each function's documentation names
+//! the exceptions (for instance a temperature falls back to 1, the identity).
+//!
+//! Map:
+//! - `kolmogorov`: the two-sample Kolmogorov–Smirnov test and the distribution of the
+//!   Kolmogorov statistic D_n;
+//! - `gamma`: ln Γ and the chi-square survival function;
+//! - `shift`: chi-square goodness of fit on class counts, PSI, decile bins, Jensen–Shannon,
+//!   Wasserstein;
+//! - `mmd`: maximum mean discrepancy with a permutation p-value;
+//! - `calibration`: reliability bins, ECE, adaptive ECE, MCE, Brier, NLL, temperature
+//!   scaling, ATC and DoC.
+
+mod calibration;
+mod gamma;
+mod kolmogorov;
+mod mmd;
+mod random;
+mod shift;
+
+#[cfg(test)]
+mod fixture;
+
+pub use calibration::{
+    ReliabilityBin, adaptive_ece, apply_temperature, atc_estimate, atc_threshold, brier,
+    doc_estimate, ece, fit_temperature, mce, nll, reliability_bins,
+};
+pub use gamma::chi2_sf;
+pub use kolmogorov::{kolmogorov_sf, ks_2samp, ks_2samp_sorted};
+pub use mmd::{median_heuristic_sigma, mmd_permutation_test, mmd2_unbiased};
+pub use shift::{
+    bin_proportions, chi_square, decile_edges, js_distance, proportions, psi, wasserstein_distance,
+    wasserstein_normalized,
+};
+
+/// The outcome of a hypothesis test: its statistic and p-value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestResult {
+    pub statistic: f64,
+    pub p_value: f64,
+}
+
+impl TestResult {
+    /// The result of a test whose input does not define it (empty sample, NaN inside).
+    pub const UNDEFINED: TestResult = TestResult {
+        statistic: f64::NAN,
+        p_value: f64::NAN,
+    };
+
+    /// Whether both the statistic and the p-value are numbers.
+    pub fn is_defined(&self) -> bool {
+        !self.statistic.is_nan() && !self.p_value.is_nan()
+    }
+}
+
+/// Arithmetic mean `Σ values / n`; NaN for an empty slice (and when a value is NaN).
+pub fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// Population standard deviation (ddof = 0, as `numpy.std`); NaN for an empty slice.
+fn population_std(values: &[f64]) -> f64 {
+    let m = mean(values);
+    let squares: f64 = values.iter().map(|v| (v - m) * (v - m)).sum();
+    (squares / values.len() as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_std_follow_numpy() {
+        let fixture = fixture::load();
+        for case in fixture["mean"].as_array().unwrap() {
+            let values = fixture::f64s(&case["values"]);
+            fixture::assert_close(mean(&values), fixture::number(&case["mean"]), 1e-12, "mean");
+            fixture::assert_close(
+                population_std(&values),
+                fixture::number(&case["std"]),
+                1e-12,
+                "std",
+            );
+        }
+        assert!(mean(&[]).is_nan());
+        assert!(mean(&[1.0, f64::NAN]).is_nan());
+    }
+
+    #[test]
+    fn undefined_result_is_nan() {
+        assert!(!TestResult::UNDEFINED.is_defined());
+        let ok = TestResult {
+            statistic: 0.0,
+            p_value: 1.0,
+        };
+        assert!(ok.is_defined());
+    }
+}

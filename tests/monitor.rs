@@ -1,0 +1,255 @@
+//! The monitor end to end: the real server and model, bundled traffic, `/v1/monitor`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, labels_csv, read, repo};
+
+/// A window of 200, evaluated often, judged on its own phase of traffic.
+fn monitor_env(state_file: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SHIFTWATCH__MONITOR__WINDOW", "200".into()),
+        ("SHIFTWATCH__MONITOR__MIN_SAMPLES", "100".into()),
+        ("SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS", "0.2".into()),
+        ("SHIFTWATCH__MONITOR__CLEAR_AFTER", "1".into()),
+        ("SHIFTWATCH__MONITOR__LABELED_WINDOW", "5000".into()),
+        ("SHIFTWATCH__MONITOR__STATE_FILE", state_file.into()),
+    ]
+}
+
+fn start(env: &[(&'static str, String)]) -> Server {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(&pairs)
+}
+
+/// Sends every image of a traffic folder, in order; returns (request id, true label) pairs.
+fn replay(server: &Server, folder: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut sent = Vec::new();
+    for (i, (file, label)) in labels_csv(format!("data/traffic/{folder}/labels.csv"))
+        .iter()
+        .enumerate()
+    {
+        let body = read(format!("data/traffic/{folder}/{file}"));
+        let id = format!("{prefix}-{i:04}");
+        let mut raw = format!(
+            "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Type: image/png\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend(body);
+        let r = crate::support::request(server.addr, &raw);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        sent.push((id, label.clone()));
+    }
+    sent
+}
+
+/// Polls until an evaluation covers everything sent so far (two evaluations after `after`).
+fn evaluation_after(server: &Server, after: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    let mut last = after.to_string();
+    loop {
+        let v = server.get("/v1/monitor").json();
+        let at = v["evaluated_at"].as_str().unwrap().to_string();
+        if at > last {
+            seen += 1;
+            last = at;
+            if seen >= 2 {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "no fresh evaluation: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each family's verdict (its `all` entry, or its only entry).
+fn family_status(snapshot: &Value) -> BTreeMap<String, String> {
+    snapshot["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["feature"] == "all" || !["bbsd_ks", "input_ks"].contains(&t["test"].as_str().unwrap())
+        })
+        .map(|t| {
+            (
+                t["test"].as_str().unwrap().to_string(),
+                t["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("window.json");
+    let env = monitor_env(state_file.to_str().unwrap());
+    let mut server = start(&env);
+
+    // Before traffic: no verdicts.
+    let empty = server.get("/v1/monitor").json();
+    assert_eq!(empty["window"]["predictions"], 0);
+    assert!(
+        family_status(&empty)
+            .values()
+            .all(|s| s == "insufficient_data"),
+        "{empty}"
+    );
+    assert_eq!(empty["labeled"], Value::Null);
+
+    // Normal traffic: every test ok.
+    let t0 = server.get("/v1/monitor").json()["evaluated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let normal = replay(&server, "normal", "normal");
+    let snap = evaluation_after(&server, &t0);
+    assert_eq!(snap["window"]["predictions"], 200);
+    assert_eq!(snap["window"]["capacity"], 200);
+    let statuses = family_status(&snap);
+    assert_eq!(statuses.len(), 10, "every family runs: {statuses:?}");
+    for (test, status) in &statuses {
+        assert_eq!(status, "ok", "{test} on normal traffic: {snap}");
+    }
+    for t in snap["tests"].as_array().unwrap() {
+        for key in [
+            "statistic",
+            "p_value",
+            "effect_size",
+            "threshold",
+            "n_window",
+            "n_reference",
+        ] {
+            assert!(t[key].is_number(), "{key} missing in {t}");
+        }
+    }
+    let est = &snap["estimates"];
+    for key in ["ac", "doc", "atc", "overconfidence_gap"] {
+        assert!(est[key].is_number(), "{key}: {est}");
+    }
+
+    // Out-of-distribution traffic: input and embedding tests alert within one window.
+    let t1 = snap["evaluated_at"].as_str().unwrap().to_string();
+    replay(&server, "ood", "ood");
+    let snap = evaluation_after(&server, &t1);
+    let statuses = family_status(&snap);
+    for test in ["input_ks", "embedding_mmd", "bbsd_ks"] {
+        assert_eq!(
+            statuses[test], "alert",
+            "{test} on out-of-distribution traffic: {snap}"
+        );
+    }
+    // A class-prior shift: the class-mix tests alert.
+    let t2 = snap["evaluated_at"].as_str().unwrap().to_string();
+    replay(&server, "class_prior", "prior");
+    let snap = evaluation_after(&server, &t2);
+    let statuses = family_status(&snap);
+    for test in ["class_chi2", "class_psi", "class_js"] {
+        assert_eq!(
+            statuses[test], "alert",
+            "{test} on a class-prior shift: {snap}"
+        );
+    }
+    // The metrics say the same.
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("shiftwatch_drift_status{test=\"class_chi2\",model=\"digits\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shiftwatch_window_predictions{model=\"digits\"} 200"));
+
+    // Delayed labels for the normal traffic: calibration from the labeled window.
+    let labels: Vec<Value> = normal
+        .iter()
+        .map(|(id, label)| json!({"request_id": id, "label": label}))
+        .collect();
+    let r = server.post(
+        "/v1/feedback",
+        Some("application/json"),
+        &serde_json::to_vec(&labels).unwrap(),
+    );
+    assert_eq!(r.status, 202);
+    let t3 = server.get("/v1/monitor").json()["evaluated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snap = evaluation_after(&server, &t3);
+    let labeled = snap["labeled"].clone();
+    assert_eq!(labeled["n"], normal.len());
+    assert!(labeled["accuracy"].as_f64().unwrap() > 0.9, "{labeled}");
+    assert_eq!(labeled["reliability"].as_array().unwrap().len(), 15);
+
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(30)).success());
+
+    // Recomputed from the Parquet log by numpy: the same numbers.
+    let expected = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(expected.path(), labeled.to_string()).unwrap();
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/check_calibration.py"))
+        .arg(&server.log_dir)
+        .arg(expected.path())
+        .output()
+        .expect("running check_calibration.py (make venv)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "calibration from Parquet: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+
+    // The window survives a restart.
+    assert!(state_file.exists(), "the window was saved on shutdown");
+    let server = start(&env);
+    let v = server.get("/v1/monitor").json();
+    assert_eq!(v["window"]["predictions"], 200, "restored window: {v}");
+}
+
+#[test]
+fn flags_mark_low_confidence_and_out_of_distribution_inputs() {
+    let server = start(&monitor_env(""));
+    let mut ood_flagged = 0;
+    let files = labels_csv("data/traffic/ood/labels.csv");
+    for (file, _) in &files {
+        let r = server.post(
+            "/v1/models/digits/classify",
+            Some("image/png"),
+            &read(format!("data/traffic/ood/{file}")),
+        );
+        let flags: Vec<String> = serde_json::from_value(r.json()["flags"].clone()).unwrap();
+        if flags.iter().any(|f| f == "ood_suspect") {
+            ood_flagged += 1;
+        }
+    }
+    let mut normal_flagged = 0;
+    let normal = labels_csv("data/traffic/normal/labels.csv");
+    for (file, _) in &normal {
+        let r = server.post(
+            "/v1/models/digits/classify",
+            Some("image/png"),
+            &read(format!("data/traffic/normal/{file}")),
+        );
+        let flags: Vec<String> = serde_json::from_value(r.json()["flags"].clone()).unwrap();
+        if flags.iter().any(|f| f == "ood_suspect") {
+            normal_flagged += 1;
+        }
+    }
+    let ood_rate = ood_flagged as f64 / files.len() as f64;
+    let normal_rate = normal_flagged as f64 / normal.len() as f64;
+    println!(
+        "ood_suspect: {ood_rate:.2} of out-of-distribution images, {normal_rate:.2} of normal ones"
+    );
+    assert!(ood_rate > 0.5, "{ood_rate}");
+    assert!(normal_rate < 0.1, "{normal_rate}");
+}
