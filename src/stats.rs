@@ -33,15 +33,16 @@ mod shift;
 mod fixture;
 
 pub use calibration::{
-    ReliabilityBin, adaptive_ece, apply_temperature, atc_estimate, atc_threshold, brier,
-    doc_estimate, ece, fit_temperature, mce, nll, reliability_bins,
+    PROBABILITY_FLOOR, ReliabilityBin, TEMPERATURE_RANGE, adaptive_ece, apply_temperature,
+    atc_estimate, atc_threshold, brier, doc_estimate, ece, fit_temperature, mce, nll,
+    reliability_bins,
 };
 pub use gamma::chi2_sf;
 pub use kolmogorov::{kolmogorov_sf, ks_2samp, ks_2samp_sorted};
 pub use mmd::{median_heuristic_sigma, mmd_permutation_test, mmd2_unbiased};
 pub use shift::{
-    bin_proportions, chi_square, decile_edges, js_distance, proportions, psi, wasserstein_distance,
-    wasserstein_normalized,
+    PROPORTION_FLOOR, bin_proportions, chi_square, decile_edges, js_distance, proportions, psi,
+    wasserstein_distance, wasserstein_normalized,
 };
 
 /// The outcome of a hypothesis test: its statistic and p-value.

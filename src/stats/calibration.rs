@@ -18,11 +18,22 @@ pub struct ReliabilityBin {
     pub lo: f64,
     /// Upper edge (inclusive).
     pub hi: f64,
+    /// Predictions whose confidence falls in the bin.
     pub count: usize,
     /// Fraction of the bin's predictions that are correct (NaN for an empty bin).
     pub accuracy: f64,
     /// Mean confidence of the bin's predictions (NaN for an empty bin).
     pub confidence: f64,
+}
+
+/// ln max(p, 1e-12), keeping NaN (where `f64::max` would return the floor).
+fn clipped_ln(p: f32) -> f64 {
+    let p = f64::from(p);
+    if p.is_nan() {
+        f64::NAN
+    } else {
+        p.max(PROBABILITY_FLOOR).ln()
+    }
 }
 
 /// `(confidence, correct)` pairs without NaN confidences, or None when the lengths differ.
@@ -191,7 +202,7 @@ pub fn brier(probs: &[f32], k: usize, labels: &[usize]) -> f64 {
 }
 
 /// Negative log-likelihood: −(1/N) Σ_i ln max(p_{i, y_i}, 1e-12) (natural log). NaN when the
-/// shapes disagree, a label is out of range or there are no rows.
+/// shapes disagree, a label is out of range, there are no rows or a label's probability is NaN.
 pub fn nll(probs: &[f32], k: usize, labels: &[usize]) -> f64 {
     let Some(n) = scored_rows(probs, k, labels) else {
         return f64::NAN;
@@ -199,17 +210,14 @@ pub fn nll(probs: &[f32], k: usize, labels: &[usize]) -> f64 {
     let total: f64 = probs
         .chunks_exact(k)
         .zip(labels)
-        .map(|(row, &y)| -f64::from(row[y]).max(PROBABILITY_FLOOR).ln())
+        .map(|(row, &y)| -clipped_ln(row[y]))
         .sum();
     total / n as f64
 }
 
 /// ln max(p, 1e-12) of every probability: the logits temperature scaling works on.
 fn clipped_logits(probs: &[f32]) -> Vec<f64> {
-    probs
-        .iter()
-        .map(|&p| f64::from(p).max(PROBABILITY_FLOOR).ln())
-        .collect()
+    probs.iter().map(|&p| clipped_ln(p)).collect()
 }
 
 /// For β = 1/T, the derivative of the mean NLL of softmax(β z) with respect to β and its
@@ -242,7 +250,7 @@ fn nll_slope(logits: &[f64], k: usize, labels: &[usize], beta: f64) -> (f64, f64
 /// that root is found by Newton's method safeguarded by bisection, to about 1e-12 relative
 /// (scipy's `minimize_scalar(method="bounded")` on T reaches the same point). At a range end
 /// when the minimum lies outside. Returns 1 (the identity) when the input is malformed (shapes,
-/// labels, no rows) or the NLL does not depend on T (every row uniform).
+/// labels, no rows, a NaN probability) or the NLL does not depend on T (every row uniform).
 pub fn fit_temperature(probs: &[f32], k: usize, labels: &[usize]) -> f64 {
     if scored_rows(probs, k, labels).is_none() {
         return 1.0;
@@ -301,7 +309,7 @@ pub fn apply_temperature(probs: &mut [f32], k: usize, t: f64) {
     let mut scaled = vec![0.0f64; k];
     for row in probs.chunks_exact_mut(k) {
         for (s, &p) in scaled.iter_mut().zip(row.iter()) {
-            *s = f64::from(p).max(PROBABILITY_FLOOR).ln() / t;
+            *s = clipped_ln(p) / t;
         }
         let top = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut total = 0.0;
@@ -529,6 +537,8 @@ mod tests {
         assert!(brier(&[], 2, &[]).is_nan());
         assert!(brier(&perfect, 0, &[0, 1]).is_nan());
         assert!(nll(&perfect, 3, &[0]).is_nan());
+        assert!(nll(&[f32::NAN, 1.0], 2, &[0]).is_nan());
+        assert!(brier(&[f32::NAN, 1.0], 2, &[0]).is_nan());
     }
 
     #[test]
@@ -564,6 +574,7 @@ mod tests {
         assert_eq!(fit_temperature(&[], 3, &[]), 1.0);
         assert_eq!(fit_temperature(&[0.5, 0.5], 3, &[0]), 1.0);
         assert_eq!(fit_temperature(&[0.5, 0.5, 0.5, 0.5], 2, &[0, 1]), 1.0);
+        assert_eq!(fit_temperature(&[f32::NAN, 0.5, 0.9, 0.1], 2, &[0, 1]), 1.0);
         // Confident and always right: as sharp as allowed.
         let sharp = [0.9f32, 0.1, 0.2, 0.8];
         assert_eq!(fit_temperature(&sharp, 2, &[0, 1]), TEMPERATURE_RANGE.0);

@@ -104,7 +104,8 @@ pub(crate) fn upper_regularized_gamma(a: f64, x: f64) -> f64 {
 /// `scipy.stats.chi2.sf` / `scipy.special.chdtrc`).
 ///
 /// `dof` may be fractional. NaN when `dof ≤ 0`, `dof` is not finite or either argument is NaN;
-/// 1 for x ≤ 0; 0 for x = +∞. Relative accuracy about 1e-13 for dof up to 10⁴.
+/// 1 for x ≤ 0; 0 for x = +∞. Relative difference from scipy at most 1e-12 on the fixture's
+/// grid (dof 1 to 2000, p from 1 down to 1e-50).
 pub fn chi2_sf(x: f64, dof: f64) -> f64 {
     upper_regularized_gamma(dof / 2.0, x / 2.0)
 }

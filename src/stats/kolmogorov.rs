@@ -126,8 +126,9 @@ fn smirnov_sf(n: u64, d: f64) -> f64 {
 /// with t = √n d:
 /// P(D⁺_n ≥ d) = e^(−2t²) [1 − 2t/(3√n) + (2t²/3 − 4t⁴/9)/n + O(n^(−3/2))],
 /// used in the exponentiated form exp(−2t² − 2t/(3√n) − 4t²(t² − 1)/(9n)), which stays positive
-/// and follows the large-deviation rate deep in the tail. Relative error under 1e-5 for
-/// n > 4000 and p above 1e-10 (checked against the exact sum in the tests).
+/// and follows the large-deviation rate deep in the tail. Relative error just above n = 4000:
+/// 2.4e-6 at p ≈ 0.025, 5e-5 at p ≈ 2e-10, shrinking as n^(−3/2) (checked against the exact
+/// sum in the tests).
 fn smirnov_sf_asymptotic(n: u64, d: f64) -> f64 {
     let nf = n as f64;
     let root_n = nf.sqrt();
@@ -310,7 +311,8 @@ pub fn ks_2samp(a: &[f64], b: &[f64]) -> TestResult {
 }
 
 /// Two-sample Kolmogorov–Smirnov test, two-sided, on samples already sorted ascending (no
-/// copies; O(n_a + n_b) for the statistic plus the p-value's cost).
+/// copies; O(n_a + n_b) for the statistic plus the p-value's cost: about 40 µs for 10,000
+/// against 2,000 in a release build, against about 185 µs for [`ks_2samp`], which sorts).
 ///
 /// Statistic: D = sup_x |F_a(x) − F_b(x)| over the empirical CDFs (ties handled as
 /// `scipy.stats.ks_2samp`: the CDFs are compared after every distinct value). p-value:

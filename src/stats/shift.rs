@@ -89,10 +89,14 @@ pub fn psi(reference_proportions: &[f64], window_proportions: &[f64]) -> f64 {
 /// default (linear) interpolation — with the sorted sample x and h = (n − 1) q, the value
 /// x[⌊h⌋] + (h − ⌊h⌋)(x[⌊h⌋+1] − x[⌊h⌋]), evaluated as `numpy.quantile` does — and then with
 /// repeated edges removed (`numpy.unique`), so the edges are strictly increasing: ties in the
-/// reference give fewer, wider bins rather than empty ones. NaN values are ignored (as
-/// `numpy.nanquantile`); an empty sample has no edges (a single bin).
+/// reference give fewer, wider bins rather than empty ones. NaN and infinite values are
+/// ignored; a sample without finite values has no edges (a single bin).
 pub fn decile_edges(reference: &[f64]) -> Vec<f64> {
-    let mut sorted: Vec<f64> = reference.iter().copied().filter(|v| !v.is_nan()).collect();
+    let mut sorted: Vec<f64> = reference
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     if sorted.is_empty() {
         return Vec::new();
     }
@@ -354,7 +358,8 @@ mod tests {
     #[test]
     fn decile_edges_of_degenerate_samples() {
         assert!(decile_edges(&[]).is_empty());
-        assert!(decile_edges(&[f64::NAN]).is_empty());
+        assert!(decile_edges(&[f64::NAN, f64::INFINITY]).is_empty());
+        assert_eq!(decile_edges(&[f64::NEG_INFINITY, 2.0, f64::NAN]), vec![2.0]);
         assert_eq!(decile_edges(&[3.0; 100]), vec![3.0]);
         assert_eq!(decile_edges(&[7.0]), vec![7.0]);
         // A constant reference puts everything equal to it in the first bin.
