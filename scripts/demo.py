@@ -53,6 +53,8 @@ def start(binary: Path, listen: str, model: str) -> tuple[subprocess.Popen, str]
     env["SHIFTWATCH__MONITOR__REFERENCE"] = model.removesuffix(".onnx") + ".reference.json"
     env["SHIFTWATCH__LOG__DIR"] = str(DEMO_DIR / "log")
     env["SHIFTWATCH__MONITOR__STATE_FILE"] = str(DEMO_DIR / "monitor-window.json")
+    env["SHIFTWATCH__CANDIDATES__DIR"] = str(DEMO_DIR / "candidates")
+    env["SHIFTWATCH__CANDIDATES__EXPORT_DIR"] = str(DEMO_DIR / "exports")
     env.update(MONITOR)
     proc = subprocess.Popen(
         [str(binary), "serve", "--config", str(ROOT / "config/shiftwatch.toml")],
@@ -76,7 +78,7 @@ def start(binary: Path, listen: str, model: str) -> tuple[subprocess.Popen, str]
     raise SystemExit("the sidecar did not become ready within 120 s")
 
 
-def classify(addr: str, png: bytes) -> tuple[int, dict, float]:
+def classify(addr: str, png: bytes, request_id: str) -> tuple[int, dict, float]:
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     started = time.perf_counter()
@@ -84,7 +86,7 @@ def classify(addr: str, png: bytes) -> tuple[int, dict, float]:
         "POST",
         "/v1/models/digits/classify?top_k=3",
         body=png,
-        headers={"Content-Type": "image/png"},
+        headers={"Content-Type": "image/png", "x-request-id": request_id},
     )
     resp = conn.getresponse()
     body = resp.read()
@@ -122,8 +124,9 @@ def replay(addr: str, folder: Path) -> dict:
     with open(folder / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     images = [(folder / r["file"]).read_bytes() for r in rows]
+    ids = [f"{folder.name}-{i:04d}" for i in range(len(images))]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda b: classify(addr, b), images))
+        results = list(pool.map(lambda a: classify(addr, *a), zip(images, ids)))
     ok = [(r, res) for r, res in zip(rows, results) if res[0] == 200]
     confidences = [res[1]["confidence"] for _, res in ok]
     entropies = [res[1]["entropy"] for _, res in ok]
@@ -215,6 +218,30 @@ def main() -> int:
                 f"{'  n/a' if gap is None else f'{gap:+6.3f}'}  {', '.join(alerts) or '-'}"
             )
 
+        top = get_json(addr, "/v1/candidates?limit=100")["candidates"]
+        by_phase: dict[str, int] = {}
+        for c in top:
+            phase = c["request_id"].rsplit("-", 1)[0]
+            by_phase[phase] = by_phase.get(phase, 0) + 1
+        sent = sum(s["sent"] for s in summary.values())
+        print("\nRelabel candidates: the top 100, by the phase they came from (share of traffic in brackets):")
+        print(
+            "  "
+            + ", ".join(
+                f"{p} {by_phase.get(p, 0)} ({summary[p]['sent'] / sent:.0%})" for p, _ in PHASES
+            )
+        )
+        host, port = addr.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request(
+            "POST",
+            "/v1/candidates/export",
+            body=json.dumps({"limit": 100, "name": "demo"}),
+            headers={"Content-Type": "application/json"},
+        )
+        exported = json.loads(conn.getresponse().read())
+        print(f"  exported for Label Studio: {exported.get('path')} ({exported.get('count')} tasks)")
+
         print("\nWhat this shows (accuracy uses the bundled labels, which the sidecar never sees):")
         normal = summary["normal"]
         for name, what in PHASES[1:]:
@@ -239,6 +266,8 @@ def main() -> int:
         print("Where to look next:")
         print(f"  curl -s http://{addr}/v1/monitor        # every test, estimates, calibration")
         print(f"  curl -s http://{addr}/metrics           # Prometheus")
+        print(f"  curl -s 'http://{addr}/v1/candidates?limit=20'")
+        print(f"  {DEMO_DIR / 'exports/demo'}: tasks.json + label-studio.xml for Label Studio")
         print(f"  curl -s http://{addr}/readyz")
         print(f"  curl -s http://{addr}/v2/models/digits")
         print(

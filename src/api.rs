@@ -5,6 +5,7 @@
 //! and answer: decoding runs on the blocking pool, inference on the workers, logging on the log's
 //! writer threads.
 
+mod candidates;
 mod classify;
 mod error;
 mod feedback;
@@ -29,6 +30,7 @@ use crate::inference::InferencePool;
 use crate::log::PredictionLog;
 use crate::metrics::Metrics;
 use crate::monitor::Monitor;
+use crate::relabel::Candidates;
 
 /// What exists once the model is loaded: the readiness latch holds it.
 #[derive(Debug)]
@@ -37,6 +39,7 @@ pub struct Serving {
     pub log: Option<PredictionLog>,
     pub recent: RecentPredictions,
     pub monitor: Option<Arc<Monitor>>,
+    pub candidates: Option<Candidates>,
 }
 
 /// What every handler shares.
@@ -137,6 +140,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{model}/classify", post(classify::classify))
         .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/monitor", get(monitor))
+        .route("/v1/candidates", get(candidates::list))
+        .route("/v1/candidates/export", post(candidates::export))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -160,6 +165,7 @@ fn endpoint_label(route: &str) -> &'static str {
         "/v1/models/{model}/classify" => "classify",
         "/v1/feedback" => "feedback",
         "/v1/monitor" => "monitor",
+        "/v1/candidates" | "/v1/candidates/export" => "candidates",
         "/metrics" => "metrics",
         "/v2" | "/v2/models/{model}" => "metadata",
         _ => "health",

@@ -1,4 +1,5 @@
-//! The command line: `shiftwatch serve | reference | check-config`, each with `--config`.
+//! The command line: `shiftwatch serve | reference | candidates export | check-config`, each
+//! with `--config`.
 //!
 //! Exit codes: 0 success, 64 the config is invalid, 1 anything else.
 
@@ -42,11 +43,30 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         max_samples: usize,
     },
+    /// Relabel candidates: export the best stored ones for Label Studio (offline, from the log)
+    Candidates {
+        #[command(subcommand)]
+        action: CandidatesAction,
+    },
     /// Validate the config, then load the model and run one batch (unless --skip-model)
     CheckConfig {
         /// Only validate the config file and the environment overrides
         #[arg(long)]
         skip_model: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CandidatesAction {
+    /// Select from the stored candidates (scores from the Parquet log) and write a package:
+    /// images/, tasks.json, label-studio.xml, manifest.csv
+    Export {
+        /// The package folder to create (must not exist)
+        #[arg(long)]
+        out: PathBuf,
+        /// Candidates at most
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 
@@ -64,6 +84,9 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::CheckConfig { skip_model } => check_config(&cli.config, &config, skip_model),
+        Command::Candidates {
+            action: CandidatesAction::Export { out, limit },
+        } => export_candidates(&config, &out, limit),
         Command::Reference {
             images,
             labels,
@@ -121,6 +144,86 @@ fn reference(config: &Config, options: &crate::profile::ProfileOptions) -> anyho
     } else {
         println!("  (no labels: accuracy, ECE, temperature and ATC need --labels)");
     }
+    Ok(())
+}
+
+fn export_candidates(
+    config: &Config,
+    out: &std::path::Path,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    use crate::relabel::export::{ExportItem, write_package};
+    use crate::relabel::select::{reasons, select};
+
+    crate::telemetry::init(&config.logging);
+    let Some(cc) = &config.candidates else {
+        anyhow::bail!("candidates.enabled is false: there is no candidate store to export from");
+    };
+    let Some(log) = &config.log else {
+        anyhow::bail!("log.enabled is false: offline export reads the prediction log");
+    };
+    let limit = limit.unwrap_or(config.candidates_default_limit);
+    let stored = crate::relabel::read_index(&cc.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the candidate index in {}: {e}",
+            cc.dir.display()
+        )
+    })?;
+    let wanted = stored.iter().map(|s| s.request_id.clone()).collect();
+    let logged = crate::relabel::offline::read_predictions(&log.dir, &config.model.name, &wanted)?;
+    let (joined, missing) = crate::relabel::offline::join(&stored, &logged);
+    let labels = match crate::model::load(config) {
+        Ok(m) => m.spec.labels,
+        Err(e) => anyhow::bail!("cannot read the model's class labels: {e}"),
+    };
+    let mut selection = cc.selection.clone();
+    selection.classes = labels.len();
+    let pool: Vec<_> = joined.iter().map(|(_, c)| c.clone()).collect();
+    let chosen = select(&pool, limit, &selection);
+    let mut items = Vec::with_capacity(chosen.len());
+    for i in chosen {
+        let (s, c) = &joined[i];
+        if !labels.contains(&s.predicted_label) {
+            continue;
+        }
+        let image = std::fs::read(cc.dir.join("images").join(&s.file)).map_err(|e| {
+            anyhow::anyhow!("cannot read the stored image of {}: {e}", s.request_id)
+        })?;
+        items.push(ExportItem {
+            request_id: s.request_id.clone(),
+            image,
+            content_type: s.content_type.clone(),
+            sha256: s.sha256.clone(),
+            score: crate::relabel::select::score(c, &selection),
+            reasons: reasons(c, &selection)
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            predicted_class: c.predicted_class,
+            predicted_label: s.predicted_label.clone(),
+            confidence: c.confidence,
+            margin: c.margin,
+            entropy: c.entropy,
+            model_version: s.model_version.clone(),
+        });
+    }
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("--out must end in a folder name"))?;
+    let root = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&root)?;
+    let path = write_package(&root, name, &items, &labels)?;
+    println!(
+        "exported {} candidates to {} ({} stored, {} not in the log yet)",
+        items.len(),
+        path.display(),
+        stored.len(),
+        missing
+    );
     Ok(())
 }
 

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::log::{Durability, LogConfig};
 use crate::monitor::MonitorConfig;
 use crate::monitor::evaluate::Settings;
+use crate::relabel::CandidatesConfig;
+use crate::relabel::select::{SelectionConfig, Uncertainty};
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "SHIFTWATCH__";
@@ -51,6 +53,7 @@ pub struct RawConfig {
     pub feedback: RawFeedback,
     pub auth: RawAuth,
     pub monitor: RawMonitor,
+    pub candidates: RawCandidates,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -333,6 +336,48 @@ impl RawMinEffect {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCandidates {
+    pub enabled: bool,
+    pub dir: String,
+    pub export_dir: String,
+    pub uncertainty: String,
+    pub pool_size: usize,
+    pub random_rate: f64,
+    pub random_max: usize,
+    pub max_disk_bytes: u64,
+    pub retention_hours: f64,
+    pub ood_boost: f64,
+    pub shift_boost: f64,
+    pub dhash_threshold: u32,
+    pub random_share: f64,
+    pub kcenter_pool_factor: usize,
+    pub default_limit: usize,
+}
+
+impl Default for RawCandidates {
+    fn default() -> Self {
+        RawCandidates {
+            enabled: true,
+            dir: "runs/candidates".into(),
+            export_dir: "runs/exports".into(),
+            uncertainty: "entropy".into(),
+            pool_size: 1000,
+            random_rate: 0.01,
+            random_max: 100,
+            max_disk_bytes: 100 * 1024 * 1024,
+            retention_hours: 168.0,
+            ood_boost: 1.0,
+            shift_boost: 0.5,
+            dhash_threshold: 4,
+            random_share: 0.1,
+            kcenter_pool_factor: 3,
+            default_limit: 100,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
@@ -356,6 +401,10 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// `None` when `monitor.enabled` is false.
     pub monitor: Option<MonitorConfig>,
+    /// `None` when `candidates.enabled` is false.
+    pub candidates: Option<CandidatesConfig>,
+    /// How many candidates `GET /v1/candidates` and exports return without a limit.
+    pub candidates_default_limit: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -769,6 +818,54 @@ impl RawConfig {
             }
         }
 
+        let c = &self.candidates;
+        let uncertainty = Uncertainty::parse(&c.uncertainty);
+        if uncertainty.is_none() {
+            bad(
+                "candidates.uncertainty",
+                format!(
+                    "`{}` is not one of `entropy`, `margin`, `least_confidence`",
+                    c.uncertainty
+                ),
+            );
+        }
+        if c.enabled && (c.dir.is_empty() || c.export_dir.is_empty()) {
+            bad(
+                "candidates.dir",
+                "candidates.dir and candidates.export_dir must name folders".into(),
+            );
+        }
+        for (key, v) in [
+            ("candidates.pool_size", c.pool_size as u64),
+            ("candidates.max_disk_bytes", c.max_disk_bytes),
+            (
+                "candidates.kcenter_pool_factor",
+                c.kcenter_pool_factor as u64,
+            ),
+            ("candidates.default_limit", c.default_limit as u64),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v, hi) in [
+            ("candidates.random_rate", c.random_rate, 1.0),
+            ("candidates.random_share", c.random_share, 1.0),
+            ("candidates.ood_boost", c.ood_boost, 100.0),
+            ("candidates.shift_boost", c.shift_boost, 100.0),
+            ("candidates.retention_hours", c.retention_hours, f64::MAX),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                bad(key, format!("must be a number in 0..={hi}"));
+            }
+        }
+        if c.dhash_threshold > 64 {
+            bad(
+                "candidates.dhash_threshold",
+                "must be at most 64 (bits)".into(),
+            );
+        }
+
         if !errors.is_empty() {
             return Err(if errors.len() == 1 {
                 errors.pop().expect("one error")
@@ -850,6 +947,29 @@ impl RawConfig {
                     apply_temperature: m.apply_temperature,
                     state_file: (!m.state_file.is_empty()).then(|| PathBuf::from(m.state_file)),
                     persist_every: Duration::from_secs_f64(m.persist_every_seconds),
+                }
+            }),
+            candidates_default_limit: self.candidates.default_limit,
+            candidates: self.candidates.enabled.then(|| {
+                let c = self.candidates;
+                CandidatesConfig {
+                    dir: PathBuf::from(c.dir),
+                    export_dir: PathBuf::from(c.export_dir),
+                    pool_size: c.pool_size,
+                    random_rate: c.random_rate,
+                    random_max: c.random_max,
+                    max_disk_bytes: c.max_disk_bytes,
+                    retention: (c.retention_hours > 0.0)
+                        .then(|| Duration::from_secs_f64(c.retention_hours * 3600.0)),
+                    selection: SelectionConfig {
+                        uncertainty: uncertainty.expect("validated"),
+                        classes: 0,
+                        ood_boost: c.ood_boost,
+                        shift_boost: c.shift_boost,
+                        dhash_threshold: c.dhash_threshold,
+                        random_share: c.random_share,
+                        candidate_pool_factor: c.kcenter_pool_factor,
+                    },
                 }
             }),
         })

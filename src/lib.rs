@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod prediction;
 pub mod preprocess;
 pub mod profile;
+pub mod relabel;
 pub mod server;
 pub mod stats;
 pub mod telemetry;

@@ -83,6 +83,11 @@ pub struct Metrics {
     pub labeled_accuracy: Gauge,
     pub calibration_error: GaugeVec,
     pub reference_class_ratio: GaugeVec,
+    pub candidates_stored: IntGauge,
+    pub candidates_stored_bytes: IntGauge,
+    pub candidates_exported: prometheus::IntCounter,
+    pub candidates_evicted: IntCounterVec,
+    pub candidates_skipped: prometheus::IntCounter,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -268,6 +273,35 @@ impl Metrics {
                 "Share of each predicted class in the reference profile",
                 &["class"],
             ),
+            candidates_stored: int(
+                "shiftwatch_candidates_stored",
+                "Relabel candidates (and random-sample members) whose image is stored",
+            ),
+            candidates_stored_bytes: int(
+                "shiftwatch_candidates_stored_bytes",
+                "Bytes of stored candidate images",
+            ),
+            candidates_exported: register(
+                r,
+                prometheus::IntCounter::new(
+                    "shiftwatch_candidates_exported_total",
+                    "Candidates written into export packages",
+                )
+                .expect("valid counter"),
+            ),
+            candidates_evicted: counter_vec(
+                "shiftwatch_candidates_evicted_total",
+                "Stored candidates removed, by reason",
+                &["reason"],
+            ),
+            candidates_skipped: register(
+                r,
+                prometheus::IntCounter::new(
+                    "shiftwatch_candidates_skipped_total",
+                    "Candidates not stored because the store was busy or the disk refused",
+                )
+                .expect("valid counter"),
+            ),
             log,
             registry,
         }
@@ -286,6 +320,9 @@ impl Metrics {
             FeedbackOutcome::Invalid,
         ] {
             self.feedback.with_label_values(&[o.as_str()]);
+        }
+        for reason in ["pool_full", "random_full", "disk_quota", "retention"] {
+            self.candidates_evicted.with_label_values(&[reason]);
         }
         for stream in ["predictions", "feedback"] {
             self.log.rows_written.with_label_values(&[stream]);

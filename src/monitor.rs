@@ -136,6 +136,8 @@ pub struct Monitor {
     labeled: Mutex<Labeled>,
     hysteresis: Mutex<[Hysteresis; 10]>,
     latest: RwLock<Option<Arc<Snapshot>>>,
+    /// Whether any test family is in alert (after hysteresis) at the last evaluation.
+    shifted: std::sync::atomic::AtomicBool,
     metrics: Metrics,
     stop: Mutex<Option<crossbeam_channel::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -184,6 +186,7 @@ impl Monitor {
             }),
             hysteresis: Mutex::new([Hysteresis::default(); 10]),
             latest: RwLock::new(None),
+            shifted: std::sync::atomic::AtomicBool::new(false),
             reference: Arc::new(reference),
             config,
             metrics,
@@ -227,6 +230,11 @@ impl Monitor {
         l.rows.push_back((probabilities.into(), true_class));
     }
 
+    /// Whether the last evaluation found the window shifted (any family in alert).
+    pub fn is_shifted(&self) -> bool {
+        self.shifted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The latest evaluation, if any yet.
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
         self.latest
@@ -259,6 +267,10 @@ impl Monitor {
                 })
                 .collect()
         };
+        self.shifted.store(
+            statuses.contains(&Status::Alert),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let labeled = self.labeled_report();
         self.export(&data, &outcomes, &statuses, &estimates, labeled.as_ref());
         let tests = outcomes

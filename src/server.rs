@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::{self, ModelSpec};
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::{Monitor, MonitorConfig};
+use crate::relabel::{CandidateMetrics, Candidates};
 
 /// Runs the sidecar until a shutdown signal; returns once everything is closed.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -155,6 +156,30 @@ pub async fn serve_on(
             }
         },
     };
+    let candidates = match state.config.candidates.clone() {
+        None => None,
+        Some(mut cc) => {
+            cc.selection.classes = spec.num_classes();
+            let cm = CandidateMetrics {
+                stored: metrics.candidates_stored.clone(),
+                stored_bytes: metrics.candidates_stored_bytes.clone(),
+                exported: metrics.candidates_exported.clone(),
+                evicted: metrics.candidates_evicted.clone(),
+                skipped: metrics.candidates_skipped.clone(),
+            };
+            let dir = cc.dir.clone();
+            match Candidates::open(cc, cm) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    server.abort();
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot open the candidate store {} (candidates.dir)",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+    };
     let pool = InferencePool::start(
         loaded,
         &state.config.inference,
@@ -169,6 +194,7 @@ pub async fn serve_on(
         log,
         recent: RecentPredictions::new(state.config.feedback_match_window),
         monitor,
+        candidates,
     };
     state
         .serving
@@ -207,6 +233,9 @@ async fn finish(
         }
         if let Some(monitor) = &serving.monitor {
             monitor.close();
+        }
+        if let Some(candidates) = &serving.candidates {
+            candidates.close();
         }
     }
     tracing::info!("shut down");

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod candidates;
 mod log;
 mod monitor;
 mod prometheus;

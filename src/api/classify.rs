@@ -20,6 +20,8 @@ use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable, now
 use crate::monitor::window::Observation;
 use crate::prediction::{summarize, top_k};
 use crate::preprocess::{self, format_for_media_type};
+use crate::relabel::Offer;
+use crate::relabel::select::Candidate;
 use crate::stats;
 
 /// The header that carries the caller's request id (echoed in the answer).
@@ -157,6 +159,7 @@ pub async fn classify(
 
     let spec = Arc::clone(pool.spec());
     let limits = state.config.limits;
+    let image_bytes = bytes.clone();
     let (tensor, image) = {
         let spec = Arc::clone(&spec);
         tokio::task::spawn_blocking(move || {
@@ -245,6 +248,38 @@ pub async fn classify(
             probability,
         })
         .collect();
+    let shifted = serving.monitor.as_ref().is_some_and(|m| m.is_shifted());
+    if shifted {
+        flags.push("shifted_window");
+    }
+    if let Some(store) = &serving.candidates {
+        let mut candidate = Candidate {
+            request_id: request_id.clone(),
+            predicted_class: summary.class,
+            confidence: summary.confidence,
+            margin: summary.margin,
+            entropy: summary.entropy,
+            dhash: image.dhash,
+            vector: Vec::new(),
+            ood: flags.contains(&"ood_suspect"),
+            shifted,
+            random: false,
+            ts_us,
+        };
+        if store.wants(&mut candidate) {
+            candidate.vector = output
+                .embedding
+                .clone()
+                .unwrap_or_else(|| probabilities.clone());
+            store.offer(Offer {
+                candidate,
+                image: image_bytes,
+                content_type: content_type.clone(),
+                predicted_label: spec.labels[summary.class].clone(),
+                model_version: spec.version.clone(),
+            });
+        }
+    }
     serving.recent.remember(&request_id, probabilities);
     if let Some(log) = &serving.log {
         let record = PredictionRecord {

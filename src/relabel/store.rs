@@ -1,0 +1,474 @@
+//! The candidate store: a bounded pool of candidates with their image bytes on disk.
+//!
+//! The request path calls [`Candidates::offer`], which decides cheaply (one atomic load, a
+//! coin flip) whether the prediction could enter the pool, and hands it to the store's thread
+//! through a bounded queue (full: skipped and counted). The thread writes the image file, adds the
+//! entry, and evicts: the lowest-scored candidate when the pool is over `pool_size`, the oldest
+//! random-sample member over `random_max`, anything older than the retention, and the
+//! lowest-scored ones while the files exceed `max_disk_bytes`. The index (`index.json`) is
+//! rewritten when it changed, at most every few seconds, and at shutdown; at start files that the
+//! index does not know are deleted and entries whose file is gone are dropped.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::select::{Candidate, SelectionConfig, score};
+
+/// The store's settings (the `[candidates]` config section, validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidatesConfig {
+    pub dir: PathBuf,
+    pub export_dir: PathBuf,
+    pub pool_size: usize,
+    pub random_rate: f64,
+    pub random_max: usize,
+    pub max_disk_bytes: u64,
+    pub retention: Option<Duration>,
+    pub selection: SelectionConfig,
+}
+
+/// Metrics the store keeps.
+#[derive(Clone)]
+pub struct CandidateMetrics {
+    pub stored: IntGauge,
+    pub stored_bytes: IntGauge,
+    pub exported: IntCounter,
+    pub evicted: IntCounterVec,
+    pub skipped: IntCounter,
+}
+
+/// A prediction offered to the store.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub candidate: Candidate,
+    pub image: Bytes,
+    pub content_type: Option<String>,
+    pub predicted_label: String,
+    pub model_version: String,
+}
+
+/// One stored candidate (as in the index).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredCandidate {
+    pub request_id: String,
+    pub predicted_class: usize,
+    pub predicted_label: String,
+    pub confidence: f32,
+    pub margin: f32,
+    pub entropy: f32,
+    pub dhash: u64,
+    pub vector: Vec<f32>,
+    pub ood: bool,
+    pub shifted: bool,
+    pub random: bool,
+    pub ts_us: i64,
+    pub score: f64,
+    pub content_type: Option<String>,
+    pub sha256: String,
+    pub bytes: u64,
+    pub file: String,
+    pub stored_at_us: i64,
+    pub model_version: String,
+}
+
+impl StoredCandidate {
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            request_id: self.request_id.clone(),
+            predicted_class: self.predicted_class,
+            confidence: self.confidence,
+            margin: self.margin,
+            entropy: self.entropy,
+            dhash: self.dhash,
+            vector: self.vector.clone(),
+            ood: self.ood,
+            shifted: self.shifted,
+            random: self.random,
+            ts_us: self.ts_us,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    candidates: Vec<StoredCandidate>,
+}
+
+struct Pool {
+    entries: HashMap<String, StoredCandidate>,
+    bytes: u64,
+    dirty: bool,
+}
+
+/// The store: what the request path and the API hold.
+pub struct Candidates {
+    config: CandidatesConfig,
+    pool: Arc<Mutex<Pool>>,
+    /// Score a new candidate must beat when the pool is full (f64 bits).
+    admission: Arc<AtomicU64>,
+    coin: AtomicU64,
+    sender: Sender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    metrics: CandidateMetrics,
+}
+
+impl std::fmt::Debug for Candidates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Candidates")
+            .field("dir", &self.config.dir)
+            .finish()
+    }
+}
+
+enum Message {
+    Offer(Box<Offer>),
+    Shutdown,
+}
+
+fn lock(p: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The file name a request's image is stored under (no part of the id reaches the path).
+fn file_name(request_id: &str, content_type: Option<&str>) -> String {
+    let ext = match content_type.unwrap_or_default() {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpg",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "image/bmp" | "image/x-ms-bmp" => "bmp",
+        "image/tiff" => "tif",
+        _ => "bin",
+    };
+    let h = hex::encode(Sha256::digest(request_id.as_bytes()));
+    format!("{}.{ext}", &h[..32])
+}
+
+impl Candidates {
+    /// Opens the store (loading its index, cleaning orphans) and starts its thread.
+    pub fn open(config: CandidatesConfig, metrics: CandidateMetrics) -> std::io::Result<Self> {
+        let images = config.dir.join("images");
+        fs::create_dir_all(&images)?;
+        let mut entries = HashMap::new();
+        let mut bytes = 0;
+        if let Ok(text) = fs::read(config.dir.join("index.json"))
+            && let Ok(index) = serde_json::from_slice::<Index>(&text)
+        {
+            for c in index.candidates {
+                if images.join(&c.file).is_file() {
+                    bytes += c.bytes;
+                    entries.insert(c.request_id.clone(), c);
+                }
+            }
+        }
+        // Files the index does not know (a crash between write and index) go.
+        let known: std::collections::HashSet<String> =
+            entries.values().map(|c| c.file.clone()).collect();
+        for e in fs::read_dir(&images)?.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !known.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        metrics.stored.set(entries.len() as i64);
+        metrics.stored_bytes.set(bytes as i64);
+        let pool = Arc::new(Mutex::new(Pool {
+            entries,
+            bytes,
+            dirty: true,
+        }));
+        let admission = Arc::new(AtomicU64::new(f64::NEG_INFINITY.to_bits()));
+        let (sender, receiver) = crossbeam_channel::bounded(256);
+        let worker = Worker {
+            config: config.clone(),
+            pool: Arc::clone(&pool),
+            admission: Arc::clone(&admission),
+            metrics: metrics.clone(),
+            last_index: Instant::now(),
+        };
+        worker.update_admission(&lock(&pool));
+        let thread = std::thread::Builder::new()
+            .name("candidates".into())
+            .spawn(move || worker.run(receiver))?;
+        Ok(Candidates {
+            config,
+            pool,
+            admission,
+            coin: AtomicU64::new(0x5EED),
+            sender,
+            thread: Mutex::new(Some(thread)),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> &CandidatesConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &CandidateMetrics {
+        &self.metrics
+    }
+
+    /// A uniform coin flip with probability `random_rate` (lock-free SplitMix64).
+    fn coin(&self) -> bool {
+        let mut z = self
+            .coin
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 <= self.config.random_rate
+    }
+
+    /// Whether a prediction with this score is worth the image bytes; sets `random` on a coin flip.
+    pub fn wants(&self, candidate: &mut Candidate) -> bool {
+        if self.config.random_rate > 0.0 && self.coin() {
+            candidate.random = true;
+            return true;
+        }
+        score(candidate, &self.config.selection)
+            > f64::from_bits(self.admission.load(Ordering::Relaxed))
+    }
+
+    /// Hands a prediction to the store's thread (never blocks).
+    pub fn offer(&self, offer: Offer) {
+        match self.sender.try_send(Message::Offer(Box::new(offer))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.metrics.skipped.inc()
+            }
+        }
+    }
+
+    /// Every stored candidate.
+    pub fn list(&self) -> Vec<StoredCandidate> {
+        lock(&self.pool).entries.values().cloned().collect()
+    }
+
+    /// The image bytes of a stored candidate.
+    pub fn image(&self, c: &StoredCandidate) -> std::io::Result<Vec<u8>> {
+        fs::read(self.config.dir.join("images").join(&c.file))
+    }
+
+    /// Stops the thread after it has written what is queued and the index.
+    pub fn close(&self) {
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = self.sender.send(Message::Shutdown);
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Candidates {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Reads a store's index without opening it (offline export).
+pub fn read_index(dir: &Path) -> std::io::Result<Vec<StoredCandidate>> {
+    let text = fs::read(dir.join("index.json"))?;
+    let index: Index = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
+    Ok(index.candidates)
+}
+
+struct Worker {
+    config: CandidatesConfig,
+    pool: Arc<Mutex<Pool>>,
+    admission: Arc<AtomicU64>,
+    metrics: CandidateMetrics,
+    last_index: Instant,
+}
+
+const INDEX_EVERY: Duration = Duration::from_secs(2);
+
+impl Worker {
+    fn run(mut self, receiver: Receiver<Message>) {
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(500)) {
+                Ok(Message::Offer(o)) => self.add(*o),
+                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.last_index.elapsed() >= INDEX_EVERY {
+                self.expire();
+                self.write_index();
+            }
+        }
+        while let Ok(Message::Offer(o)) = receiver.try_recv() {
+            self.add(*o);
+        }
+        self.write_index();
+    }
+
+    fn add(&mut self, offer: Offer) {
+        let c = offer.candidate;
+        let s = score(&c, &self.config.selection);
+        let file = file_name(&c.request_id, offer.content_type.as_deref());
+        let path = self.config.dir.join("images").join(&file);
+        if lock(&self.pool).entries.contains_key(&c.request_id) {
+            return;
+        }
+        if let Err(e) = fs::write(&path, &offer.image) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot store a candidate image");
+            self.metrics.skipped.inc();
+            return;
+        }
+        let stored = StoredCandidate {
+            request_id: c.request_id.clone(),
+            predicted_class: c.predicted_class,
+            predicted_label: offer.predicted_label,
+            confidence: c.confidence,
+            margin: c.margin,
+            entropy: c.entropy,
+            dhash: c.dhash,
+            vector: c.vector,
+            ood: c.ood,
+            shifted: c.shifted,
+            random: c.random,
+            ts_us: c.ts_us,
+            score: s,
+            content_type: offer.content_type,
+            sha256: hex::encode(Sha256::digest(&offer.image)),
+            bytes: offer.image.len() as u64,
+            file,
+            stored_at_us: crate::log::now_us(),
+            model_version: offer.model_version,
+        };
+        let mut pool = lock(&self.pool);
+        pool.bytes += stored.bytes;
+        pool.entries.insert(stored.request_id.clone(), stored);
+        pool.dirty = true;
+        self.evict(&mut pool);
+        self.update_admission(&pool);
+    }
+
+    fn remove(&self, pool: &mut Pool, request_id: &str, reason: &str) {
+        if let Some(c) = pool.entries.remove(request_id) {
+            pool.bytes = pool.bytes.saturating_sub(c.bytes);
+            let _ = fs::remove_file(self.config.dir.join("images").join(&c.file));
+            self.metrics.evicted.with_label_values(&[reason]).inc();
+            pool.dirty = true;
+        }
+    }
+
+    /// The lowest-scored candidate (random-sample members excluded unless `random`).
+    fn lowest(pool: &Pool, random: bool) -> Option<String> {
+        pool.entries
+            .values()
+            .filter(|c| c.random == random)
+            .min_by(|a, b| {
+                a.score
+                    .total_cmp(&b.score)
+                    .then(a.stored_at_us.cmp(&b.stored_at_us))
+            })
+            .map(|c| c.request_id.clone())
+    }
+
+    fn evict(&self, pool: &mut Pool) {
+        let count = |pool: &Pool, random: bool| {
+            pool.entries.values().filter(|c| c.random == random).count()
+        };
+        while count(pool, false) > self.config.pool_size {
+            let Some(id) = Self::lowest(pool, false) else {
+                break;
+            };
+            self.remove(pool, &id, "pool_full");
+        }
+        while count(pool, true) > self.config.random_max {
+            let oldest = pool
+                .entries
+                .values()
+                .filter(|c| c.random)
+                .min_by_key(|c| c.stored_at_us)
+                .map(|c| c.request_id.clone());
+            let Some(id) = oldest else { break };
+            self.remove(pool, &id, "random_full");
+        }
+        while pool.bytes > self.config.max_disk_bytes {
+            // Candidates first (lowest score), then the random sample (oldest).
+            let id = Self::lowest(pool, false).or_else(|| {
+                pool.entries
+                    .values()
+                    .min_by_key(|c| c.stored_at_us)
+                    .map(|c| c.request_id.clone())
+            });
+            let Some(id) = id else { break };
+            self.remove(pool, &id, "disk_quota");
+        }
+        self.metrics.stored.set(pool.entries.len() as i64);
+        self.metrics.stored_bytes.set(pool.bytes as i64);
+    }
+
+    fn expire(&self) {
+        let Some(retention) = self.config.retention else {
+            return;
+        };
+        let cutoff = crate::log::now_us() - retention.as_micros() as i64;
+        let mut pool = lock(&self.pool);
+        let old: Vec<String> = pool
+            .entries
+            .values()
+            .filter(|c| c.stored_at_us < cutoff)
+            .map(|c| c.request_id.clone())
+            .collect();
+        for id in old {
+            self.remove(&mut pool, &id, "retention");
+        }
+        self.metrics.stored.set(pool.entries.len() as i64);
+        self.metrics.stored_bytes.set(pool.bytes as i64);
+        self.update_admission(&pool);
+    }
+
+    /// When the pool is full, a newcomer must beat its lowest score.
+    fn update_admission(&self, pool: &Pool) {
+        let candidates = pool.entries.values().filter(|c| !c.random);
+        let (n, min) =
+            candidates.fold((0usize, f64::INFINITY), |(n, m), c| (n + 1, m.min(c.score)));
+        let threshold = if n >= self.config.pool_size {
+            min
+        } else {
+            f64::NEG_INFINITY
+        };
+        self.admission.store(threshold.to_bits(), Ordering::Relaxed);
+    }
+
+    fn write_index(&mut self) {
+        self.last_index = Instant::now();
+        let mut pool = lock(&self.pool);
+        if !pool.dirty {
+            return;
+        }
+        let mut candidates: Vec<StoredCandidate> = pool.entries.values().cloned().collect();
+        candidates.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        pool.dirty = false;
+        drop(pool);
+        let path = self.config.dir.join("index.json");
+        let tmp = self.config.dir.join(".index.json.tmp");
+        let result = serde_json::to_vec(&Index { candidates })
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| fs::write(&tmp, bytes))
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write the candidate index");
+            lock(&self.pool).dirty = true;
+        }
+    }
+}

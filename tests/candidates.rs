@@ -1,0 +1,262 @@
+//! Relabel candidates end to end: selection on bundled traffic, export, Label Studio checks,
+//! the disk quota, auth and path safety.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, labels_csv, read, repo};
+
+const TOKEN: &str = "candidates-test-token-0123456789";
+
+fn send(server: &Server, folder: &str, file: &str, id: &str) {
+    let body = read(format!("data/traffic/{folder}/{file}"));
+    let mut raw = format!(
+        "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: image/png\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend(body);
+    let r = crate::support::request(server.addr, &raw);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn authed(server: &Server, method: &str, path: &str, body: &str) -> crate::support::Response {
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    crate::support::request(server.addr, raw.as_bytes())
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    let text = String::from_utf8(server.get("/metrics").body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+fn check_package(dir: &std::path::Path) -> Value {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/check_label_studio.py"))
+        .arg(dir)
+        .output()
+        .expect("running check_label_studio.py (make venv)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+#[test]
+fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() {
+    let dirs = tempfile::tempdir().unwrap();
+    let store = dirs.path().join("store");
+    let exports = dirs.path().join("exports");
+    let env = [
+        ("SHIFTWATCH__AUTH__TOKEN", TOKEN.to_string()),
+        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
+        (
+            "SHIFTWATCH__CANDIDATES__EXPORT_DIR",
+            exports.display().to_string(),
+        ),
+        ("SHIFTWATCH__CANDIDATES__RANDOM_RATE", "0.02".to_string()),
+        ("SHIFTWATCH__MONITOR__WINDOW", "200".to_string()),
+        (
+            "SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS",
+            "0.2".to_string(),
+        ),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start(&pairs);
+
+    // Mostly normal traffic; a tenth shifted or out of distribution, arriving last.
+    let mut shifted_ids = std::collections::HashSet::new();
+    for (i, (file, _)) in labels_csv("data/traffic/normal/labels.csv")
+        .iter()
+        .enumerate()
+    {
+        send(&server, "normal", file, &format!("normal-{i:04}"));
+    }
+    for folder in ["ood", "rotation", "brightness"] {
+        for (i, (file, _)) in labels_csv(format!("data/traffic/{folder}/labels.csv"))
+            .iter()
+            .take(20)
+            .enumerate()
+        {
+            let id = format!("{folder}-{i:04}");
+            send(&server, folder, file, &id);
+            shifted_ids.insert(id);
+        }
+    }
+    let total = 540 + shifted_ids.len();
+    let traffic_share = shifted_ids.len() as f64 / total as f64;
+
+    // The store works off the request path: wait until it has taken every offer (the pool is
+    // larger than the traffic, so every prediction is offered).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let taken = metric(&server, "shiftwatch_candidates_stored{")
+            + metric(&server, "shiftwatch_candidates_skipped_total");
+        if taken >= total as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store took {taken} of {total} offers"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&server, "shiftwatch_candidates_skipped_total"), 0.0);
+
+    // Auth first.
+    server
+        .get("/v1/candidates?limit=100")
+        .assert_error(401, "unauthorized");
+    let r = authed(&server, "GET", "/v1/candidates?limit=100", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let top = r.json()["candidates"].as_array().unwrap().clone();
+    assert_eq!(top.len(), 100);
+    let shifted_in_top = top
+        .iter()
+        .filter(|c| shifted_ids.contains(c["request_id"].as_str().unwrap()))
+        .count();
+    let top_share = shifted_in_top as f64 / top.len() as f64;
+    let classes: std::collections::BTreeSet<&str> = top
+        .iter()
+        .map(|c| c["predicted_label"].as_str().unwrap())
+        .collect();
+    println!(
+        "shifted or out-of-distribution: {:.1}% of traffic, {:.1}% of the top 100 ({:.1}x); classes {classes:?}",
+        traffic_share * 100.0,
+        top_share * 100.0,
+        top_share / traffic_share
+    );
+    assert!(
+        top_share >= 3.0 * traffic_share,
+        "{top_share} vs {traffic_share}"
+    );
+    assert_eq!(classes.len(), 10, "every class appears: {classes:?}");
+    let scores: Vec<f64> = top.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    assert!(
+        top.iter()
+            .all(|c| c["reasons"].is_array() && c["stored_at"].is_string())
+    );
+    assert!(scores.iter().all(|s| s.is_finite()));
+
+    // Export over HTTP: a Label Studio package; hostile names go nowhere.
+    for bad in ["../escape", "a/b", "..", ".hidden"] {
+        let body = json!({"limit": 5, "name": bad}).to_string();
+        authed(&server, "POST", "/v1/candidates/export", &body).assert_error(400, "bad_name");
+    }
+    assert!(!dirs.path().join("escape").exists());
+    let r = authed(
+        &server,
+        "POST",
+        "/v1/candidates/export",
+        &json!({"limit": 100, "name": "batch-1"}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["count"], 100);
+    let summary = check_package(&exports.join("batch-1"));
+    println!("HTTP export: {summary}");
+    authed(
+        &server,
+        "POST",
+        "/v1/candidates/export",
+        &json!({"name": "batch-1"}).to_string(),
+    )
+    .assert_error(409, "export_exists");
+    assert_eq!(
+        metric(&server, "shiftwatch_candidates_exported_total"),
+        100.0
+    );
+
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(30)).success());
+
+    // Offline: from the Parquet log and the stored images, with the sidecar stopped.
+    let config = dirs.path().join("offline.toml");
+    std::fs::write(&config, "[model]\npath = \"models/digits.onnx\"\n").unwrap();
+    let out = dirs.path().join("offline-export");
+    let run = Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
+        .args(["candidates", "export", "--limit", "50", "--out"])
+        .arg(&out)
+        .arg("--config")
+        .arg(&config)
+        .current_dir(repo())
+        .env("SHIFTWATCH__CANDIDATES__DIR", &store)
+        .env("SHIFTWATCH__LOG__DIR", &server.log_dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&run.stdout).trim());
+    let summary = check_package(&out);
+    assert_eq!(summary["tasks"], 50);
+}
+
+#[test]
+fn stored_images_stay_under_the_disk_quota() {
+    let dirs = tempfile::tempdir().unwrap();
+    let store = dirs.path().join("store");
+    let quota: u64 = 30_000;
+    let env = [
+        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
+        ("SHIFTWATCH__CANDIDATES__MAX_DISK_BYTES", quota.to_string()),
+        ("SHIFTWATCH__CANDIDATES__POOL_SIZE", "100000".to_string()),
+        ("SHIFTWATCH__CANDIDATES__RANDOM_RATE", "0.05".to_string()),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start(&pairs);
+    let mut peak = 0f64;
+    let mut n = 0;
+    for round in 0..3 {
+        for folder in ["normal", "ood", "rotation"] {
+            for (i, (file, _)) in labels_csv(format!("data/traffic/{folder}/labels.csv"))
+                .iter()
+                .enumerate()
+            {
+                send(&server, folder, file, &format!("{round}-{folder}-{i}"));
+                n += 1;
+                if n % 100 == 0 {
+                    peak = peak.max(metric(&server, "shiftwatch_candidates_stored_bytes"));
+                }
+            }
+        }
+    }
+    let evicted = metric(
+        &server,
+        "shiftwatch_candidates_evicted_total{reason=\"disk_quota\"",
+    );
+    // A graceful stop drains the store's queue; then measure the folder itself.
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(30)).success());
+    let on_disk: u64 = std::fs::read_dir(store.join("images"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    println!(
+        "{n} predictions: stored bytes peaked at {peak} (metric), {on_disk} on disk at the end, quota {quota}, {evicted} evicted for the quota"
+    );
+    assert!(peak <= quota as f64);
+    assert!(on_disk <= quota);
+    assert!(evicted > 0.0, "the quota was exercised");
+    assert!(
+        on_disk > quota / 2,
+        "the store is used up to its quota: {on_disk}"
+    );
+}
