@@ -78,7 +78,7 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut server = Server::start(&pairs);
 
-    // Mostly normal traffic; a tenth shifted or out of distribution, arriving last.
+    // Mostly normal traffic; a few percent shifted or out of distribution, arriving last.
     let mut shifted_ids = std::collections::HashSet::new();
     for (i, (file, _)) in labels_csv("data/traffic/normal/labels.csv")
         .iter()
@@ -86,10 +86,10 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
     {
         send(&server, "normal", file, &format!("normal-{i:04}"));
     }
-    for folder in ["ood", "rotation", "brightness"] {
+    for folder in ["ood", "rotation", "brightness", "blur"] {
         for (i, (file, _)) in labels_csv(format!("data/traffic/{folder}/labels.csv"))
             .iter()
-            .take(20)
+            .take(10)
             .enumerate()
         {
             let id = format!("{folder}-{i:04}");

@@ -161,6 +161,9 @@ mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 [model.outputs]
 kind = "logits"
+[monitor]
+# The bundled reference profile belongs to the digits model.
+enabled = false
 "#;
     let server = Server::start_with_config(config, &[]);
     let meta = server.get("/v2/models/rgb-cnn").json();

@@ -61,8 +61,18 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Every folder a server writes is its own, so tests can run side by side.
         let mut log_dir = dir.path().join("log");
-        cmd.env("SHIFTWATCH__LOG__DIR", &log_dir);
+        cmd.env("SHIFTWATCH__LOG__DIR", &log_dir)
+            .env(
+                "SHIFTWATCH__MONITOR__STATE_FILE",
+                dir.path().join("monitor-window.json"),
+            )
+            .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
+            .env(
+                "SHIFTWATCH__CANDIDATES__EXPORT_DIR",
+                dir.path().join("exports"),
+            );
         for (k, v) in env {
             cmd.env(k, v);
             if *k == "SHIFTWATCH__LOG__DIR" {
