@@ -42,7 +42,8 @@ struct Sample {
 
 /// Runs `model_path` over every image of a traffic folder.
 fn samples(root: &Path, model_path: &str, folder: &str) -> Vec<Sample> {
-    let mut cfg = config::load(&root.join("config/shiftwatch.toml"), Vec::new()).expect("config");
+    let mut cfg =
+        config::load(&root.join("config/shiftwatch.toml"), std::env::vars()).expect("config");
     cfg.model.path = root.join(model_path);
     let mut loaded = model::load(&cfg).expect("model");
     let spec = loaded.spec.clone();
@@ -130,7 +131,8 @@ fn window(
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cfg = config::load(&root.join("config/shiftwatch.toml"), Vec::new()).expect("config");
+    // Environment overrides (SHIFTWATCH__MONITOR__...) let the benchmark compare settings.
+    let cfg = config::load(&root.join("config/shiftwatch.toml"), std::env::vars()).expect("config");
     let settings = cfg
         .monitor
         .as_ref()

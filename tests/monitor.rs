@@ -253,3 +253,44 @@ fn flags_mark_low_confidence_and_out_of_distribution_inputs() {
     assert!(ood_rate > 0.5, "{ood_rate}");
     assert!(normal_rate < 0.1, "{normal_rate}");
 }
+
+#[test]
+fn temperature_scaling_is_a_switch_and_is_recorded() {
+    let mut env = monitor_env("");
+    env.push(("SHIFTWATCH__MONITOR__APPLY_TEMPERATURE", "true".into()));
+    let server = start(&env);
+    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
+    let image = &fixture["images"][0];
+    let raw: Vec<f64> = serde_json::from_value(image["probabilities"].clone()).unwrap();
+    let r = server.post(
+        "/v1/models/digits/classify?top_k=10",
+        Some("image/png"),
+        &read(image["file"].as_str().unwrap()),
+    );
+    let v = r.json();
+    let flags: Vec<String> = serde_json::from_value(v["flags"].clone()).unwrap();
+    assert!(flags.contains(&"calibrated".to_string()), "{flags:?}");
+    let monitor = server.get("/v1/monitor").json();
+    assert_eq!(monitor["reference"]["temperature_applied"], true);
+    let t = monitor["reference"]["temperature"].as_f64().unwrap();
+    assert!(
+        (t - 1.0).abs() > 0.05,
+        "a temperature that changes something: {t}"
+    );
+    // softmax(ln p / T), from the training-side probabilities.
+    let logits: Vec<f64> = raw.iter().map(|p| p.max(1e-12).ln() / t).collect();
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = logits.iter().map(|z| (z - max).exp()).sum();
+    let mut served = vec![0.0; 10];
+    for item in v["predictions"].as_array().unwrap() {
+        served[item["class"].as_u64().unwrap() as usize] = item["probability"].as_f64().unwrap();
+    }
+    for (k, z) in logits.iter().enumerate() {
+        let want = (z - max).exp() / sum;
+        assert!(
+            (served[k] - want).abs() < 1e-4,
+            "class {k}: {} vs {want}",
+            served[k]
+        );
+    }
+}
