@@ -23,6 +23,7 @@ use shiftwatch::monitor::reference::{Reference, ReferenceProfile};
 use shiftwatch::monitor::window::{Observation, Window};
 use shiftwatch::prediction::summarize;
 use shiftwatch::preprocess;
+use shiftwatch::stats::random::SplitMix64;
 
 const SHIFTS: [&str; 6] = [
     "normal",
@@ -85,23 +86,11 @@ fn reference(root: &Path, path: &str, settings: &Settings) -> Reference {
     Reference::prepare(&profile, false, settings.seed).expect("prepared")
 }
 
-/// SplitMix64.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// A window of `size` draws (with replacement); returns it and the true accuracy when labeled.
 fn window(
     pool: &[Sample],
     size: usize,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     classes: usize,
     dim: usize,
 ) -> (Window, Option<f64>) {
@@ -109,7 +98,7 @@ fn window(
     let mut correct = 0usize;
     let mut labeled = 0usize;
     for i in 0..size {
-        let s = &pool[(rng.next() % pool.len() as u64) as usize];
+        let s = &pool[rng.below(pool.len() as u64) as usize];
         let sum = summarize(&s.probabilities);
         if let Some(t) = s.truth {
             labeled += 1;
@@ -154,7 +143,7 @@ fn main() {
         .collect();
 
     // 1 + 2: detection and estimation.
-    let mut rng = Rng(settings.seed);
+    let mut rng = SplitMix64::new(settings.seed);
     let mut detection = Vec::new();
     let mut family_hits = vec![vec![0usize; TestKind::ALL.len()]; SHIFTS.len()];
     let mut abs_err = vec![[0f64; 3]; SHIFTS.len()];
@@ -285,7 +274,7 @@ fn main() {
     }
 
     // 3: cost.
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     let (big, _) = window(&pools[0], 10_000, &mut rng, classes, dim);
     let data = big.snapshot(i64::MIN);
     let runs = if full { 20 } else { 1 };

@@ -134,6 +134,24 @@ impl AppState {
     }
 }
 
+/// Reads a request body of at most `limit` bytes (413 beyond it).
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
 /// The whole HTTP app.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

@@ -33,6 +33,21 @@ pub struct InputStats {
     pub saturation: f32,
 }
 
+impl InputStats {
+    /// The values in the order of the monitor's input features: brightness, contrast,
+    /// sharpness, saturation, width, height.
+    pub fn values(&self) -> [f32; 6] {
+        [
+            self.brightness,
+            self.contrast,
+            self.sharpness,
+            self.saturation,
+            self.width as f32,
+            self.height as f32,
+        ]
+    }
+}
+
 /// The (bounded) image's gray plane (0..255) and the sum of its pixels' saturation.
 fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
     let (w, h) = (image.width(), image.height());

@@ -164,14 +164,7 @@ pub fn build(config: &Config, options: &ProfileOptions) -> anyhow::Result<Refere
                 &mut tensor[slot * per_image..(slot + 1) * per_image],
             );
             let s = input_stats(&decoded.image);
-            for (name, v) in INPUT_FEATURES.iter().zip([
-                s.brightness,
-                s.contrast,
-                s.sharpness,
-                s.saturation,
-                s.width as f32,
-                s.height as f32,
-            ]) {
+            for (name, v) in INPUT_FEATURES.iter().zip(s.values()) {
                 inputs.get_mut(*name).expect("every feature").push(v);
             }
         }

@@ -26,7 +26,7 @@ mod calibration;
 mod gamma;
 mod kolmogorov;
 mod mmd;
-mod random;
+pub mod random;
 mod shift;
 
 #[cfg(test)]

@@ -11,14 +11,8 @@ use crate::support::{Server, labels_csv, read, repo};
 const TOKEN: &str = "candidates-test-token-0123456789";
 
 fn send(server: &Server, folder: &str, file: &str, id: &str) {
-    let body = read(format!("data/traffic/{folder}/{file}"));
-    let mut raw = format!(
-        "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: image/png\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend(body);
+    let raw =
+        crate::support::classify_request("", id, &read(format!("data/traffic/{folder}/{file}")));
     let r = crate::support::request(server.addr, &raw);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
@@ -30,15 +24,6 @@ fn authed(server: &Server, method: &str, path: &str, body: &str) -> crate::suppo
         body.len()
     );
     crate::support::request(server.addr, raw.as_bytes())
-}
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = String::from_utf8(server.get("/metrics").body).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}"))
 }
 
 fn check_package(dir: &std::path::Path) -> Value {
@@ -104,8 +89,8 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
     // larger than the traffic, so every prediction is offered).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let taken = metric(&server, "shiftwatch_candidates_stored{")
-            + metric(&server, "shiftwatch_candidates_skipped_total");
+        let taken = server.metric("shiftwatch_candidates_stored{")
+            + server.metric("shiftwatch_candidates_skipped_total");
         if taken >= total as f64 {
             break;
         }
@@ -115,7 +100,7 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(&server, "shiftwatch_candidates_skipped_total"), 0.0);
+    assert_eq!(server.metric("shiftwatch_candidates_skipped_total"), 0.0);
 
     // Auth first.
     server
@@ -175,10 +160,7 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
         &json!({"name": "batch-1"}).to_string(),
     )
     .assert_error(409, "export_exists");
-    assert_eq!(
-        metric(&server, "shiftwatch_candidates_exported_total"),
-        100.0
-    );
+    assert_eq!(server.metric("shiftwatch_candidates_exported_total"), 100.0);
 
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).success());
@@ -232,15 +214,12 @@ fn stored_images_stay_under_the_disk_quota() {
                 send(&server, folder, file, &format!("{round}-{folder}-{i}"));
                 n += 1;
                 if n % 100 == 0 {
-                    peak = peak.max(metric(&server, "shiftwatch_candidates_stored_bytes"));
+                    peak = peak.max(server.metric("shiftwatch_candidates_stored_bytes"));
                 }
             }
         }
     }
-    let evicted = metric(
-        &server,
-        "shiftwatch_candidates_evicted_total{reason=\"disk_quota\"",
-    );
+    let evicted = server.metric("shiftwatch_candidates_evicted_total{reason=\"disk_quota\"");
     // A graceful stop drains the store's queue; then measure the folder itself.
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).success());

@@ -49,13 +49,7 @@ fn traffic() -> Vec<Vec<u8>> {
 }
 
 fn classify(addr: std::net::SocketAddr, id: &str, body: &[u8]) -> Option<Vec<f64>> {
-    let mut raw = format!(
-        "POST /v1/models/digits/classify?top_k=10 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: image/png\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(body);
+    let raw = crate::support::classify_request("?top_k=10", id, body);
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -76,15 +70,6 @@ fn classify(addr: std::net::SocketAddr, id: &str, body: &[u8]) -> Option<Vec<f64
         p[item["class"].as_u64()? as usize] = item["probability"].as_f64()?;
     }
     Some(p)
-}
-
-fn metric(server: &Server, name_and_labels: &str) -> f64 {
-    let text = String::from_utf8(server.get("/metrics").body).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {name_and_labels} in:\n{text}"))
 }
 
 #[test]
@@ -149,19 +134,19 @@ fn every_answered_prediction_and_label_is_in_parquet_after_sigterm() {
         .post("/v1/feedback", Some("application/json"), b"{not json")
         .assert_error(400, "bad_json");
     assert_eq!(
-        metric(&server, "shiftwatch_feedback_total{outcome=\"matched\""),
+        server.metric("shiftwatch_feedback_total{outcome=\"matched\""),
         20.0
     );
     assert_eq!(
-        metric(&server, "shiftwatch_feedback_total{outcome=\"unknown_id\""),
+        server.metric("shiftwatch_feedback_total{outcome=\"unknown_id\""),
         1.0
     );
     assert_eq!(
-        metric(&server, "shiftwatch_feedback_total{outcome=\"duplicate\""),
+        server.metric("shiftwatch_feedback_total{outcome=\"duplicate\""),
         1.0
     );
     assert_eq!(
-        metric(&server, "shiftwatch_feedback_total{outcome=\"invalid\""),
+        server.metric("shiftwatch_feedback_total{outcome=\"invalid\""),
         2.0
     );
 
@@ -266,10 +251,7 @@ fn crash_and_recover(durability: &str) {
 
     // Restart on the same folder: recovery runs before readiness.
     let mut again = Server::start(&env);
-    let recovered = metric(
-        &again,
-        "shiftwatch_log_rows_recovered_total{stream=\"predictions\"",
-    );
+    let recovered = again.metric("shiftwatch_log_rows_recovered_total{stream=\"predictions\"");
     again.terminate();
     assert!(again.wait(Duration::from_secs(30)).success());
 
@@ -360,8 +342,7 @@ fn an_unwritable_log_drops_counted_rows_and_recovers() {
         load.answered.lock().unwrap().len() > during + 200
     });
     assert!(
-        metric(
-            &server,
+        server.metric(
             "shiftwatch_log_rows_dropped_total{reason=\"write_error\",stream=\"predictions\""
         ) > 0.0
     );
@@ -382,14 +363,10 @@ fn an_unwritable_log_drops_counted_rows_and_recovers() {
     for t in threads {
         t.join().unwrap();
     }
-    let dropped = metric(
-        &server,
-        "shiftwatch_log_rows_dropped_total{reason=\"write_error\",stream=\"predictions\"",
-    );
-    let queue_full = metric(
-        &server,
-        "shiftwatch_log_rows_dropped_total{reason=\"queue_full\",stream=\"predictions\"",
-    );
+    let dropped = server
+        .metric("shiftwatch_log_rows_dropped_total{reason=\"write_error\",stream=\"predictions\"");
+    let queue_full = server
+        .metric("shiftwatch_log_rows_dropped_total{reason=\"queue_full\",stream=\"predictions\"");
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).success());
 

@@ -32,15 +32,12 @@ fn replay(server: &Server, folder: &str, prefix: &str) -> Vec<(String, String)> 
         .iter()
         .enumerate()
     {
-        let body = read(format!("data/traffic/{folder}/{file}"));
         let id = format!("{prefix}-{i:04}");
-        let mut raw = format!(
-            "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-             Content-Type: image/png\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend(body);
+        let raw = crate::support::classify_request(
+            "",
+            &id,
+            &read(format!("data/traffic/{folder}/{file}")),
+        );
         let r = crate::support::request(server.addr, &raw);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         sent.push((id, label.clone()));
@@ -281,7 +278,7 @@ fn temperature_scaling_is_a_switch_and_is_recorded() {
     let logits: Vec<f64> = raw.iter().map(|p| p.max(1e-12).ln() / t).collect();
     let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = logits.iter().map(|z| (z - max).exp()).sum();
-    let mut served = vec![0.0; 10];
+    let mut served = [0.0; 10];
     for item in v["predictions"].as_array().unwrap() {
         served[item["class"].as_u64().unwrap() as usize] = item["probability"].as_f64().unwrap();
     }

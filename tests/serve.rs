@@ -84,13 +84,11 @@ fn answer_has_the_contract_fields_and_request_id() {
     let server = Server::start(&[]);
     let labels = labels_csv("data/traffic/normal/labels.csv");
     let (file, _) = &labels[0];
-    let mut raw = format!(
-        "POST /v1/models/digits/classify HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: image/png\r\nx-request-id: my-id-42\r\nContent-Length: {}\r\n\r\n",
-        read(format!("data/traffic/normal/{file}")).len()
-    )
-    .into_bytes();
-    raw.extend(read(format!("data/traffic/normal/{file}")));
+    let raw = crate::support::classify_request(
+        "",
+        "my-id-42",
+        &read(format!("data/traffic/normal/{file}")),
+    );
     let r = crate::support::request(server.addr, &raw);
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some("my-id-42"));

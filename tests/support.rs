@@ -155,6 +155,16 @@ impl Server {
         request(self.addr, raw.as_bytes())
     }
 
+    /// The value of the first `/metrics` line starting with `series` (name and leading labels).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").body).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -236,6 +246,18 @@ impl Response {
             "no message: {v}"
         );
     }
+}
+
+/// A raw `classify` request for a PNG with a request id (`query` such as `?top_k=10` or "").
+pub fn classify_request(query: &str, request_id: &str, png: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST /v1/models/digits/classify{query} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: image/png\r\nx-request-id: {request_id}\r\nContent-Length: {}\r\n\r\n",
+        png.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(png);
+    raw
 }
 
 /// Sends raw bytes, reads the whole response (the request must say `Connection: close`).

@@ -8,7 +8,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
@@ -108,11 +107,7 @@ pub async fn export(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
-    let bytes = Limited::new(body, 64 * 1024)
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?
-        .to_bytes();
+    let bytes = super::read_body(body, 64 * 1024).await?;
     let request: ExportRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ExportRequest::default()
     } else {

@@ -9,7 +9,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
@@ -144,18 +143,7 @@ pub async fn classify(
             )
         })?;
 
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::payload_too_large(limit));
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "bad_body",
-                format!("cannot read the body: {e}"),
-            ));
-        }
-    };
+    let bytes = super::read_body(body, limit).await?;
 
     let spec = Arc::clone(pool.spec());
     let limits = state.config.limits;
@@ -218,14 +206,7 @@ pub async fn classify(
             confidence: summary.confidence,
             entropy: summary.entropy,
             probabilities,
-            inputs: [
-                image.stats.brightness,
-                image.stats.contrast,
-                image.stats.sharpness,
-                image.stats.saturation,
-                image.stats.width as f32,
-                image.stats.height as f32,
-            ],
+            inputs: image.stats.values(),
             embedding: output.embedding.as_deref(),
         });
     }

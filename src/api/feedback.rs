@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -79,18 +78,7 @@ pub async fn feedback(
     state.check_token(&headers)?;
     let serving = state.ready()?;
     let limit = state.config.server.max_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::payload_too_large(limit));
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "bad_body",
-                format!("cannot read the body: {e}"),
-            ));
-        }
-    };
+    let bytes = super::read_body(body, limit).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
     })?;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::window::INPUT_FEATURES;
 use crate::prediction::{entropy, summarize};
 use crate::stats;
+use crate::stats::random::SplitMix64;
 
 pub const FORMAT: &str = "shiftwatch.reference/v1";
 
@@ -348,16 +349,11 @@ pub fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }
-    // Partial Fisher–Yates with SplitMix64.
+    // Partial Fisher–Yates.
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut state = seed;
+    let mut rng = SplitMix64::new(seed);
     for i in 0..max {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let j = i + (z % (n - i) as u64) as usize;
+        let j = i + rng.below((n - i) as u64) as usize;
         idx.swap(i, j);
     }
     let mut chosen = idx[..max].to_vec();

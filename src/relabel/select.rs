@@ -459,21 +459,17 @@ impl NearDuplicates {
 mod tests {
     use super::*;
 
-    /// SplitMix64, for seeded test data.
-    struct Rng(u64);
+    /// Seeded test data.
+    struct Rng(crate::stats::random::SplitMix64);
 
     impl Rng {
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
 
         /// Uniform in [0, 1).
         fn unit(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+            self.0.unit()
         }
 
         fn below(&mut self, n: usize) -> usize {
@@ -539,7 +535,7 @@ mod tests {
 
     #[test]
     fn uncertainty_measures_follow_their_definitions() {
-        let mut rng = Rng(1);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(1));
         let mut c = candidate("a", 0, 0.2, &mut rng);
         c.confidence = 0.4;
         c.entropy = 0.5 * 4f32.ln();
@@ -565,7 +561,7 @@ mod tests {
 
     #[test]
     fn degenerate_summaries_stay_in_the_unit_interval() {
-        let mut rng = Rng(2);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(2));
         let mut c = candidate("a", 0, 0.2, &mut rng);
         for classes in [0, 1, 2, 10] {
             for u in [
@@ -592,7 +588,7 @@ mod tests {
 
     #[test]
     fn boosts_multiply_the_score_and_reasons_name_them() {
-        let mut rng = Rng(3);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(3));
         let mut c = candidate("a", 0, 0.6, &mut rng);
         let cfg = config(3);
         assert!((score(&c, &cfg) - 0.4).abs() < 1e-6);
@@ -620,7 +616,7 @@ mod tests {
 
     #[test]
     fn quotas_balance_an_imbalanced_pool() {
-        let mut rng = Rng(4);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(4));
         // 90% class 0, and class 0 is also the most uncertain: without quotas it would take all.
         let pool: Vec<Candidate> = (0..600)
             .map(|i| {
@@ -647,7 +643,7 @@ mod tests {
 
     #[test]
     fn classes_without_candidates_give_their_slots_away() {
-        let mut rng = Rng(5);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(5));
         // Class 3 has none, class 2 has two: their 10 + 8 slots go to classes 0 and 1, equally.
         let pool: Vec<Candidate> = (0..300)
             .map(|i| {
@@ -663,7 +659,7 @@ mod tests {
 
     #[test]
     fn no_two_selected_are_near_duplicates() {
-        let mut rng = Rng(6);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(6));
         let cfg = config(3);
         // 40 distinct images, each seen 10 times with up to 3 bits flipped (within threshold 4
         // of the original, so of each other within 6: not all pairs within 4).
@@ -731,7 +727,7 @@ mod tests {
 
     #[test]
     fn the_near_duplicate_index_agrees_with_a_plain_scan() {
-        let mut rng = Rng(7);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(7));
         // Clustered hashes, so that every threshold finds some duplicates and some not.
         let bases: Vec<u64> = (0..30).map(|_| rng.next_u64()).collect();
         let hashes: Vec<u64> = (0..600)
@@ -790,7 +786,7 @@ mod tests {
 
     #[test]
     fn k_center_covers_better_than_random_choices() {
-        let mut rng = Rng(8);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(8));
         let pool = clustered_pool(&mut rng, 12, 600);
         let points: Vec<Vec<f32>> = pool.iter().map(|c| c.vector.clone()).collect();
         let k = 12;
@@ -853,7 +849,7 @@ mod tests {
 
     #[test]
     fn the_random_share_is_honoured() {
-        let mut rng = Rng(9);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(9));
         // Random-sample members are the least uncertain: they only get in through their share.
         let pool: Vec<Candidate> = (0..400)
             .map(|i| {
@@ -920,7 +916,7 @@ mod tests {
 
     #[test]
     fn degenerate_inputs_do_not_panic() {
-        let mut rng = Rng(10);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(10));
         let cfg = config(3);
         assert!(select(&[], 10, &cfg).is_empty());
         let pool: Vec<Candidate> = (0..50)
@@ -962,7 +958,7 @@ mod tests {
 
     #[test]
     fn selection_is_deterministic_and_independent_of_pool_order() {
-        let mut rng = Rng(11);
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(11));
         let mut pool = clustered_pool(&mut rng, 5, 300);
         for (i, c) in pool.iter_mut().enumerate() {
             c.predicted_class = i % 4;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::select::{Candidate, SelectionConfig, score};
+use crate::stats::random::{GOLDEN_GAMMA, mix};
 
 /// The store's settings (the `[candidates]` config section, validated).
 #[derive(Debug, Clone, PartialEq)]
@@ -222,14 +223,11 @@ impl Candidates {
 
     /// A uniform coin flip with probability `random_rate` (lock-free SplitMix64).
     fn coin(&self) -> bool {
-        let mut z = self
+        let state = self
             .coin
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64 <= self.config.random_rate
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA);
+        (mix(state) >> 11) as f64 / (1u64 << 53) as f64 <= self.config.random_rate
     }
 
     /// Whether a prediction with this score is worth the image bytes; sets `random` on a coin flip.
