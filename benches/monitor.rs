@@ -129,7 +129,7 @@ fn main() {
         .settings
         .clone();
     let (sizes, trials): (Vec<usize>, usize) = if full {
-        (vec![50, 100, 200, 500, 1000], 30)
+        (vec![50, 100, 200, 500, 1000], 100)
     } else {
         (vec![100], 2)
     };
