@@ -615,3 +615,94 @@ mod tests {
         assert_eq!(format_for_media_type("text/plain"), None);
     }
 }
+
+/// Hostile bytes: thousands of deterministic corruptions of real images of every served format.
+#[cfg(test)]
+mod corruption {
+    use super::*;
+    use crate::stats::random::SplitMix64;
+
+    #[test]
+    fn corrupted_images_never_panic() {
+        let limits = DecodeLimits {
+            max_width: 4096,
+            max_height: 4096,
+            max_pixels: 4_000_000,
+            max_alloc_bytes: 64 * 1024 * 1024,
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let base = image::open(root.join("tests/data/rgb-cnn/pattern.png")).unwrap();
+        let mut seeds = Vec::new();
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::WebP,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+        ] {
+            let mut bytes = Vec::new();
+            let img = if matches!(format, ImageFormat::WebP | ImageFormat::Gif) {
+                DynamicImage::ImageRgba8(base.to_rgba8())
+            } else {
+                DynamicImage::ImageRgb8(base.to_rgb8())
+            };
+            img.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+            seeds.push((format, bytes));
+        }
+        let mut rng = SplitMix64::new(2024);
+        let (mut ok, mut rejected) = (0, 0);
+        for (format, bytes) in &seeds {
+            for _ in 0..400 {
+                let mut b = bytes.clone();
+                match rng.below(4) {
+                    // Flip a few bytes.
+                    0 => {
+                        for _ in 0..1 + rng.below(8) {
+                            let i = rng.below(b.len() as u64) as usize;
+                            b[i] ^= 1 << rng.below(8);
+                        }
+                    }
+                    // Cut it short.
+                    1 => b.truncate(rng.below(b.len() as u64) as usize),
+                    // Overwrite a header-sized stretch with random bytes.
+                    2 => {
+                        let start = rng.below(64.min(b.len() as u64)) as usize;
+                        for v in b.iter_mut().skip(start).take(16) {
+                            *v = rng.below(256) as u8;
+                        }
+                    }
+                    // Duplicate a chunk in the middle.
+                    _ => {
+                        let i = rng.below(b.len() as u64) as usize;
+                        let chunk: Vec<u8> = b[i..(i + 32).min(b.len())].to_vec();
+                        b.splice(i..i, chunk);
+                    }
+                }
+                match decode(&b, Some(*format), &limits) {
+                    Ok(d) => {
+                        // Whatever decodes must also preprocess.
+                        let spec = Preprocess {
+                            width: 8,
+                            height: 8,
+                            color: Color::Rgb,
+                            layout: Layout::Nchw,
+                            resize: Resize::Area,
+                            scale: 1.0,
+                            mean: vec![0.0; 3],
+                            std: vec![1.0; 3],
+                        };
+                        let mut out = vec![0.0; spec.tensor_len()];
+                        to_tensor(&d.image, &spec, &mut out);
+                        assert!(out.iter().all(|v| v.is_finite()));
+                        ok += 1;
+                    }
+                    Err(_) => rejected += 1,
+                }
+            }
+        }
+        println!("2400 corrupted images: {ok} still decoded, {rejected} rejected with an error");
+        assert_eq!(ok + rejected, 2400);
+        assert!(rejected > 500, "the corruptions are real: {rejected}");
+    }
+}

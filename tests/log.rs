@@ -424,3 +424,54 @@ fn feedback_needs_the_token_when_one_is_set() {
     );
     assert_eq!(server.get("/metrics").status, 200);
 }
+
+#[test]
+fn strict_mode_refuses_what_it_cannot_log_and_recovers() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let dir = log_dir.path().to_str().unwrap().to_string();
+    let server = Server::start(&[
+        ("SHIFTWATCH__LOG__DIR", dir.as_str()),
+        ("SHIFTWATCH__LOG__DURABILITY", "strict"),
+        ("SHIFTWATCH__LOG__ROTATE_SECONDS", "0.1"),
+    ]);
+    let png = read("data/traffic/normal/normal-0000.png");
+    let classify = |id: &str| {
+        let raw = crate::support::classify_request("", id, &png);
+        crate::support::request(server.addr, &raw)
+    };
+    assert_eq!(classify("before").status, 200);
+    let wal = log_dir.path().join("wal/predictions");
+    let moved = log_dir.path().join("wal/predictions.moved");
+    std::fs::rename(&wal, &moved).unwrap();
+    std::fs::write(&wal, b"in the way").unwrap();
+    // Within a rotation the open file is abandoned and a new one cannot start: 503, not a
+    // prediction that was never logged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    let refused = loop {
+        let r = classify(&format!("during-{i}"));
+        i += 1;
+        if r.status == 503 {
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "strict mode kept answering without a log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    refused.assert_error(503, "log_unavailable");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(server.get("/readyz").json()["status"], "degraded");
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::rename(&moved, &wal).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut j = 0;
+    while classify(&format!("after-{j}")).status != 200 {
+        j += 1;
+        assert!(Instant::now() < deadline, "strict mode did not recover");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.get("/readyz").json()["status"], "ready");
+}
