@@ -10,6 +10,7 @@ mod classify;
 mod error;
 mod feedback;
 mod health;
+mod record;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

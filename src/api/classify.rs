@@ -13,15 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
+use super::record::{ImageInput, record};
 use super::{ApiError, AppState};
 use crate::image_stats::{dhash, input_stats};
-use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable, now_us};
-use crate::monitor::window::Observation;
-use crate::prediction::{summarize, top_k};
+use crate::log::{Endpoint, ImageInfo, now_us};
+use crate::prediction::top_k;
 use crate::preprocess::{self, format_for_media_type};
-use crate::relabel::Offer;
-use crate::relabel::select::Candidate;
-use crate::stats;
 
 /// The header that carries the caller's request id (echoed in the answer).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -182,46 +179,23 @@ pub async fn classify(
         .map_err(|_| ApiError::from_inference(crate::inference::InferenceError::Closed, retry))?
         .map_err(|e| ApiError::from_inference(e, retry))?;
 
-    let mut output = inferred.output;
-    let mut flags: Vec<&'static str> = Vec::new();
-    if let Some(t) = serving
-        .monitor
-        .as_ref()
-        .and_then(|m| m.reference().temperature_applied)
-    {
-        stats::apply_temperature(&mut output.probabilities, spec.num_classes(), t);
-        flags.push("calibrated");
-    }
-    let probabilities = &output.probabilities;
-    let summary = summarize(probabilities);
-    if let Some(monitor) = &serving.monitor {
-        flags.extend(monitor.flags(
-            summary.class,
-            summary.confidence,
-            output.embedding.as_deref(),
-        ));
-        monitor.observe(&Observation {
-            ts_us,
-            class: summary.class,
-            confidence: summary.confidence,
-            entropy: summary.entropy,
-            probabilities,
-            inputs: image.stats.values(),
-            embedding: output.embedding.as_deref(),
-        });
-    }
-    let metrics = &state.metrics;
-    metrics
-        .predictions
-        .with_label_values(&[spec.labels[summary.class].as_str()])
-        .inc();
-    metrics.confidence.observe(f64::from(summary.confidence));
-    if spec.num_classes() > 1 {
-        metrics
-            .entropy_ratio
-            .observe(f64::from(summary.entropy) / (spec.num_classes() as f64).ln());
-    }
-    let predictions = top_k(probabilities, top_k_n)
+    let served = record(
+        &state,
+        serving,
+        &request_id,
+        ts_us,
+        started,
+        inferred,
+        Some(ImageInput {
+            info: image,
+            bytes: image_bytes,
+            content_type,
+        }),
+        Endpoint::Classify,
+    )
+    .await?;
+    let summary = served.summary;
+    let predictions = top_k(&served.output.probabilities, top_k_n)
         .into_iter()
         .map(|(class, probability)| ClassPrediction {
             class,
@@ -229,77 +203,7 @@ pub async fn classify(
             probability,
         })
         .collect();
-    let shifted = serving.monitor.as_ref().is_some_and(|m| m.is_shifted());
-    if shifted {
-        flags.push("shifted_window");
-    }
-    if let Some(store) = &serving.candidates {
-        let mut candidate = Candidate {
-            request_id: request_id.clone(),
-            predicted_class: summary.class,
-            confidence: summary.confidence,
-            margin: summary.margin,
-            entropy: summary.entropy,
-            dhash: image.dhash,
-            vector: Vec::new(),
-            ood: flags.contains(&"ood_suspect"),
-            shifted,
-            random: false,
-            ts_us,
-        };
-        if store.wants(&mut candidate) {
-            candidate.vector = output
-                .embedding
-                .clone()
-                .unwrap_or_else(|| probabilities.clone());
-            store.offer(Offer {
-                candidate,
-                image: image_bytes,
-                content_type: content_type.clone(),
-                predicted_label: spec.labels[summary.class].clone(),
-                model_version: spec.version.clone(),
-            });
-        }
-    }
-    serving.recent.remember(&request_id, probabilities);
-    if let Some(log) = &serving.log {
-        let record = PredictionRecord {
-            request_id: request_id.clone(),
-            ts_us,
-            endpoint: Endpoint::Classify,
-            predicted_class: summary.class,
-            confidence: summary.confidence,
-            margin: summary.margin,
-            entropy: summary.entropy,
-            probabilities: output.probabilities.clone(),
-            embedding: output.embedding.clone(),
-            latency_us: started.elapsed().as_micros() as i64,
-            inference_us: inferred.inference.as_micros() as i64,
-            batch_size: inferred.batch_size as i32,
-            content_type: content_type.clone(),
-            image: Some(image),
-            flags: flags.iter().map(|f| f.to_string()).collect(),
-        };
-        let strict = log.durability() == Durability::Strict;
-        match log.append_prediction(record) {
-            Ok(appended) => durable(appended).await.map_err(|e| {
-                ApiError::unavailable(
-                    "log_unavailable",
-                    format!("the prediction could not be logged durably: {e}"),
-                    retry,
-                )
-            })?,
-            // Not strict: the row is dropped and counted; the answer goes out.
-            Err(_) if !strict => {}
-            Err(e) => {
-                return Err(ApiError::unavailable(
-                    "log_unavailable",
-                    format!("the prediction could not be logged: {e}"),
-                    retry,
-                ));
-            }
-        }
-    }
+    let flags = served.flags;
     let answer = ClassifyResponse {
         request_id: request_id.clone(),
         model: spec.name.clone(),

@@ -355,6 +355,10 @@ impl<R> Writer<R> {
         } else if self.config.durability == Durability::Interval && !touched.is_empty() {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
+        // Health first, so that a caller answered after this write sees it.
+        if ok.iter().any(|o| *o) && sync_error.is_none() && !touched.is_empty() {
+            self.health.set(None);
+        }
         let mut written = 0u64;
         let mut dropped = 0u64;
         for (i, ack) in acks.into_iter().enumerate() {
@@ -387,9 +391,6 @@ impl<R> Writer<R> {
             .rows_written
             .with_label_values(&[self.spec.name])
             .inc_by(written);
-        if written > 0 && sync_error.is_none() && !touched.is_empty() {
-            self.health.set(None);
-        }
         // Size and row-count rotation right away; age rotation in `periodic`.
         let full: Vec<PathBuf> = self
             .open
