@@ -10,6 +10,7 @@ mod classify;
 mod error;
 mod feedback;
 mod health;
+mod infer;
 mod record;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/health/ready", get(health::v2_ready))
         .route("/v2/models/{model}", get(health::v2_model))
         .route("/v2/models/{model}/ready", get(health::v2_model_ready))
+        .route("/v2/models/{model}/infer", post(infer::infer))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_requests,
@@ -182,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 fn endpoint_label(route: &str) -> &'static str {
     match route {
         "/v1/models/{model}/classify" => "classify",
+        "/v2/models/{model}/infer" => "infer",
         "/v1/feedback" => "feedback",
         "/v1/monitor" => "monitor",
         "/v1/candidates" | "/v1/candidates/export" => "candidates",

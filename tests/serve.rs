@@ -437,3 +437,165 @@ fn sigterm_finishes_every_request_in_flight() {
     );
     assert!(server.stderr().contains("shut down"));
 }
+
+/// The model input the training used for a bundled PNG: 4x4 blocks averaged, pixel / 240.
+fn digit_tensor(file: &str) -> Vec<f32> {
+    let img = image::load_from_memory(&read(file)).unwrap().to_luma8();
+    let mut out = Vec::with_capacity(64);
+    for y in 0..8 {
+        for x in 0..8 {
+            let mut sum = 0u32;
+            for dy in 0..4 {
+                for dx in 0..4 {
+                    sum += u32::from(img.get_pixel(x * 4 + dx, y * 4 + dy)[0]);
+                }
+            }
+            out.push(sum as f32 / 16.0 / 240.0);
+        }
+    }
+    out
+}
+
+fn infer_raw(server: &Server, json: &[u8], binary: &[u8]) -> crate::support::Response {
+    let mut raw = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\n\r\n",
+        json.len(),
+        json.len() + binary.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(json);
+    raw.extend_from_slice(binary);
+    crate::support::request(server.addr, &raw)
+}
+
+#[test]
+fn v2_infer_takes_json_and_binary_tensors() {
+    let server = Server::start(&[("SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS", "0.1")]);
+    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
+    let images: Vec<&Value> = fixture["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .collect();
+    let tensor: Vec<f32> = images
+        .iter()
+        .flat_map(|i| digit_tensor(i["file"].as_str().unwrap()))
+        .collect();
+    let want: Vec<f64> = images
+        .iter()
+        .flat_map(|i| {
+            i["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let close = |got: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4, "{got:?} vs {want:?}");
+        }
+    };
+
+    // JSON tensors, nested rows.
+    let rows: Vec<Vec<f32>> = tensor.chunks(64).map(<[f32]>::to_vec).collect();
+    let body = serde_json::json!({
+        "id": "batch-a",
+        "inputs": [{"name": "image", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": rows}]
+    });
+    let r = server.post(
+        "/v2/models/digits/infer",
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["model_name"], "digits");
+    assert_eq!(v["id"], "batch-a");
+    let probs = &v["outputs"][0];
+    assert_eq!(probs["name"], "probabilities");
+    assert_eq!(probs["shape"], serde_json::json!([3, 10]));
+    let got: Vec<f64> = probs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    close(&got);
+    assert_eq!(
+        v["outputs"][1]["shape"],
+        serde_json::json!([3, 32]),
+        "the embedding too"
+    );
+
+    // Binary in, binary out for the probabilities only.
+    let binary: Vec<u8> = tensor.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let header = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [3, 1, 8, 8], "datatype": "FP32",
+                    "parameters": {"binary_data_size": binary.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}]
+    })
+    .to_string();
+    let r = infer_raw(&server, header.as_bytes(), &binary);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let json_len: usize = r
+        .header("inference-header-content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let head: Value = serde_json::from_slice(&r.body[..json_len]).unwrap();
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 120);
+    let got: Vec<f64> = r.body[json_len..]
+        .chunks_exact(4)
+        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    close(&got);
+
+    // Errors: dtype, shape, length, input name, malformed JSON.
+    let bad = |body: Value| {
+        server.post(
+            "/v2/models/digits/infer",
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+    };
+    bad(serde_json::json!({"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "INT32", "data": vec![0; 64]}]}))
+        .assert_error(422, "wrong_dtype");
+    bad(serde_json::json!({"inputs": [{"name": "image", "shape": [1, 1, 9, 9], "datatype": "FP32", "data": vec![0.0; 81]}]}))
+        .assert_error(422, "wrong_shape");
+    bad(serde_json::json!({"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": vec![0.0; 63]}]}))
+        .assert_error(422, "wrong_shape");
+    bad(serde_json::json!({"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": vec![0.0; 64]}]}))
+        .assert_error(422, "wrong_input");
+    server
+        .post(
+            "/v2/models/digits/infer",
+            Some("application/json"),
+            b"{\"inputs\": [",
+        )
+        .assert_error(400, "bad_json");
+    server
+        .post("/v2/models/nope/infer", Some("application/json"), b"{}")
+        .assert_error(404, "unknown_model");
+
+    // Monitored like classify: six predictions reach the window (3 + 3).
+    let text = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(
+        text.contains(
+            "shiftwatch_requests_total{code=\"200\",endpoint=\"infer\",model=\"digits\"} 2"
+        ),
+        "{text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/v1/monitor").json()["window"]["predictions"] != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the infer predictions never reached the window"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -57,7 +57,7 @@ pub async fn v2_server() -> Json<Value> {
     Json(json!({
         "name": "shiftwatch",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
 }
 
