@@ -93,6 +93,19 @@ impl AppState {
             .ok_or_else(|| ApiError::unavailable("not_ready", "the model is still loading", retry))
     }
 
+    /// Admits one request (held until it is answered), or 503 `overloaded` with Retry-After.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "overloaded",
+                    "too many requests in flight; retry later",
+                    self.config.server.retry_after_seconds,
+                )
+            })
+    }
+
     /// Requests admitted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.config.inference.max_in_flight - self.admission.available_permits()

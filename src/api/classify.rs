@@ -130,15 +130,7 @@ pub async fn classify(
 
     let serving = state.ready()?;
     let pool = &serving.pool;
-    let _permit = Arc::clone(&state.admission)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::unavailable(
-                "overloaded",
-                "too many requests in flight; retry later",
-                server.retry_after_seconds,
-            )
-        })?;
+    let _permit = state.admit()?;
 
     let bytes = super::read_body(body, limit).await?;
 

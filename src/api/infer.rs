@@ -97,15 +97,7 @@ pub async fn infer(
     let serving = state.ready()?;
     let spec = Arc::clone(serving.pool.spec());
     let retry = state.config.server.retry_after_seconds;
-    let _permit = Arc::clone(&state.admission)
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::unavailable(
-                "overloaded",
-                "too many requests in flight; retry later",
-                retry,
-            )
-        })?;
+    let _permit = state.admit()?;
     let bytes = super::read_body(body, state.config.server.max_body_bytes).await?;
 
     // The JSON part, and the binary part when the extension is used.
