@@ -152,8 +152,8 @@ fn export_candidates(
     out: &std::path::Path,
     limit: Option<usize>,
 ) -> anyhow::Result<()> {
-    use crate::relabel::export::{ExportItem, write_package};
-    use crate::relabel::select::{reasons, select};
+    use crate::relabel::export::write_package;
+    use crate::relabel::select::select;
 
     crate::telemetry::init(&config.logging);
     let Some(cc) = &config.candidates else {
@@ -169,7 +169,10 @@ fn export_candidates(
             cc.dir.display()
         )
     })?;
-    let wanted = stored.iter().map(|s| s.request_id.clone()).collect();
+    let wanted = stored
+        .iter()
+        .map(|s| s.candidate.request_id.clone())
+        .collect();
     let logged = crate::relabel::offline::read_predictions(&log.dir, &config.model.name, &wanted)?;
     let (joined, missing) = crate::relabel::offline::join(&stored, &logged);
     let labels = match crate::model::load(config) {
@@ -178,34 +181,21 @@ fn export_candidates(
     };
     let mut selection = cc.selection.clone();
     selection.classes = labels.len();
-    let pool: Vec<_> = joined.iter().map(|(_, c)| c.clone()).collect();
+    let pool: Vec<_> = joined.iter().map(|s| s.candidate.clone()).collect();
     let chosen = select(&pool, limit, &selection);
     let mut items = Vec::with_capacity(chosen.len());
     for i in chosen {
-        let (s, c) = &joined[i];
+        let s = &joined[i];
         if !labels.contains(&s.predicted_label) {
             continue;
         }
         let image = std::fs::read(cc.dir.join("images").join(&s.file)).map_err(|e| {
-            anyhow::anyhow!("cannot read the stored image of {}: {e}", s.request_id)
+            anyhow::anyhow!(
+                "cannot read the stored image of {}: {e}",
+                s.candidate.request_id
+            )
         })?;
-        items.push(ExportItem {
-            request_id: s.request_id.clone(),
-            image,
-            content_type: s.content_type.clone(),
-            sha256: s.sha256.clone(),
-            score: crate::relabel::select::score(c, &selection),
-            reasons: reasons(c, &selection)
-                .iter()
-                .map(|r| r.to_string())
-                .collect(),
-            predicted_class: c.predicted_class,
-            predicted_label: s.predicted_label.clone(),
-            confidence: c.confidence,
-            margin: c.margin,
-            entropy: c.entropy,
-            model_version: s.model_version.clone(),
-        });
+        items.push(s.export_item(image, &selection));
     }
     let name = out
         .file_name()

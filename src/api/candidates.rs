@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::monitor::rfc3339;
-use crate::relabel::export::{ExportError, ExportItem, write_package};
+use crate::relabel::export::{ExportError, write_package};
 use crate::relabel::select::{reasons, select};
 use crate::relabel::{Candidates, StoredCandidate};
 
@@ -62,7 +62,7 @@ fn check_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> 
 /// The selection from the stored pool, best first.
 pub fn choose(store: &Candidates, limit: usize) -> Vec<StoredCandidate> {
     let stored = store.list();
-    let pool: Vec<_> = stored.iter().map(StoredCandidate::candidate).collect();
+    let pool: Vec<_> = stored.iter().map(|s| s.candidate.clone()).collect();
     select(&pool, limit, &store.config().selection)
         .into_iter()
         .map(|i| stored[i].clone())
@@ -84,11 +84,11 @@ pub async fn list(
         .into_iter()
         .map(|c| CandidateDto {
             score: c.score,
-            reasons: reasons(&c.candidate(), cfg),
+            reasons: reasons(&c.candidate, cfg),
             predicted_label: c.predicted_label,
-            confidence: c.confidence,
+            confidence: c.candidate.confidence,
             stored_at: rfc3339(c.stored_at_us),
-            request_id: c.request_id,
+            request_id: c.candidate.request_id,
         })
         .collect();
     Ok(Json(serde_json::json!({ "candidates": candidates })).into_response())
@@ -133,23 +133,7 @@ pub async fn export(
             continue;
         }
         let Ok(image) = store.image(c) else { continue };
-        items.push(ExportItem {
-            request_id: c.request_id.clone(),
-            image,
-            content_type: c.content_type.clone(),
-            sha256: c.sha256.clone(),
-            score: c.score,
-            reasons: reasons(&c.candidate(), &cfg)
-                .iter()
-                .map(|r| r.to_string())
-                .collect(),
-            predicted_class: c.predicted_class,
-            predicted_label: c.predicted_label.clone(),
-            confidence: c.confidence,
-            margin: c.margin,
-            entropy: c.entropy,
-            model_version: c.model_version.clone(),
-        });
+        items.push(c.export_item(image, &cfg));
     }
     let count = items.len();
     let written = tokio::task::spawn_blocking(move || {

@@ -128,27 +128,29 @@ pub fn read_predictions(
     Ok(found)
 }
 
-/// Stored candidates joined with their logged predictions (the random-sample mark comes from the
-/// store, everything else from the log). Returns the joined ones and how many had no row yet.
+/// Stored candidates joined with their logged predictions: the candidate comes from the log
+/// (the record of truth), the random-sample mark and the image from the store. Returns the
+/// joined ones and how many had no row yet.
 pub fn join(
     stored: &[StoredCandidate],
     logged: &HashMap<String, LoggedPrediction>,
-) -> (Vec<(StoredCandidate, Candidate)>, usize) {
+) -> (Vec<StoredCandidate>, usize) {
     let mut joined = Vec::new();
     let mut missing = 0;
     for s in stored {
-        match logged.get(&s.request_id) {
+        match logged.get(&s.candidate.request_id) {
             Some(l) => {
                 let mut c = l.candidate.clone();
-                c.random = s.random;
+                c.random = s.candidate.random;
                 if c.dhash == 0 {
                     // A row without an image hash: the store computed it from the same bytes.
-                    c.dhash = s.dhash;
+                    c.dhash = s.candidate.dhash;
                 }
                 let mut s = s.clone();
+                s.candidate = c;
                 s.predicted_label = l.predicted_label.clone();
                 s.model_version = l.model_version.clone();
-                joined.push((s, c));
+                joined.push(s);
             }
             None => missing += 1,
         }

@@ -48,7 +48,7 @@ impl Uncertainty {
 }
 
 /// One stored prediction that could be sent for relabeling.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Candidate {
     pub request_id: String,
     pub predicted_class: usize,

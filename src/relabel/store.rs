@@ -23,7 +23,8 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::select::{Candidate, SelectionConfig, score};
+use super::export::ExportItem;
+use super::select::{Candidate, SelectionConfig, reasons, score};
 use crate::stats::random::{GOLDEN_GAMMA, mix};
 
 /// The store's settings (the `[candidates]` config section, validated).
@@ -59,21 +60,12 @@ pub struct Offer {
     pub model_version: String,
 }
 
-/// One stored candidate (as in the index).
+/// One stored candidate (as in the index): the candidate and what the store knows of its image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredCandidate {
-    pub request_id: String,
-    pub predicted_class: usize,
+    #[serde(flatten)]
+    pub candidate: Candidate,
     pub predicted_label: String,
-    pub confidence: f32,
-    pub margin: f32,
-    pub entropy: f32,
-    pub dhash: u64,
-    pub vector: Vec<f32>,
-    pub ood: bool,
-    pub shifted: bool,
-    pub random: bool,
-    pub ts_us: i64,
     pub score: f64,
     pub content_type: Option<String>,
     pub sha256: String,
@@ -84,19 +76,22 @@ pub struct StoredCandidate {
 }
 
 impl StoredCandidate {
-    pub fn candidate(&self) -> Candidate {
-        Candidate {
-            request_id: self.request_id.clone(),
-            predicted_class: self.predicted_class,
-            confidence: self.confidence,
-            margin: self.margin,
-            entropy: self.entropy,
-            dhash: self.dhash,
-            vector: self.vector.clone(),
-            ood: self.ood,
-            shifted: self.shifted,
-            random: self.random,
-            ts_us: self.ts_us,
+    /// This candidate as an export package item, scored and explained under `cfg`.
+    pub fn export_item(&self, image: Vec<u8>, cfg: &SelectionConfig) -> ExportItem {
+        let c = &self.candidate;
+        ExportItem {
+            request_id: c.request_id.clone(),
+            image,
+            content_type: self.content_type.clone(),
+            sha256: self.sha256.clone(),
+            score: score(c, cfg),
+            reasons: reasons(c, cfg).iter().map(|r| r.to_string()).collect(),
+            predicted_class: c.predicted_class,
+            predicted_label: self.predicted_label.clone(),
+            confidence: c.confidence,
+            margin: c.margin,
+            entropy: c.entropy,
+            model_version: self.model_version.clone(),
         }
     }
 }
@@ -169,7 +164,7 @@ impl Candidates {
             for c in index.candidates {
                 if images.join(&c.file).is_file() {
                     bytes += c.bytes;
-                    entries.insert(c.request_id.clone(), c);
+                    entries.insert(c.candidate.request_id.clone(), c);
                 }
             }
         }
@@ -330,18 +325,8 @@ impl Worker {
             return;
         }
         let stored = StoredCandidate {
-            request_id: c.request_id.clone(),
-            predicted_class: c.predicted_class,
+            candidate: c,
             predicted_label: offer.predicted_label,
-            confidence: c.confidence,
-            margin: c.margin,
-            entropy: c.entropy,
-            dhash: c.dhash,
-            vector: c.vector,
-            ood: c.ood,
-            shifted: c.shifted,
-            random: c.random,
-            ts_us: c.ts_us,
             score: s,
             content_type: offer.content_type,
             sha256: hex::encode(Sha256::digest(&offer.image)),
@@ -352,7 +337,8 @@ impl Worker {
         };
         let mut pool = lock(&self.pool);
         pool.bytes += stored.bytes;
-        pool.entries.insert(stored.request_id.clone(), stored);
+        pool.entries
+            .insert(stored.candidate.request_id.clone(), stored);
         pool.dirty = true;
         self.evict(&mut pool);
         self.update_admission(&pool);
@@ -371,18 +357,21 @@ impl Worker {
     fn lowest(pool: &Pool, random: bool) -> Option<String> {
         pool.entries
             .values()
-            .filter(|c| c.random == random)
+            .filter(|c| c.candidate.random == random)
             .min_by(|a, b| {
                 a.score
                     .total_cmp(&b.score)
                     .then(a.stored_at_us.cmp(&b.stored_at_us))
             })
-            .map(|c| c.request_id.clone())
+            .map(|c| c.candidate.request_id.clone())
     }
 
     fn evict(&self, pool: &mut Pool) {
         let count = |pool: &Pool, random: bool| {
-            pool.entries.values().filter(|c| c.random == random).count()
+            pool.entries
+                .values()
+                .filter(|c| c.candidate.random == random)
+                .count()
         };
         while count(pool, false) > self.config.pool_size {
             let Some(id) = Self::lowest(pool, false) else {
@@ -394,9 +383,9 @@ impl Worker {
             let oldest = pool
                 .entries
                 .values()
-                .filter(|c| c.random)
+                .filter(|c| c.candidate.random)
                 .min_by_key(|c| c.stored_at_us)
-                .map(|c| c.request_id.clone());
+                .map(|c| c.candidate.request_id.clone());
             let Some(id) = oldest else { break };
             self.remove(pool, &id, "random_full");
         }
@@ -406,7 +395,7 @@ impl Worker {
                 pool.entries
                     .values()
                     .min_by_key(|c| c.stored_at_us)
-                    .map(|c| c.request_id.clone())
+                    .map(|c| c.candidate.request_id.clone())
             });
             let Some(id) = id else { break };
             self.remove(pool, &id, "disk_quota");
@@ -425,7 +414,7 @@ impl Worker {
             .entries
             .values()
             .filter(|c| c.stored_at_us < cutoff)
-            .map(|c| c.request_id.clone())
+            .map(|c| c.candidate.request_id.clone())
             .collect();
         for id in old {
             self.remove(&mut pool, &id, "retention");
@@ -437,7 +426,7 @@ impl Worker {
 
     /// When the pool is full, a newcomer must beat its lowest score.
     fn update_admission(&self, pool: &Pool) {
-        let candidates = pool.entries.values().filter(|c| !c.random);
+        let candidates = pool.entries.values().filter(|c| !c.candidate.random);
         let (n, min) =
             candidates.fold((0usize, f64::INFINITY), |(n, m), c| (n + 1, m.min(c.score)));
         let threshold = if n >= self.config.pool_size {
@@ -455,7 +444,7 @@ impl Worker {
             return;
         }
         let mut candidates: Vec<StoredCandidate> = pool.entries.values().cloned().collect();
-        candidates.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+        candidates.sort_by(|a, b| a.candidate.request_id.cmp(&b.candidate.request_id));
         pool.dirty = false;
         drop(pool);
         let path = self.config.dir.join("index.json");
