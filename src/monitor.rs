@@ -117,15 +117,8 @@ pub struct ReferenceInfo {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedWindow {
     model_version: String,
-    classes: usize,
-    embedding_dim: usize,
-    ts_us: Vec<i64>,
-    class: Vec<u32>,
-    confidence: Vec<f32>,
-    entropy: Vec<f32>,
-    probabilities: Vec<f32>,
-    inputs: Vec<Option<f32>>,
-    embeddings: Vec<f32>,
+    #[serde(flatten)]
+    data: WindowData,
 }
 
 pub struct Monitor {
@@ -296,7 +289,13 @@ impl Monitor {
                     p_value: f.p_value,
                     effect_size: f.effect_size,
                     threshold,
-                    status: raw_feature_status(&self.config.settings, o, f),
+                    status: evaluate::verdict(
+                        &self.config.settings,
+                        o.kind,
+                        o.n_window,
+                        f.p_value,
+                        f.effect_size,
+                    ),
                     n_window: o.n_window,
                     n_reference: o.n_reference,
                 });
@@ -472,22 +471,9 @@ impl Monitor {
         let Some(path) = &self.config.state_file else {
             return;
         };
-        let data = lock(&self.window).snapshot(i64::MIN);
         let saved = SavedWindow {
             model_version: self.reference.model_version.clone(),
-            classes: data.classes,
-            embedding_dim: data.embedding_dim,
-            ts_us: data.ts_us,
-            class: data.class,
-            confidence: data.confidence,
-            entropy: data.entropy,
-            probabilities: data.probabilities,
-            inputs: data
-                .inputs
-                .iter()
-                .map(|v| v.is_finite().then_some(*v))
-                .collect(),
-            embeddings: data.embeddings,
+            data: lock(&self.window).snapshot(i64::MIN),
         };
         let result = (|| -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
@@ -499,7 +485,7 @@ impl Monitor {
         })();
         match result {
             Ok(()) => {
-                tracing::debug!(path = %path.display(), rows = saved.ts_us.len(), "monitor window saved")
+                tracing::debug!(path = %path.display(), rows = saved.data.len, "monitor window saved")
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot save the monitor window")
@@ -525,45 +511,13 @@ impl Monitor {
             tracing::info!(path = %path.display(), "the saved window is from another model version; starting empty");
             return;
         }
-        let data = WindowData {
-            len: saved.ts_us.len(),
-            classes: saved.classes,
-            embedding_dim: saved.embedding_dim,
-            ts_us: saved.ts_us,
-            class: saved.class,
-            confidence: saved.confidence,
-            entropy: saved.entropy,
-            probabilities: saved.probabilities,
-            inputs: saved.inputs.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
-            embeddings: saved.embeddings,
-        };
-        let consistent = data.class.len() == data.len
-            && data.confidence.len() == data.len
-            && data.entropy.len() == data.len
-            && data.probabilities.len() == data.len * data.classes
-            && data.inputs.len() == data.len * 6;
-        if !consistent {
+        if !saved.data.is_consistent() {
             tracing::warn!(path = %path.display(), "ignoring an inconsistent saved window");
             return;
         }
         let mut w = lock(&self.window);
-        w.restore(&data);
+        w.restore(&saved.data);
         tracing::info!(path = %path.display(), rows = w.len(), "monitor window restored");
-    }
-}
-
-fn raw_feature_status(settings: &Settings, o: &TestOutcome, f: &evaluate::FeatureResult) -> Status {
-    if o.raw == Status::InsufficientData {
-        return Status::InsufficientData;
-    }
-    let threshold = settings.min_effect(o.kind);
-    let significant = f.p_value < settings.alpha;
-    if significant && f.effect_size >= threshold {
-        Status::Alert
-    } else if significant && f.effect_size >= threshold / 2.0 {
-        Status::Warn
-    } else {
-        Status::Ok
     }
 }
 

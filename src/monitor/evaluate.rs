@@ -148,7 +148,14 @@ pub struct Estimates {
     pub overconfidence_gap: Option<f64>,
 }
 
-fn verdict(settings: &Settings, kind: TestKind, n_window: usize, p: f64, effect: f64) -> Status {
+/// The verdict of one result: see the module docs.
+pub fn verdict(
+    settings: &Settings,
+    kind: TestKind,
+    n_window: usize,
+    p: f64,
+    effect: f64,
+) -> Status {
     if n_window < settings.min_samples {
         return Status::InsufficientData;
     }

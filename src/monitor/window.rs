@@ -27,8 +27,9 @@ pub struct Observation<'a> {
     pub embedding: Option<&'a [f32]>,
 }
 
-/// A copy of the window's contents, oldest first.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A copy of the window's contents, oldest first. Serialized as the saved window (JSON, where an
+/// unknown input statistic is `null`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowData {
     pub len: usize,
     pub classes: usize,
@@ -39,10 +40,39 @@ pub struct WindowData {
     pub entropy: Vec<f32>,
     /// Row-major, `classes` per prediction.
     pub probabilities: Vec<f32>,
-    /// Row-major, 6 per prediction (see [`INPUT_FEATURES`]).
+    /// Row-major, 6 per prediction (see [`INPUT_FEATURES`]); NaN where unknown.
+    #[serde(with = "nan_as_null")]
     pub inputs: Vec<f32>,
     /// Row-major, `embedding_dim` per prediction; only rows with `has_embedding`.
     pub embeddings: Vec<f32>,
+}
+
+/// JSON has no NaN: unknown values are written as `null` and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<Option<f32>> = values.iter().map(|v| v.is_finite().then_some(*v)).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        let v = Vec::<Option<f32>>::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f32::NAN)).collect())
+    }
+}
+
+impl WindowData {
+    /// Whether every column has `len` rows (a saved window from disk may not).
+    pub fn is_consistent(&self) -> bool {
+        let n = self.len;
+        self.ts_us.len() == n
+            && self.class.len() == n
+            && self.confidence.len() == n
+            && self.entropy.len() == n
+            && self.probabilities.len() == n * self.classes
+            && self.inputs.len() == n * 6
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +241,23 @@ mod tests {
         // Age limit.
         let d = w.snapshot(4);
         assert_eq!(d.ts_us, vec![4, 5]);
+    }
+
+    #[test]
+    fn unknown_inputs_survive_json() {
+        let mut w = Window::new(2, 2, 0);
+        let p = [0.4f32, 0.6];
+        let mut o = obs(1, 1, &p);
+        o.inputs = [f32::NAN, 0.5, f32::NAN, 0.1, 8.0, 8.0];
+        w.push(&o);
+        let data = w.snapshot(i64::MIN);
+        let json = serde_json::to_string(&data).unwrap();
+        assert!(json.contains("null"), "{json}");
+        let back: WindowData = serde_json::from_str(&json).unwrap();
+        assert!(back.is_consistent());
+        assert!(back.inputs[0].is_nan() && back.inputs[2].is_nan());
+        assert_eq!(back.inputs[1..2], [0.5]);
+        assert_eq!((back.len, back.ts_us.clone()), (1, vec![1]));
     }
 
     #[test]
