@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::{Server, labels_csv, read, repo};
 
@@ -163,16 +163,7 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     assert!(metrics.contains("shiftwatch_window_predictions{model=\"digits\"} 200"));
 
     // Delayed labels for the normal traffic: calibration from the labeled window.
-    let labels: Vec<Value> = normal
-        .iter()
-        .map(|(id, label)| json!({"request_id": id, "label": label}))
-        .collect();
-    let r = server.post(
-        "/v1/feedback",
-        Some("application/json"),
-        &serde_json::to_vec(&labels).unwrap(),
-    );
-    assert_eq!(r.status, 202);
+    server.send_labels(&normal);
     let t3 = server.get("/v1/monitor").json()["evaluated_at"]
         .as_str()
         .unwrap()

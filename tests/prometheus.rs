@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::{Server, labels_csv, parse_response, read, repo};
 
@@ -154,20 +154,6 @@ fn replay(server: &Server, set: &str) -> Vec<(String, String)> {
         }
     }
     labeled
-}
-
-/// Sends delayed labels for `labeled` to /v1/feedback.
-fn send_feedback(server: &Server, labeled: &[(String, String)]) {
-    let items: Vec<Value> = labeled
-        .iter()
-        .map(|(id, label)| json!({"request_id": id, "label": label}))
-        .collect();
-    let r = server.post(
-        "/v1/feedback",
-        Some("application/json"),
-        &serde_json::to_vec(&items).unwrap(),
-    );
-    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
 }
 
 /// A few requests that fail on the client's side: an undecodable image, an unknown model.
@@ -579,8 +565,8 @@ fn promtool_checks_and_unit_tests_the_rules() {
 fn promtool_accepts_the_real_metrics_output() {
     let server = Server::start(&[]);
     let labeled: Vec<(String, String)> = replay_some(&server, "normal", 40);
-    send_feedback(&server, &labeled[..20]);
-    send_feedback(&server, &[("never-seen".to_string(), "3".to_string())]);
+    server.send_labels(&labeled[..20]);
+    server.send_labels(&[("never-seen".to_string(), "3".to_string())]);
     send_client_errors(&server);
     let r = server.get("/metrics");
     assert_eq!(r.status, 200);
@@ -753,7 +739,7 @@ fn prometheus_scrapes_the_sidecar_and_sees_the_shift() {
 
     // Normal traffic, its delayed labels, a few client errors; seen by Prometheus before the shift.
     let normal = replay(&server, "normal");
-    send_feedback(&server, &normal);
+    server.send_labels(&normal);
     send_client_errors(&server);
     let n_normal = traffic("normal").len() as f64;
     let total = format!("sum(shiftwatch_predictions_total{{model=\"{MODEL}\"}})");
@@ -762,8 +748,8 @@ fn prometheus_scrapes_the_sidecar_and_sees_the_shift() {
     // Shifted traffic: out-of-distribution images, then rotated digits.
     let ood = replay(&server, "ood");
     let rotation = replay(&server, "rotation");
-    send_feedback(&server, &ood);
-    send_feedback(&server, &rotation);
+    server.send_labels(&ood);
+    server.send_labels(&rotation);
     let n_all = n_normal + (traffic("ood").len() + traffic("rotation").len()) as f64;
     prom.wait_for_value(&total, n_all, deadline);
     println!(

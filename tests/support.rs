@@ -165,6 +165,21 @@ impl Server {
             .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
     }
 
+    /// Posts delayed labels (`(request id, label)` pairs) to /v1/feedback and expects 202.
+    pub fn send_labels(&self, labeled: &[(String, String)]) -> Response {
+        let items: Vec<serde_json::Value> = labeled
+            .iter()
+            .map(|(id, label)| serde_json::json!({"request_id": id, "label": label}))
+            .collect();
+        let r = self.post(
+            "/v1/feedback",
+            Some("application/json"),
+            &serde_json::to_vec(&items).unwrap(),
+        );
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        r
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
