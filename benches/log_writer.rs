@@ -11,20 +11,30 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use shiftwatch::image_stats::{dhash, input_stats};
+use std::sync::Arc;
+
 use shiftwatch::log::{
-    Durability, Endpoint, ImageInfo, LogConfig, PredictionLog, PredictionRecord, now_us,
+    Durability, Endpoint, ImageInfo, LogConfig, PredictionLog, PredictionRecord,
 };
 use shiftwatch::metrics::Metrics;
+use shiftwatch::time::now_us;
 
 const ROWS: usize = 500_000;
 const TARGET_ROWS_PER_SECOND: f64 = 500_000.0;
 
-fn record(i: usize, image: &ImageInfo) -> PredictionRecord {
+fn record(
+    i: usize,
+    image: &ImageInfo,
+    version: &Arc<str>,
+    labels: &[Arc<str>],
+) -> PredictionRecord {
     let mut probabilities = [0.01f32; 10];
     probabilities[i % 10] = 0.91;
     let embedding: Vec<f32> = (0..32).map(|k| ((i * 31 + k) % 97) as f32 / 97.0).collect();
     PredictionRecord {
         request_id: format!("01a2-bench-{i:08}"),
+        model_version: Arc::clone(version),
+        predicted_label: Arc::clone(&labels[i % 10]),
         ts_us: now_us(),
         endpoint: Endpoint::Classify,
         predicted_class: i % 10,
@@ -56,22 +66,29 @@ fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
         retention: None,
         max_disk_bytes: None,
     };
-    let labels: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let labels: Vec<Arc<str>> = (0..10).map(|i| Arc::from(i.to_string())).collect();
+    let version: Arc<str> = Arc::from("0123456789ab");
     let metrics = Metrics::new("bench");
-    let (log, _) = PredictionLog::open(&config, "bench", "0123456789ab", &labels, &metrics.log)
-        .expect("opening the log");
+    let (dir_log, _) = PredictionLog::open(&config, &metrics.shared.log).expect("opening the log");
+    let (log, _) = dir_log
+        .predictions("bench", &metrics.shared.log)
+        .expect("opening the stream");
     // Build records first so the append timing is the request path's share only.
-    let records: Vec<PredictionRecord> = (0..ROWS).map(|i| record(i, image)).collect();
+    let records: Vec<PredictionRecord> = (0..ROWS)
+        .map(|i| record(i, image, &version, &labels))
+        .collect();
     let started = Instant::now();
     let mut append_time = Duration::ZERO;
     for r in records {
         let t = Instant::now();
-        log.append_prediction(r).expect("the queue holds every row");
+        log.append(r).expect("the queue holds every row");
         append_time += t.elapsed();
     }
     log.close();
+    dir_log.close();
     let elapsed = started.elapsed().as_secs_f64();
     let written = metrics
+        .shared
         .log
         .rows_written
         .with_label_values(&["predictions"])

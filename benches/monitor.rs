@@ -45,8 +45,8 @@ struct Sample {
 fn samples(root: &Path, model_path: &str, folder: &str) -> Vec<Sample> {
     let mut cfg =
         config::load(&root.join("config/shiftwatch.toml"), std::env::vars()).expect("config");
-    cfg.model.path = root.join(model_path);
-    let mut loaded = model::load(&cfg).expect("model");
+    cfg.models[0].path = root.join(model_path);
+    let mut loaded = cfg.load_model(&cfg.models[0]).expect("model");
     let spec = loaded.spec.clone();
     let dir = root.join("data/traffic").join(folder);
     let csv = std::fs::read_to_string(dir.join("labels.csv")).expect("labels.csv");

@@ -21,8 +21,9 @@ use criterion::{Criterion, Throughput};
 use image::ImageFormat;
 use ort::session::Session;
 use ort::value::TensorRef;
-use shiftwatch::config::{Config, DecodeLimits};
+use shiftwatch::config::Config;
 use shiftwatch::model::{LoadedModel, ModelSpec, run_batch};
+use shiftwatch::preprocess::DecodeLimits;
 use shiftwatch::preprocess::{decode, to_tensor};
 
 /// Batch sizes measured: one request alone, and a full batch of the default `max_batch`.
@@ -227,8 +228,9 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = bench_config(root);
     let images = sample_images(root);
-    let mut model = shiftwatch::model::load(&config)
-        .unwrap_or_else(|e| panic!("cannot load {}: {e}", config.model.path.display()));
+    let mut model = config
+        .load_model(config.first_model())
+        .unwrap_or_else(|e| panic!("cannot load {}: {e}", config.first_model().path.display()));
 
     let home = criterion_home();
     // Short by default so the whole bench runs in about a minute; the usual flags

@@ -5,13 +5,15 @@
 //! and answer: decoding runs on the blocking pool, inference on the workers, logging on the log's
 //! writer threads.
 
+mod admin;
 mod candidates;
 mod classify;
+pub mod config;
 mod error;
 mod feedback;
 mod health;
 mod infer;
-mod record;
+pub mod v2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,29 +29,17 @@ use tokio::sync::Semaphore;
 
 pub use self::error::ApiError;
 use crate::config::Config;
-use crate::feedback::RecentPredictions;
-use crate::inference::InferencePool;
-use crate::log::PredictionLog;
-use crate::metrics::Metrics;
-use crate::monitor::Monitor;
-use crate::relabel::Candidates;
-
-/// What exists once the model is loaded: the readiness latch holds it.
-#[derive(Debug)]
-pub struct Serving {
-    pub pool: InferencePool,
-    pub log: Option<PredictionLog>,
-    pub recent: RecentPredictions,
-    pub monitor: Option<Arc<Monitor>>,
-    pub candidates: Option<Candidates>,
-}
+use crate::metrics::ProcessMetrics;
+use crate::service::{ModelService, Services};
 
 /// What every handler shares.
 pub struct AppState {
-    pub config: Config,
-    pub metrics: Metrics,
-    /// Set once the model is loaded and warmed up and the log is open: the readiness latch.
-    pub serving: OnceLock<Serving>,
+    pub config: Arc<Config>,
+    /// The series that belong to no model (requests to other routes, unknown feedback ids,
+    /// the feedback log stream).
+    pub metrics: ProcessMetrics,
+    /// Set once every model is loaded and warmed up and the log is open: the readiness latch.
+    pub services: OnceLock<Services>,
     /// Admission: one permit per request between reading its body and answering it.
     pub admission: Arc<Semaphore>,
     /// Set when shutdown begins: readiness turns false, new work is refused.
@@ -59,27 +49,40 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("model", &self.config.model.name)
-            .field("ready", &self.serving.get().is_some())
+            .field("ready", &self.services.get().is_some())
             .finish()
     }
 }
 
+/// The model names of a config, for messages.
+fn model_names(config: &Config) -> String {
+    config
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl AppState {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Arc<Config>) -> Arc<Self> {
         let permits = config.inference.max_in_flight;
-        let metrics = Metrics::new(&config.model.name);
+        let metrics = ProcessMetrics::new(if config.models.len() == 1 {
+            Some(config.first_model().name.as_str())
+        } else {
+            None
+        });
         Arc::new(AppState {
             config,
             metrics,
-            serving: OnceLock::new(),
+            services: OnceLock::new(),
             admission: Arc::new(Semaphore::new(permits)),
             draining: AtomicBool::new(false),
         })
     }
 
-    /// What serves requests, when the model is ready and the server is not draining.
-    pub fn ready(&self) -> Result<&Serving, ApiError> {
+    /// What serves requests, when every model is ready and the server is not draining.
+    pub fn ready(&self) -> Result<&Services, ApiError> {
         let retry = self.config.server.retry_after_seconds;
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::unavailable(
@@ -88,9 +91,29 @@ impl AppState {
                 retry,
             ));
         }
-        self.serving
+        self.services
             .get()
             .ok_or_else(|| ApiError::unavailable("not_ready", "the model is still loading", retry))
+    }
+
+    /// The served model `name`: 404 `unknown_model` when there is none, 503 before it is ready.
+    pub fn model(&self, name: &str) -> Result<&Arc<ModelService>, ApiError> {
+        if self.config.model(name).is_none() {
+            return Err(ApiError::unknown_model(name, &model_names(&self.config)));
+        }
+        let services = self.ready()?;
+        services
+            .get(name)
+            .ok_or_else(|| ApiError::unknown_model(name, &model_names(&self.config)))
+    }
+
+    /// The model a route without a model in its path means: `?model=` when given, else the
+    /// first by name.
+    pub fn model_or_default(&self, name: Option<&str>) -> Result<&Arc<ModelService>, ApiError> {
+        match name {
+            Some(n) => self.model(n),
+            None => Ok(self.ready()?.default_model()),
+        }
     }
 
     /// Admits one request (held until it is answered), or 503 `overloaded` with Retry-After.
@@ -109,15 +132,6 @@ impl AppState {
     /// Requests admitted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.config.inference.max_in_flight - self.admission.available_permits()
-    }
-
-    /// 404 unless `name` is the served model.
-    pub fn check_model(&self, name: &str) -> Result<(), ApiError> {
-        if name == self.config.model.name {
-            Ok(())
-        } else {
-            Err(ApiError::unknown_model(name, &self.config.model.name))
-        }
     }
 
     /// 401 unless the request carries the configured bearer token (no token: open).
@@ -175,6 +189,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/monitor", get(monitor))
         .route("/v1/candidates", get(candidates::list))
         .route("/v1/candidates/export", post(candidates::export))
+        .route("/v1/admin/models/{model}/reload", post(admin::reload))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -184,6 +199,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{model}", get(health::v2_model))
         .route("/v2/models/{model}/ready", get(health::v2_model_ready))
         .route("/v2/models/{model}/infer", post(infer::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(health::v2_model_version),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(health::v2_model_version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer::infer_version),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_requests,
@@ -197,14 +224,25 @@ pub fn router(state: Arc<AppState>) -> Router {
 fn endpoint_label(route: &str) -> &'static str {
     match route {
         "/v1/models/{model}/classify" => "classify",
-        "/v2/models/{model}/infer" => "infer",
+        "/v2/models/{model}/infer" | "/v2/models/{model}/versions/{version}/infer" => "infer",
         "/v1/feedback" => "feedback",
         "/v1/monitor" => "monitor",
         "/v1/candidates" | "/v1/candidates/export" => "candidates",
+        "/v1/admin/models/{model}/reload" => "admin",
         "/metrics" => "metrics",
-        "/v2" | "/v2/models/{model}" => "metadata",
+        "/v2" | "/v2/models/{model}" | "/v2/models/{model}/versions/{version}" => "metadata",
         _ => "health",
     }
+}
+
+/// The model a request path names (`/v1/models/{model}/…`, `/v2/models/{model}…`,
+/// `/v1/admin/models/{model}/…`).
+fn path_model(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/v2/models/"))
+        .or_else(|| path.strip_prefix("/v1/admin/models/"))?;
+    rest.split('/').next().filter(|m| !m.is_empty())
 }
 
 async fn track_requests(
@@ -217,14 +255,21 @@ async fn track_requests(
         .extensions()
         .get::<MatchedPath>()
         .map_or("health", |p| endpoint_label(p.as_str()));
+    let model = path_model(request.uri().path()).map(str::to_string);
     let response = next.run(request).await;
-    state
-        .metrics
+    // A model's own routes count in its series; the rest (and unknown models) in the process's.
+    let services = state.services.get();
+    let families = match (services, model) {
+        (Some(services), Some(name)) => services
+            .get(&name)
+            .map_or(&state.metrics.shared, |m| &m.metrics.shared),
+        _ => &state.metrics.shared,
+    };
+    families
         .requests
         .with_label_values(&[endpoint, response.status().as_str()])
         .inc();
-    state
-        .metrics
+    families
         .request_duration
         .with_label_values(&[endpoint])
         .observe(started.elapsed().as_secs_f64());
@@ -232,7 +277,11 @@ async fn track_requests(
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = state.metrics.render().into_response();
+    let mut registries = vec![&state.metrics.registry];
+    if let Some(services) = state.services.get() {
+        registries.extend(services.registries());
+    }
+    let mut response = crate::metrics::render(&registries).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -240,24 +289,31 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// `GET /v1/monitor`: the latest evaluation (made now if none has run yet).
-async fn monitor(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let serving = state.ready()?;
-    let Some(monitor) = serving.monitor.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "monitor_disabled",
-            "the monitor is disabled (monitor.enabled = false)",
-        ));
-    };
-    let snapshot = match monitor.latest() {
-        Some(s) => s,
-        None => tokio::task::spawn_blocking(move || monitor.evaluate_now())
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?,
-    };
+/// `?model=NAME`, for routes whose path names no model.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelQuery {
+    pub model: Option<String>,
+}
+
+/// `GET /v1/monitor[?model=NAME]`: the latest evaluation (made now if none has run yet).
+async fn monitor(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let model = Arc::clone(state.model_or_default(query.model.as_deref())?);
+    let snapshot = tokio::task::spawn_blocking(move || model.snapshot())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "monitor_disabled",
+                "the monitor is disabled (monitor.enabled = false)",
+            )
+        })?;
     Ok(axum::Json(snapshot.as_ref().clone()).into_response())
 }
 

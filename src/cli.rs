@@ -42,6 +42,9 @@ pub enum Command {
         /// Samples kept at most (a seeded subsample beyond)
         #[arg(long, default_value_t = 5000)]
         max_samples: usize,
+        /// Which configured model (default: the first by name)
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Relabel candidates: export the best stored ones for Label Studio (offline, from the log)
     Candidates {
@@ -67,6 +70,9 @@ pub enum CandidatesAction {
         /// Candidates at most
         #[arg(long)]
         limit: Option<usize>,
+        /// Which configured model (default: the first by name)
+        #[arg(long)]
+        model: Option<String>,
     },
 }
 
@@ -85,23 +91,29 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve(config),
         Command::CheckConfig { skip_model } => check_config(&cli.config, &config, skip_model),
         Command::Candidates {
-            action: CandidatesAction::Export { out, limit },
-        } => export_candidates(&config, &out, limit),
+            action: CandidatesAction::Export { out, limit, model },
+        } => config
+            .select_model(model.as_deref())
+            .and_then(|m| export_candidates(&config, m, &out, limit)),
         Command::Reference {
             images,
             labels,
             out,
             max_samples,
-        } => reference(
-            &config,
-            &crate::profile::ProfileOptions {
-                images,
-                labels,
-                out,
-                max_samples,
-                seed: 42,
-            },
-        ),
+            model,
+        } => config.select_model(model.as_deref()).and_then(|m| {
+            reference(
+                &config,
+                m,
+                &crate::profile::ProfileOptions {
+                    images,
+                    labels,
+                    out,
+                    max_samples,
+                    seed: 42,
+                },
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,9 +133,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(crate::server::serve(config))
 }
 
-fn reference(config: &Config, options: &crate::profile::ProfileOptions) -> anyhow::Result<()> {
+fn reference(
+    config: &Config,
+    model: &crate::model::config::ModelConfig,
+    options: &crate::profile::ProfileOptions,
+) -> anyhow::Result<()> {
     crate::telemetry::init(&config.logging);
-    let profile = crate::profile::build(config, options)?;
+    let profile = crate::profile::build(config, model, options)?;
     let s = profile.summary.as_ref().expect("build writes the summary");
     println!(
         "reference profile {}: {} images ({} kept) of model {} version {}",
@@ -149,6 +165,7 @@ fn reference(config: &Config, options: &crate::profile::ProfileOptions) -> anyho
 
 fn export_candidates(
     config: &Config,
+    model: &crate::model::config::ModelConfig,
     out: &std::path::Path,
     limit: Option<usize>,
 ) -> anyhow::Result<()> {
@@ -162,7 +179,9 @@ fn export_candidates(
     let Some(log) = &config.log else {
         anyhow::bail!("log.enabled is false: offline export reads the prediction log");
     };
-    let limit = limit.unwrap_or(config.candidates_default_limit);
+    let several = config.models.len() > 1;
+    let cc = cc.for_model(&model.name, several, 0);
+    let limit = limit.unwrap_or(cc.default_limit);
     let stored = crate::relabel::read_index(&cc.dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot read the candidate index in {}: {e}",
@@ -173,9 +192,9 @@ fn export_candidates(
         .iter()
         .map(|s| s.candidate.request_id.clone())
         .collect();
-    let logged = crate::relabel::offline::read_predictions(&log.dir, &config.model.name, &wanted)?;
+    let logged = crate::relabel::offline::read_predictions(&log.dir, &model.name, &wanted)?;
     let (joined, missing) = crate::relabel::offline::join(&stored, &logged);
-    let labels = match crate::model::load(config) {
+    let labels = match config.load_model(model) {
         Ok(m) => m.spec.labels,
         Err(e) => anyhow::bail!("cannot read the model's class labels: {e}"),
     };
@@ -221,17 +240,23 @@ fn check_config(path: &std::path::Path, config: &Config, skip_model: bool) -> an
     crate::telemetry::init(&config.logging);
     println!("config {}: valid", path.display());
     println!("  listen           {}", config.server.listen);
-    println!(
-        "  model            {} ({})",
-        config.model.name,
-        config.model.path.display()
-    );
+    for m in &config.models {
+        println!("  model            {} ({})", m.name, m.path.display());
+    }
     if skip_model {
         return Ok(());
     }
     let library = crate::model::resolve_library(config.runtime_library.as_deref())?;
     println!("  onnx runtime     {}", library.display());
-    let loaded = crate::model::load(config)?;
+    for m in &config.models {
+        check_model(config, m)?;
+    }
+    Ok(())
+}
+
+fn check_model(config: &Config, model: &crate::model::config::ModelConfig) -> anyhow::Result<()> {
+    let loaded = config.load_model(model)?;
+    println!("  {}:", model.name);
     let spec = &loaded.spec;
     let p = &spec.preprocess;
     println!("  model version    {}", spec.version);
@@ -254,6 +279,5 @@ fn check_config(path: &std::path::Path, config: &Config, skip_model: bool) -> an
             _ => String::new(),
         }
     );
-    println!("model loads and runs: ok");
     Ok(())
 }

@@ -12,10 +12,75 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use ort::session::Session;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::InferenceConfig;
 use crate::model::{LoadedModel, ModelSpec, RawOutput, run_batch};
+
+/// `[inference]`: sessions, threads and batching.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawInference {
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub max_batch: usize,
+    pub max_batch_delay_us: u64,
+    pub max_in_flight: usize,
+}
+
+impl Default for RawInference {
+    fn default() -> Self {
+        RawInference {
+            sessions: 1,
+            intra_threads: 1,
+            inter_threads: 1,
+            max_batch: 32,
+            max_batch_delay_us: 0,
+            max_in_flight: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InferenceConfig {
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub max_batch: usize,
+    pub max_batch_delay: Duration,
+    pub max_in_flight: usize,
+}
+
+impl RawInference {
+    pub fn validate(self, bad: &mut dyn FnMut(&str, String)) -> InferenceConfig {
+        for (key, v, lo, hi) in [
+            ("inference.sessions", self.sessions, 1, 64),
+            ("inference.intra_threads", self.intra_threads, 1, 256),
+            ("inference.inter_threads", self.inter_threads, 1, 256),
+            ("inference.max_batch", self.max_batch, 1, 4096),
+            ("inference.max_in_flight", self.max_in_flight, 1, 1_000_000),
+        ] {
+            if v < lo || v > hi {
+                bad(key, format!("{v} is outside {lo}..={hi}"));
+            }
+        }
+        if self.max_batch_delay_us > 1_000_000 {
+            bad(
+                "inference.max_batch_delay_us",
+                "must be at most 1000000 (one second)".into(),
+            );
+        }
+        InferenceConfig {
+            sessions: self.sessions,
+            intra_threads: self.intra_threads,
+            inter_threads: self.inter_threads,
+            max_batch: self.max_batch,
+            max_batch_delay: Duration::from_micros(self.max_batch_delay_us),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
 
 /// Why an image got no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

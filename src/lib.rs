@@ -16,5 +16,7 @@ pub mod preprocess;
 pub mod profile;
 pub mod relabel;
 pub mod server;
+pub mod service;
 pub mod stats;
 pub mod telemetry;
+pub mod time;

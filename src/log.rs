@@ -10,20 +10,22 @@
 //! `<dir>/predictions/model=<name>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`,
 //! `<dir>/feedback/date=<YYYY-MM-DD>/<uuid>.parquet`, segments under `<dir>/wal/<stream>/`.
 
+mod config;
 mod retention;
 pub mod schema;
 mod sink;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
+pub use self::config::{LogConfig, RawLog};
 pub use self::sink::{Appended, LogHealth};
 use self::sink::{Sink, StreamSpec};
 use crate::image_stats::InputStats;
 use crate::metrics::LogMetrics;
+use crate::time::date_hour;
 
 /// When a row counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,21 +47,6 @@ impl Durability {
             _ => None,
         }
     }
-}
-
-/// The log's settings (the `[log]` config section, validated).
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub dir: PathBuf,
-    pub durability: Durability,
-    pub fsync_interval: Duration,
-    pub queue_capacity: usize,
-    pub rotate_rows: usize,
-    pub rotate_bytes: usize,
-    pub rotate_age: Duration,
-    pub row_group_rows: usize,
-    pub retention: Option<Duration>,
-    pub max_disk_bytes: Option<u64>,
 }
 
 /// Which API produced a prediction.
@@ -91,6 +78,9 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictionRecord {
     pub request_id: String,
+    /// The version that made it (several can serve in turn: hot reload).
+    pub model_version: Arc<str>,
+    pub predicted_label: Arc<str>,
     /// Arrival time, microseconds since the Unix epoch (UTC).
     pub ts_us: i64,
     pub endpoint: Endpoint,
@@ -105,7 +95,7 @@ pub struct PredictionRecord {
     pub batch_size: i32,
     pub content_type: Option<String>,
     pub image: Option<ImageInfo>,
-    pub flags: Vec<String>,
+    pub flags: Vec<&'static str>,
 }
 
 /// One delayed label.
@@ -133,36 +123,6 @@ pub enum LogError {
     Format(String),
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian, UTC).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// `date=YYYY-MM-DD` and the hour (0..23) of a timestamp in microseconds.
-pub fn date_hour(ts_us: i64) -> (String, u32) {
-    let secs = ts_us.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let hour = (secs.rem_euclid(86_400) / 3600) as u32;
-    let (y, m, d) = civil_from_days(days);
-    (format!("{y:04}-{m:02}-{d:02}"), hour)
-}
-
 /// The partition folder (relative to the log dir) of a prediction.
 pub fn prediction_partition(model: &str, ts_us: i64) -> PathBuf {
     let (date, hour) = date_hour(ts_us);
@@ -184,19 +144,31 @@ pub struct Recovered {
     pub feedback: usize,
 }
 
-/// The running log: one writer per stream.
+/// The log directory: its lock, the feedback stream, and what every stream shares. Each
+/// served model writes its predictions through its own [`PredictionStream`].
 pub struct PredictionLog {
-    predictions: Sink<PredictionRecord>,
     feedback: Sink<FeedbackRecord>,
+    config: LogConfig,
+    health: Arc<LogHealth>,
     _lock: std::fs::File,
-    dir: PathBuf,
 }
 
 impl std::fmt::Debug for PredictionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PredictionLog")
-            .field("dir", &self.dir)
+            .field("dir", &self.config.dir)
             .finish()
+    }
+}
+
+/// One model's prediction rows: `predictions/model=<name>/…`, its own writer and segments.
+pub struct PredictionStream {
+    sink: Sink<PredictionRecord>,
+}
+
+impl std::fmt::Debug for PredictionStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionStream").finish()
     }
 }
 
@@ -207,22 +179,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     }
 }
 
-fn prediction_stream(
-    model: &str,
-    model_version: &str,
-    labels: &[String],
-) -> StreamSpec<PredictionRecord> {
-    let (model, version, labels) = (
-        model.to_string(),
-        model_version.to_string(),
-        labels.to_vec(),
-    );
+fn prediction_stream(model: &str) -> StreamSpec<PredictionRecord> {
+    let model = model.to_string();
     StreamSpec {
         name: "predictions",
         schema: schema::prediction_schema(),
         root: PathBuf::from(format!("predictions/model={model}")),
+        wal: PathBuf::from(format!("wal/predictions/model={model}")),
         partition: Box::new(move |ts| prediction_partition(&model, ts)),
-        to_batch: Box::new(move |rows| schema::prediction_batch(rows, &version, &labels)),
+        to_batch: Box::new(schema::prediction_batch),
         ts: Box::new(|r| r.ts_us),
     }
 }
@@ -232,6 +197,7 @@ fn feedback_stream() -> StreamSpec<FeedbackRecord> {
         name: "feedback",
         schema: schema::feedback_schema(),
         root: PathBuf::from("feedback"),
+        wal: PathBuf::from("wal/feedback"),
         partition: Box::new(feedback_partition),
         to_batch: Box::new(schema::feedback_batch),
         ts: Box::new(|r| r.ts_us),
@@ -239,15 +205,9 @@ fn feedback_stream() -> StreamSpec<FeedbackRecord> {
 }
 
 impl PredictionLog {
-    /// Takes the directory's lock, recovers leftover write-ahead segments into Parquet, and
-    /// starts the writers.
-    pub fn open(
-        config: &LogConfig,
-        model: &str,
-        model_version: &str,
-        labels: &[String],
-        metrics: &LogMetrics,
-    ) -> Result<(Self, Recovered), LogError> {
+    /// Takes the directory's lock, recovers the feedback stream's leftover write-ahead
+    /// segments into Parquet, and starts its writer. Returns the rows recovered.
+    pub fn open(config: &LogConfig, metrics: &LogMetrics) -> Result<(Self, usize), LogError> {
         std::fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
         let lock_path = config.dir.join(".shiftwatch.lock");
         let lock = std::fs::OpenOptions::new()
@@ -260,53 +220,76 @@ impl PredictionLog {
             return Err(LogError::Locked(config.dir.clone()));
         }
         let health = Arc::new(LogHealth::default());
-        let predictions_spec = prediction_stream(model, model_version, labels);
-        let feedback_spec = feedback_stream();
-        let recovered = Recovered {
-            predictions: sink::recover(&config.dir, &predictions_spec, metrics)?,
-            feedback: sink::recover(&config.dir, &feedback_spec, metrics)?,
-        };
-        let predictions = Sink::start(
-            config,
-            predictions_spec,
-            metrics.clone(),
-            Arc::clone(&health),
-        );
-        let feedback = Sink::start(config, feedback_spec, metrics.clone(), health);
+        let spec = feedback_stream();
+        let recovered = sink::recover(&config.dir, &spec, metrics)?;
+        let feedback = Sink::start(config, spec, metrics.clone(), Arc::clone(&health));
         Ok((
             PredictionLog {
-                predictions,
                 feedback,
+                config: config.clone(),
+                health,
                 _lock: lock,
-                dir: config.dir.clone(),
             },
             recovered,
         ))
     }
 
-    /// Queues a prediction row. In strict mode the returned [`Appended::Pending`] resolves once
-    /// the row is durable; the caller answers only then.
-    pub fn append_prediction(&self, record: PredictionRecord) -> Result<Appended, LogError> {
-        self.predictions.append(record)
+    /// Recovers `model`'s leftover segments and starts its prediction writer. Returns the
+    /// stream and the rows recovered.
+    pub fn predictions(
+        &self,
+        model: &str,
+        metrics: &LogMetrics,
+    ) -> Result<(PredictionStream, usize), LogError> {
+        let spec = prediction_stream(model);
+        let recovered = sink::recover(&self.config.dir, &spec, metrics)?;
+        let sink = Sink::start(
+            &self.config,
+            spec,
+            metrics.clone(),
+            Arc::clone(&self.health),
+        );
+        Ok((PredictionStream { sink }, recovered))
     }
 
     pub fn append_feedback(&self, record: FeedbackRecord) -> Result<Appended, LogError> {
         self.feedback.append(record)
     }
 
-    /// `None` while both streams write; else the last error.
+    /// `None` while every stream writes; else the last error.
     pub fn degraded(&self) -> Option<String> {
-        self.predictions.health().degraded()
+        self.health.degraded()
     }
 
     pub fn durability(&self) -> Durability {
-        self.predictions.durability()
+        self.config.durability
     }
 
-    /// Writes out everything queued, closes every file, and stops the writers.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Writes out the feedback queue, closes its files, and stops its writer (close every
+    /// [`PredictionStream`] first).
     pub fn close(&self) {
-        self.predictions.close();
         self.feedback.close();
+    }
+}
+
+impl PredictionStream {
+    /// Queues a prediction row. In strict mode the returned [`Appended::Pending`] resolves once
+    /// the row is durable; the caller answers only then.
+    pub fn append(&self, record: PredictionRecord) -> Result<Appended, LogError> {
+        self.sink.append(record)
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.sink.durability()
+    }
+
+    /// Writes out everything queued, closes every file, and stops the writer.
+    pub fn close(&self) {
+        self.sink.close();
     }
 }
 
@@ -320,20 +303,11 @@ pub async fn durable(appended: Appended) -> Result<(), LogError> {
     }
 }
 
-/// Recovers leftover write-ahead segments without starting writers (for offline tools).
-pub fn recover(
-    dir: &Path,
-    model: &str,
-    model_version: &str,
-    labels: &[String],
-    metrics: &LogMetrics,
-) -> Result<Recovered, LogError> {
+/// Recovers leftover write-ahead segments of `model` and of the feedback stream without
+/// starting writers (for offline tools).
+pub fn recover(dir: &Path, model: &str, metrics: &LogMetrics) -> Result<Recovered, LogError> {
     Ok(Recovered {
-        predictions: sink::recover(
-            dir,
-            &prediction_stream(model, model_version, labels),
-            metrics,
-        )?,
+        predictions: sink::recover(dir, &prediction_stream(model), metrics)?,
         feedback: sink::recover(dir, &feedback_stream(), metrics)?,
     })
 }
@@ -343,16 +317,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        // 2026-11-29T23:59:59.999999Z and one microsecond later.
+    fn partitions() {
         let ts = 20_786 * 86_400_000_000 + 86_399_999_999;
-        assert_eq!(date_hour(ts), ("2026-11-29".to_string(), 23));
-        assert_eq!(date_hour(ts + 1), ("2026-11-30".to_string(), 0));
         assert_eq!(
             prediction_partition("digits", ts),
             PathBuf::from("predictions/model=digits/date=2026-11-29/hour=23")

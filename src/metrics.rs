@@ -18,6 +18,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    pub const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::WriteError,
+        DropReason::Closed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
@@ -64,15 +70,13 @@ pub struct LogMetrics {
 pub struct Metrics {
     pub registry: Registry,
     pub build_info: IntGaugeVec,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
+    /// Requests to this model's routes, its feedback, its prediction log stream.
+    pub shared: SharedFamilies,
     pub inference_duration: Histogram,
     pub batch_size: Histogram,
     pub predictions: IntCounterVec,
     pub confidence: Histogram,
     pub entropy_ratio: Histogram,
-    pub feedback: IntCounterVec,
-    pub log: LogMetrics,
     pub drift_statistic: GaugeVec,
     pub drift_p_value: GaugeVec,
     pub drift_status: IntGaugeVec,
@@ -88,6 +92,152 @@ pub struct Metrics {
     pub candidates_exported: prometheus::IntCounter,
     pub candidates_evicted: IntCounterVec,
     pub candidates_skipped: prometheus::IntCounter,
+}
+
+/// The families that both a model's registry and the process registry hold (each with
+/// disjoint label values): requests, feedback outcomes, the log streams.
+#[derive(Clone)]
+pub struct SharedFamilies {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub feedback: IntCounterVec,
+    pub log: LogMetrics,
+}
+
+impl SharedFamilies {
+    fn register(r: &Registry) -> Self {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        SharedFamilies {
+            requests: counter_vec(
+                "shiftwatch_requests_total",
+                "HTTP requests answered, by endpoint and status code",
+                &["endpoint", "code"],
+            ),
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "shiftwatch_request_duration_seconds",
+                        "Server time per request, from arrival to answer",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &["endpoint"],
+                )
+                .expect("valid histogram"),
+            ),
+            feedback: counter_vec(
+                "shiftwatch_feedback_total",
+                "Delayed labels received, by outcome",
+                &["outcome"],
+            ),
+            log: LogMetrics {
+                rows_written: counter_vec(
+                    "shiftwatch_log_rows_written_total",
+                    "Rows made durable in the log (write-ahead log or Parquet)",
+                    &["stream"],
+                ),
+                rows_dropped: counter_vec(
+                    "shiftwatch_log_rows_dropped_total",
+                    "Rows that could not be logged, by reason",
+                    &["stream", "reason"],
+                ),
+                rows_recovered: counter_vec(
+                    "shiftwatch_log_rows_recovered_total",
+                    "Rows recovered from write-ahead log segments into Parquet",
+                    &["stream"],
+                ),
+                queue_depth: register(
+                    r,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "shiftwatch_log_queue_depth",
+                            "Rows waiting for the log writer",
+                        ),
+                        &["stream"],
+                    )
+                    .expect("valid gauge"),
+                ),
+                files_written: counter_vec(
+                    "shiftwatch_log_files_written_total",
+                    "Parquet files completed and made visible",
+                    &["stream"],
+                ),
+                files_deleted: counter_vec(
+                    "shiftwatch_log_files_deleted_total",
+                    "Parquet files deleted by retention or the disk quota",
+                    &["stream"],
+                ),
+            },
+        }
+    }
+
+    /// Creates the series of `outcomes` and of the log `stream` at zero.
+    fn init(&self, outcomes: &[FeedbackOutcome], stream: &str) {
+        for o in outcomes {
+            self.feedback.with_label_values(&[o.as_str()]);
+        }
+        let log = &self.log;
+        log.rows_written.with_label_values(&[stream]);
+        log.rows_recovered.with_label_values(&[stream]);
+        log.files_written.with_label_values(&[stream]);
+        log.files_deleted.with_label_values(&[stream]);
+        log.queue_depth.with_label_values(&[stream]);
+        for reason in DropReason::ALL {
+            log.rows_dropped
+                .with_label_values(&[stream, reason.as_str()]);
+        }
+    }
+}
+
+/// The process's own series: requests to routes that name no model, feedback that matched no
+/// model, the feedback log stream. With one model they carry its name as `model`; with several
+/// they carry no `model` label (they belong to none).
+#[derive(Clone)]
+pub struct ProcessMetrics {
+    pub registry: Registry,
+    pub shared: SharedFamilies,
+}
+
+impl ProcessMetrics {
+    pub fn new(model: Option<&str>) -> Self {
+        let labels = model.map(|m| std::iter::once(("model".to_string(), m.to_string())).collect());
+        let registry =
+            Registry::new_custom(None, labels).expect("the model label is a valid label");
+        let shared = SharedFamilies::register(&registry);
+        shared.init(
+            &[FeedbackOutcome::UnknownId, FeedbackOutcome::Invalid],
+            "feedback",
+        );
+        ProcessMetrics { registry, shared }
+    }
+}
+
+/// The Prometheus text exposition of several registries, each family once (its series from
+/// every registry together, as the format requires).
+pub fn render(registries: &[&Registry]) -> String {
+    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    for registry in registries {
+        for mut family in registry.gather() {
+            match families.iter_mut().find(|f| f.name() == family.name()) {
+                Some(existing) => existing.mut_metric().extend(family.take_metric()),
+                None => families.push(family),
+            }
+        }
+    }
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("encoding to a Vec cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -134,64 +284,14 @@ impl Metrics {
             |name: &str, help: &str| register(r, Gauge::new(name, help).expect("valid gauge"));
         let int =
             |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid gauge"));
-        let log = LogMetrics {
-            rows_written: counter_vec(
-                "shiftwatch_log_rows_written_total",
-                "Rows made durable in the log (write-ahead log or Parquet)",
-                &["stream"],
-            ),
-            rows_dropped: counter_vec(
-                "shiftwatch_log_rows_dropped_total",
-                "Rows that could not be logged, by reason",
-                &["stream", "reason"],
-            ),
-            rows_recovered: counter_vec(
-                "shiftwatch_log_rows_recovered_total",
-                "Rows recovered from write-ahead log segments into Parquet",
-                &["stream"],
-            ),
-            queue_depth: gauge_vec(
-                "shiftwatch_log_queue_depth",
-                "Rows waiting for the log writer",
-                &["stream"],
-            ),
-            files_written: counter_vec(
-                "shiftwatch_log_files_written_total",
-                "Parquet files completed and made visible",
-                &["stream"],
-            ),
-            files_deleted: counter_vec(
-                "shiftwatch_log_files_deleted_total",
-                "Parquet files deleted by retention or the disk quota",
-                &["stream"],
-            ),
-        };
+        let shared = SharedFamilies::register(r);
         Metrics {
             build_info: gauge_vec(
                 "shiftwatch_build_info",
                 "Always 1; labels say what is running",
                 &["version", "model_version", "execution_provider"],
             ),
-            requests: counter_vec(
-                "shiftwatch_requests_total",
-                "HTTP requests answered, by endpoint and status code",
-                &["endpoint", "code"],
-            ),
-            request_duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "shiftwatch_request_duration_seconds",
-                        "Server time per request, from arrival to answer",
-                    )
-                    .buckets(vec![
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0,
-                    ]),
-                    &["endpoint"],
-                )
-                .expect("valid histogram"),
-            ),
+            shared,
             inference_duration: histogram(
                 "shiftwatch_inference_duration_seconds",
                 "Time inside ONNX Runtime per batch",
@@ -221,11 +321,6 @@ impl Metrics {
                 "shiftwatch_prediction_entropy_ratio",
                 "Entropy of each prediction divided by ln(classes), 0..1",
                 vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-            ),
-            feedback: counter_vec(
-                "shiftwatch_feedback_total",
-                "Delayed labels received, by outcome",
-                &["outcome"],
             ),
             drift_statistic: float_vec(
                 "shiftwatch_drift_statistic",
@@ -302,7 +397,6 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
-            log,
             registry,
         }
     }
@@ -313,42 +407,21 @@ impl Metrics {
         for class in classes {
             self.predictions.with_label_values(&[class.as_str()]);
         }
-        for o in [
-            FeedbackOutcome::Matched,
-            FeedbackOutcome::UnknownId,
-            FeedbackOutcome::Duplicate,
-            FeedbackOutcome::Invalid,
-        ] {
-            self.feedback.with_label_values(&[o.as_str()]);
-        }
+        self.shared.init(
+            &[FeedbackOutcome::Matched, FeedbackOutcome::Duplicate],
+            "predictions",
+        );
         for reason in ["pool_full", "random_full", "disk_quota", "retention"] {
             self.candidates_evicted.with_label_values(&[reason]);
         }
-        for stream in ["predictions", "feedback"] {
-            self.log.rows_written.with_label_values(&[stream]);
-            self.log.rows_recovered.with_label_values(&[stream]);
-            self.log.files_written.with_label_values(&[stream]);
-            self.log.files_deleted.with_label_values(&[stream]);
-            self.log.queue_depth.with_label_values(&[stream]);
-            for reason in [
-                DropReason::QueueFull,
-                DropReason::WriteError,
-                DropReason::Closed,
-            ] {
-                self.log
-                    .rows_dropped
-                    .with_label_values(&[stream, reason.as_str()]);
-            }
-        }
     }
 
-    /// The Prometheus text exposition of every family.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
+    /// Says which version and provider serve now (the one `shiftwatch_build_info` series).
+    pub fn set_build_info(&self, model_version: &str, provider: &str) {
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), model_version, provider])
+            .set(1);
     }
 }
 
@@ -360,9 +433,18 @@ mod tests {
     fn every_series_carries_the_model_label() {
         let m = Metrics::new("digits");
         m.init_series(&["0".into(), "1".into()]);
-        m.requests.with_label_values(&["classify", "200"]).inc();
+        m.shared
+            .requests
+            .with_label_values(&["classify", "200"])
+            .inc();
         m.confidence.observe(0.97);
-        let text = m.render();
+        let process = ProcessMetrics::new(Some("digits"));
+        process
+            .shared
+            .requests
+            .with_label_values(&["health", "200"])
+            .inc();
+        let text = render(&[&m.registry, &process.registry]);
         for line in text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -375,5 +457,30 @@ mod tests {
             )
         );
         assert!(text.contains("shiftwatch_log_rows_dropped_total{reason=\"queue_full\",stream=\"predictions\",model=\"digits\"} 0"), "{text}");
+        assert!(text.contains("shiftwatch_log_rows_dropped_total{reason=\"queue_full\",stream=\"feedback\",model=\"digits\"} 0"), "{text}");
+        // Each family once, with the series of both registries.
+        assert_eq!(text.matches("# TYPE shiftwatch_requests_total").count(), 1);
+        assert!(text.contains("endpoint=\"health\""), "{text}");
+        assert!(text.contains("endpoint=\"classify\""), "{text}");
+    }
+
+    #[test]
+    fn several_models_render_side_by_side() {
+        let a = Metrics::new("a");
+        let b = Metrics::new("b");
+        a.init_series(&["x".into()]);
+        b.init_series(&["x".into()]);
+        let process = ProcessMetrics::new(None);
+        let text = render(&[&process.registry, &a.registry, &b.registry]);
+        assert_eq!(
+            text.matches("# TYPE shiftwatch_predictions_total").count(),
+            1
+        );
+        assert!(text.contains("shiftwatch_predictions_total{class=\"x\",model=\"a\"} 0"));
+        assert!(text.contains("shiftwatch_predictions_total{class=\"x\",model=\"b\"} 0"));
+        assert!(
+            text.contains("shiftwatch_feedback_total{outcome=\"unknown_id\"} 0"),
+            "{text}"
+        );
     }
 }

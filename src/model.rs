@@ -6,7 +6,8 @@
 //! `shiftwatch` metadata (written by `training/`), each key overridable in config, with the
 //! model's declared shapes as the last resort; a mismatch between them is an error at load.
 
-mod runtime;
+pub mod config;
+pub mod runtime;
 
 use std::path::Path;
 
@@ -17,8 +18,9 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use self::config::{ExecutionProvider, ModelConfig, RawOutputs, RawPreprocess};
 pub use self::runtime::{ORT_VERSION, environment, resolve_library};
-use crate::config::{Config, ExecutionProvider, RawOutputs, RawPreprocess};
+use crate::inference::InferenceConfig;
 use crate::preprocess::{Color, Layout, Preprocess, Resize};
 
 /// The metadata key under which a model describes itself (a JSON document).
@@ -134,23 +136,38 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// The `model_version` of the file at `path`.
+pub fn version_of_file(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| model_version(&b))
+}
+
 /// First 12 hex digits of the sha256 of `bytes`.
 pub fn model_version(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))[..12].to_string()
 }
 
-/// Loads the runtime, opens `config.inference.sessions` sessions, resolves the spec and warms
-/// every session up with a full batch.
-pub fn load(config: &Config) -> Result<LoadedModel, ModelError> {
-    let env = environment(config.runtime_library.as_deref())?;
-    let path = &config.model.path;
+/// What [`load`] needs beside the model's own section.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    /// The file to load (the configured path, or another one on reload).
+    pub path: &'a Path,
+    pub inference: &'a InferenceConfig,
+    /// `[runtime] library`.
+    pub library: Option<&'a Path>,
+}
+
+/// Loads the runtime, opens `inference.sessions` sessions, resolves the spec and warms every
+/// session up with a full batch.
+pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel, ModelError> {
+    let env = environment(options.library)?;
+    let path = options.path;
     let bytes = std::fs::read(path).map_err(|e| ModelError::File {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
     let version = model_version(&bytes);
 
-    let (provider, mut sessions) = open_sessions(&env, config, path)?;
+    let (provider, mut sessions) = open_sessions(&env, model, options.inference, path)?;
     let first = &sessions[0];
     let metadata = read_metadata(first)?;
     let described_by = if metadata.is_some() {
@@ -162,17 +179,17 @@ pub fn load(config: &Config) -> Result<LoadedModel, ModelError> {
     let mut spec = resolve_spec(
         first,
         &metadata,
-        &config.model.preprocess,
-        &config.model.outputs,
-        &config.model.labels,
+        &model.preprocess,
+        &model.outputs,
+        &model.labels,
     )?;
-    spec.name = config.model.name.clone();
+    spec.name = model.name.clone();
     spec.version = version;
     spec.execution_provider = provider;
     spec.described_by = described_by;
 
     // Warm-up: a full batch through every session, which also checks the output shapes.
-    let batch = spec.max_batch.min(config.inference.max_batch).max(1);
+    let batch = spec.max_batch.min(options.inference.max_batch).max(1);
     let zeros = vec![0f32; batch * spec.preprocess.tensor_len()];
     for session in &mut sessions {
         let out = run_batch(session, &spec, &zeros, batch)?;
@@ -186,11 +203,11 @@ pub fn load(config: &Config) -> Result<LoadedModel, ModelError> {
 
 fn open_sessions(
     env: &ort::environment::Environment,
-    config: &Config,
+    config: &ModelConfig,
+    inference: &InferenceConfig,
     path: &Path,
 ) -> Result<(ExecutionProvider, Vec<Session>), ModelError> {
     let wants_cuda = config
-        .model
         .execution_providers
         .contains(&ExecutionProvider::Cuda);
     let mut use_cuda = false;
@@ -200,7 +217,7 @@ fn open_sessions(
             Ok(false) => {
                 let msg = "CUDA is listed in model.execution_providers but the loaded ONNX Runtime \
                            library has no CUDA provider (use the onnxruntime-gpu library)";
-                if config.model.require_cuda {
+                if config.require_cuda {
                     return Err(ModelError::Provider(format!(
                         "{msg}; model.require_cuda is true"
                     )));
@@ -216,25 +233,25 @@ fn open_sessions(
     }
 
     let mut provider = ExecutionProvider::Cpu;
-    let mut sessions = Vec::with_capacity(config.inference.sessions);
-    for _ in 0..config.inference.sessions {
+    let mut sessions = Vec::with_capacity(inference.sessions);
+    for _ in 0..inference.sessions {
         let mut builder = Session::builder(env)
             .map_err(|e| e.to_string())
             .map_err(ort_err("create a session builder"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| e.to_string())
             .map_err(ort_err("set the optimization level"))?
-            .with_intra_threads(config.inference.intra_threads)
+            .with_intra_threads(inference.intra_threads)
             .map_err(|e| e.to_string())
             .map_err(ort_err("set intra-op threads"))?
-            .with_inter_threads(config.inference.inter_threads)
+            .with_inter_threads(inference.inter_threads)
             .map_err(|e| e.to_string())
             .map_err(ort_err("set inter-op threads"))?;
         if use_cuda {
             // Registered strictly: ort's default would fall back to CPU with only a log line.
             match ort::ep::CUDA::default().register(&mut builder) {
                 Ok(()) => provider = ExecutionProvider::Cuda,
-                Err(e) if config.model.require_cuda => {
+                Err(e) if config.require_cuda => {
                     return Err(ModelError::Provider(format!(
                         "CUDA failed to register: {e}; model.require_cuda is true"
                     )));

@@ -7,37 +7,23 @@
 //! [`Snapshot`] for `GET /v1/monitor`; it also saves the window so that a restart does not
 //! blind the monitor.
 
+mod config;
 pub mod evaluate;
 pub mod reference;
 pub mod window;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use self::evaluate::{Estimates, Hysteresis, Settings, Status, TestKind, TestOutcome, evaluate};
+pub use self::config::{MonitorConfig, RawMinEffect, RawMonitor};
+use self::evaluate::{Estimates, Hysteresis, Status, TestKind, TestOutcome, evaluate};
 use self::reference::Reference;
 use self::window::{Observation, Window, WindowData};
 use crate::metrics::Metrics;
 use crate::stats;
-
-/// The monitor's settings (the `[monitor]` config section, validated).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MonitorConfig {
-    pub reference: PathBuf,
-    pub window: usize,
-    pub max_age: Option<Duration>,
-    pub evaluate_every: Duration,
-    pub settings: Settings,
-    pub clear_after: u32,
-    pub labeled_window: usize,
-    pub apply_temperature: bool,
-    pub state_file: Option<PathBuf>,
-    pub persist_every: Duration,
-}
 
 /// Labeled predictions: the served probabilities and the true class, last N.
 #[derive(Debug)]
@@ -57,7 +43,47 @@ pub struct Snapshot {
     pub tests: Vec<TestReport>,
     pub estimates: Estimates,
     pub labeled: Option<LabeledReport>,
-    pub reference: ReferenceInfo,
+    /// `None` when this model version has no reference profile.
+    pub reference: Option<ReferenceInfo>,
+}
+
+impl Snapshot {
+    /// What a model version without a reference profile reports: every test family
+    /// `insufficient_data` (never a comparison with another version's profile).
+    pub fn unreferenced(
+        model: &str,
+        model_version: &str,
+        window: usize,
+        max_age: Option<Duration>,
+    ) -> Snapshot {
+        Snapshot {
+            model: model.to_string(),
+            model_version: model_version.to_string(),
+            evaluated_at: crate::time::rfc3339(crate::time::now_us()),
+            window: WindowInfo {
+                predictions: 0,
+                capacity: window,
+                max_age_seconds: max_age.map(|a| a.as_secs_f64()),
+            },
+            tests: TestKind::ALL
+                .iter()
+                .map(|k| TestReport {
+                    test: k.as_str(),
+                    feature: "all".into(),
+                    statistic: f64::NAN,
+                    p_value: f64::NAN,
+                    effect_size: f64::NAN,
+                    threshold: k.default_min_effect(),
+                    status: Status::InsufficientData,
+                    n_window: 0,
+                    n_reference: 0,
+                })
+                .collect(),
+            estimates: Estimates::default(),
+            labeled: None,
+            reference: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,7 +153,7 @@ pub struct Monitor {
     reference: Arc<Reference>,
     window: Mutex<Window>,
     labeled: Mutex<Labeled>,
-    hysteresis: Mutex<[Hysteresis; 10]>,
+    hysteresis: Mutex<[Hysteresis; TestKind::COUNT]>,
     latest: RwLock<Option<Arc<Snapshot>>>,
     /// Whether any test family is in alert (after hysteresis) at the last evaluation.
     shifted: std::sync::atomic::AtomicBool,
@@ -177,7 +203,7 @@ impl Monitor {
                 classes,
                 rows: std::collections::VecDeque::new(),
             }),
-            hysteresis: Mutex::new([Hysteresis::default(); 10]),
+            hysteresis: Mutex::new([Hysteresis::default(); TestKind::COUNT]),
             latest: RwLock::new(None),
             shifted: std::sync::atomic::AtomicBool::new(false),
             reference: Arc::new(reference),
@@ -207,7 +233,7 @@ impl Monitor {
         class: usize,
         confidence: f32,
         embedding: Option<&[f32]>,
-    ) -> Vec<&'static str> {
+    ) -> Vec<crate::prediction::Flag> {
         self.reference.flags(class, confidence, embedding)
     }
 
@@ -238,7 +264,7 @@ impl Monitor {
 
     fn min_ts(&self) -> i64 {
         match self.config.max_age {
-            Some(age) => crate::log::now_us() - age.as_micros() as i64,
+            Some(age) => crate::time::now_us() - age.as_micros() as i64,
             None => i64::MIN,
         }
     }
@@ -251,13 +277,7 @@ impl Monitor {
             let mut h = lock(&self.hysteresis);
             outcomes
                 .iter()
-                .map(|o| {
-                    let idx = TestKind::ALL
-                        .iter()
-                        .position(|k| *k == o.kind)
-                        .expect("listed");
-                    h[idx].update(o.raw, self.config.clear_after)
-                })
+                .map(|o| h[o.kind.index()].update(o.raw, self.config.clear_after))
                 .collect()
         };
         self.shifted.store(
@@ -306,7 +326,7 @@ impl Monitor {
         let snapshot = Arc::new(Snapshot {
             model: self.model.clone(),
             model_version: r.model_version.clone(),
-            evaluated_at: rfc3339(crate::log::now_us()),
+            evaluated_at: crate::time::rfc3339(crate::time::now_us()),
             window: WindowInfo {
                 predictions: data.len,
                 capacity: self.config.window,
@@ -315,7 +335,7 @@ impl Monitor {
             tests,
             estimates,
             labeled,
-            reference: ReferenceInfo {
+            reference: Some(ReferenceInfo {
                 samples: r.n,
                 accuracy: r.labeled.as_ref().map(|l| l.accuracy),
                 mean_confidence: r.mean_confidence,
@@ -323,7 +343,7 @@ impl Monitor {
                 temperature: r.labeled.as_ref().map(|l| l.temperature),
                 temperature_applied: r.temperature_applied.is_some(),
                 atc_threshold: r.labeled.as_ref().map(|l| l.atc_threshold),
-            },
+            }),
         });
         *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
         snapshot
@@ -456,14 +476,19 @@ impl Monitor {
         *lock(&self.thread) = Some(handle);
     }
 
-    /// Stops the evaluation thread and saves the window.
-    pub fn close(&self) {
+    /// Stops the evaluation thread (a retired version: its window is not saved).
+    pub fn stop(&self) {
         if let Some(tx) = lock(&self.stop).take() {
             let _ = tx.send(());
         }
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
+    }
+
+    /// Stops the evaluation thread and saves the window.
+    pub fn close(&self) {
+        self.stop();
         self.save();
     }
 
@@ -518,33 +543,5 @@ impl Monitor {
         let mut w = lock(&self.window);
         w.restore(&saved.data);
         tracing::info!(path = %path.display(), rows = w.len(), "monitor window restored");
-    }
-}
-
-/// RFC 3339 in UTC with microseconds.
-pub fn rfc3339(ts_us: i64) -> String {
-    let secs = ts_us.div_euclid(1_000_000);
-    let micros = ts_us.rem_euclid(1_000_000);
-    let (y, mo, d) = crate::log::civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        s / 3600,
-        (s % 3600) / 60,
-        s % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_format() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(1_796_000_000_123_456),
-            "2026-11-30T00:53:20.123456Z"
-        );
     }
 }

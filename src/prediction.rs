@@ -78,6 +78,43 @@ pub fn top_k(probabilities: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().map(|i| (i, probabilities[i])).collect()
 }
 
+/// What the sidecar noticed about one prediction (the answer's and the log's `flags`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    /// Confidence under the reference's 5th percentile.
+    LowConfidence,
+    /// Out of distribution: confidence under the reference's 1st percentile, or an embedding
+    /// farther from its class centroid than 99% of the reference.
+    OodSuspect,
+    /// The probabilities were temperature-scaled before serving.
+    Calibrated,
+    /// Made while a test family of the monitor was in alert.
+    ShiftedWindow,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 4] = [
+        Flag::LowConfidence,
+        Flag::OodSuspect,
+        Flag::Calibrated,
+        Flag::ShiftedWindow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::LowConfidence => "low_confidence",
+            Flag::OodSuspect => "ood_suspect",
+            Flag::Calibrated => "calibrated",
+            Flag::ShiftedWindow => "shifted_window",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Flag> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,56 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use crate::config::DecodeLimits;
+/// `[limits]`: what an image may cost, checked before and while decoding.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_image_width: u32,
+    pub max_image_height: u32,
+    pub max_image_pixels: u64,
+    pub max_decode_bytes: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_image_width: 8192,
+            max_image_height: 8192,
+            max_image_pixels: 40_000_000,
+            max_decode_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl RawLimits {
+    pub fn validate(self, bad: &mut dyn FnMut(&str, String)) -> DecodeLimits {
+        for (key, v) in [
+            ("limits.max_image_width", u64::from(self.max_image_width)),
+            ("limits.max_image_height", u64::from(self.max_image_height)),
+            ("limits.max_image_pixels", self.max_image_pixels),
+            ("limits.max_decode_bytes", self.max_decode_bytes),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        DecodeLimits {
+            max_width: self.max_image_width,
+            max_height: self.max_image_height,
+            max_pixels: self.max_image_pixels,
+            max_alloc_bytes: self.max_decode_bytes,
+        }
+    }
+}
+
+/// Limits applied before and while decoding an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_alloc_bytes: u64,
+}
 
 /// Memory order of the input tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -98,7 +98,11 @@ fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
 }
 
 /// Builds the profile and writes it to `options.out`.
-pub fn build(config: &Config, options: &ProfileOptions) -> anyhow::Result<ReferenceProfile> {
+pub fn build(
+    config: &Config,
+    model: &crate::model::config::ModelConfig,
+    options: &ProfileOptions,
+) -> anyhow::Result<ReferenceProfile> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&options.images)
         .with_context(|| format!("cannot list {}", options.images.display()))?
         .filter_map(Result::ok)
@@ -115,7 +119,7 @@ pub fn build(config: &Config, options: &ProfileOptions) -> anyhow::Result<Refere
     }
     let labels = options.labels.as_deref().map(read_labels).transpose()?;
 
-    let mut loaded = model::load(config).context("cannot load the model")?;
+    let mut loaded = config.load_model(model).context("cannot load the model")?;
     let spec = loaded.spec.clone();
     let session = &mut loaded.sessions[0];
     let classes = spec.num_classes();

@@ -8,11 +8,11 @@
 //! [`select::select`] picks a balanced, diverse, de-duplicated set; [`export::write_package`]
 //! writes it for Label Studio.
 
+mod config;
 pub mod export;
 pub mod offline;
 pub mod select;
 mod store;
 
-pub use self::store::{
-    CandidateMetrics, Candidates, CandidatesConfig, Offer, StoredCandidate, read_index,
-};
+pub use self::config::{CandidatesConfig, RawCandidates};
+pub use self::store::{CandidateMetrics, Candidates, Offer, StoredCandidate, read_index};

@@ -163,7 +163,7 @@ fn every_answered_prediction_and_label_is_in_parquet_after_sigterm() {
     assert_eq!(summary["rows"], n);
     assert_eq!(summary["feedback"], 22);
     // Nothing left in the write-ahead log after a clean shutdown.
-    let wal = std::fs::read_dir(server.log_dir.join("wal/predictions"))
+    let wal = std::fs::read_dir(server.log_dir.join("wal/predictions/model=digits"))
         .unwrap()
         .count();
     assert_eq!(wal, 0, "segments left after a graceful shutdown");
@@ -241,7 +241,7 @@ fn crash_and_recover(durability: &str) {
     for t in threads {
         t.join().unwrap();
     }
-    let segments = std::fs::read_dir(log_dir.path().join("wal/predictions"))
+    let segments = std::fs::read_dir(log_dir.path().join("wal/predictions/model=digits"))
         .unwrap()
         .count();
     assert!(
@@ -330,8 +330,8 @@ fn an_unwritable_log_drops_counted_rows_and_recovers() {
 
     // The fault: a plain file where the write-ahead folder must be (root ignores permissions,
     // but not this).
-    let wal = log_dir.path().join("wal/predictions");
-    let moved = log_dir.path().join("wal/predictions.moved");
+    let wal = log_dir.path().join("wal/predictions/model=digits");
+    let moved = log_dir.path().join("wal/predictions/model=digits.moved");
     std::fs::rename(&wal, &moved).unwrap();
     std::fs::write(&wal, b"in the way").unwrap();
     wait_for("degraded readiness", &|| {
@@ -440,8 +440,8 @@ fn strict_mode_refuses_what_it_cannot_log_and_recovers() {
         crate::support::request(server.addr, &raw)
     };
     assert_eq!(classify("before").status, 200);
-    let wal = log_dir.path().join("wal/predictions");
-    let moved = log_dir.path().join("wal/predictions.moved");
+    let wal = log_dir.path().join("wal/predictions/model=digits");
+    let moved = log_dir.path().join("wal/predictions/model=digits.moved");
     std::fs::rename(&wal, &moved).unwrap();
     std::fs::write(&wal, b"in the way").unwrap();
     // Within a rotation the open file is abandoned and a new one cannot start: 503, not a

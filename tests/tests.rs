@@ -4,6 +4,7 @@ mod support;
 
 mod candidates;
 mod log;
+mod models;
 mod monitor;
 mod prometheus;
 mod serve;

@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::monitor::rfc3339;
 use crate::relabel::export::{ExportError, write_package};
-use crate::relabel::select::{reasons, select};
+use crate::relabel::select::{Reason, reasons, select};
 use crate::relabel::{Candidates, StoredCandidate};
+use crate::service::ModelService;
+use crate::time::rfc3339;
 
 /// Most candidates one call returns or exports.
 pub const MAX_LIMIT: usize = 10_000;
@@ -23,20 +24,22 @@ pub const MAX_LIMIT: usize = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
+    model: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct CandidateDto {
     request_id: String,
     score: f64,
-    reasons: Vec<&'static str>,
+    reasons: Vec<Reason>,
     predicted_label: String,
     confidence: f32,
     stored_at: String,
 }
 
-fn store(state: &AppState) -> Result<&Candidates, ApiError> {
-    state.ready()?.candidates.as_ref().ok_or_else(|| {
+fn store<'a>(state: &'a AppState, model: Option<&str>) -> Result<&'a ModelService, ApiError> {
+    let model = state.model_or_default(model)?;
+    model.candidates.as_ref().map(|_| &**model).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "candidates_disabled",
@@ -76,8 +79,9 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let limit = check_limit(query.limit, state.config.candidates_default_limit)?;
-    let store = store(&state)?;
+    let model = store(&state, query.model.as_deref())?;
+    let store = model.candidates.as_ref().expect("checked by `store`");
+    let limit = check_limit(query.limit, store.config().default_limit)?;
     let cfg = &store.config().selection;
     let chosen = choose(store, limit);
     let candidates: Vec<CandidateDto> = chosen
@@ -99,6 +103,7 @@ pub async fn list(
 struct ExportRequest {
     limit: Option<usize>,
     name: Option<String>,
+    model: Option<String>,
 }
 
 pub async fn export(
@@ -115,14 +120,14 @@ pub async fn export(
             ApiError::bad_request("bad_json", format!("expected {{\"limit\", \"name\"}}: {e}"))
         })?
     };
-    let limit = check_limit(request.limit, state.config.candidates_default_limit)?;
-    let serving = state.ready()?;
-    let store = store(&state)?;
+    let model = store(&state, request.model.as_deref())?;
+    let store = model.candidates.as_ref().expect("checked by `store`");
+    let limit = check_limit(request.limit, store.config().default_limit)?;
     let name = request.name.unwrap_or_else(|| {
         let id = uuid::Uuid::now_v7().simple().to_string();
         format!("candidates-{}", &id[..16])
     });
-    let labels = serving.pool.spec().labels.clone();
+    let labels = model.current().spec.labels.clone();
     let cfg = store.config().selection.clone();
     let root = store.config().export_dir.clone();
     let chosen = choose(store, limit);
@@ -149,7 +154,7 @@ pub async fn export(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     match written {
         Ok((path, name)) => {
-            state.metrics.candidates_exported.inc_by(count as u64);
+            model.metrics.candidates_exported.inc_by(count as u64);
             Ok((
                 StatusCode::CREATED,
                 Json(serde_json::json!({"name": name, "path": path.display().to_string(), "count": count})),

@@ -13,12 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
-use super::record::{ImageInput, record};
 use super::{ApiError, AppState};
 use crate::image_stats::{dhash, input_stats};
-use crate::log::{Endpoint, ImageInfo, now_us};
-use crate::prediction::top_k;
-use crate::preprocess::{self, format_for_media_type};
+use crate::log::{Endpoint, ImageInfo};
+use crate::model::ModelSpec;
+use crate::prediction::{Flag, top_k};
+use crate::preprocess::{self, DecodeLimits, format_for_media_type};
+use crate::service::{ImageInput, Prediction};
+use crate::time::now_us;
+use image::ImageFormat;
 
 /// The header that carries the caller's request id (echoed in the answer).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -45,7 +48,7 @@ pub struct ClassifyResponse {
     pub confidence: f32,
     pub margin: f32,
     pub entropy: f32,
-    pub flags: Vec<&'static str>,
+    pub flags: Vec<Flag>,
 }
 
 /// The caller's id when it is usable (1..=128 visible ASCII characters), else a new UUIDv7.
@@ -66,6 +69,37 @@ pub fn request_id(headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
+/// Decodes an encoded image for `spec` off the async workers: the model's input tensor and
+/// what the log and the monitor keep of the image (size, sha256, dHash, input statistics).
+pub async fn decode_image(
+    bytes: axum::body::Bytes,
+    declared: Option<ImageFormat>,
+    spec: Arc<ModelSpec>,
+    limits: DecodeLimits,
+) -> Result<(Vec<f32>, ImageInfo), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let decoded = preprocess::decode(&bytes, declared, &limits)?;
+        let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
+        preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
+        let image = ImageInfo {
+            bytes: bytes.len() as i64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            dhash: dhash(&decoded.image),
+            stats: input_stats(&decoded.image),
+        };
+        Ok::<_, preprocess::PreprocessError>((tensor, image))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("preprocessing task failed: {e}"),
+        )
+    })?
+    .map_err(ApiError::from_preprocess)
+}
+
 pub async fn classify(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
@@ -75,7 +109,7 @@ pub async fn classify(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let ts_us = now_us();
-    state.check_model(&model)?;
+    let model = state.model(&model)?;
     let server = &state.config.server;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let top_k_n = query.top_k.unwrap_or(server.default_top_k);
@@ -128,64 +162,42 @@ pub async fn classify(
         return Err(ApiError::payload_too_large(limit));
     }
 
-    let serving = state.ready()?;
-    let pool = &serving.pool;
     let _permit = state.admit()?;
-
     let bytes = super::read_body(body, limit).await?;
 
-    let spec = Arc::clone(pool.spec());
-    let limits = state.config.limits;
-    let image_bytes = bytes.clone();
-    let (tensor, image) = {
-        let spec = Arc::clone(&spec);
-        tokio::task::spawn_blocking(move || {
-            let decoded = preprocess::decode(&bytes, declared, &limits)?;
-            let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
-            preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
-            let image = ImageInfo {
-                bytes: bytes.len() as i64,
-                sha256: hex::encode(Sha256::digest(&bytes)),
-                dhash: dhash(&decoded.image),
-                stats: input_stats(&decoded.image),
-            };
-            Ok::<_, preprocess::PreprocessError>((tensor, image))
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("preprocessing task failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from_preprocess)?
-    };
-
-    let retry = server.retry_after_seconds;
-    let receiver = pool
-        .submit(tensor)
-        .map_err(|e| ApiError::from_inference(e, retry))?;
-    let inferred = receiver
-        .await
-        .map_err(|_| ApiError::from_inference(crate::inference::InferenceError::Closed, retry))?
-        .map_err(|e| ApiError::from_inference(e, retry))?;
-
-    let served = record(
-        &state,
-        serving,
-        &request_id,
-        ts_us,
-        started,
-        inferred,
-        Some(ImageInput {
-            info: image,
-            bytes: image_bytes,
-            content_type,
-        }),
-        Endpoint::Classify,
+    // The version serving now answers this request, even if a reload swaps it meanwhile.
+    let version = model.current();
+    let spec = Arc::clone(&version.spec);
+    let (tensor, info) = decode_image(
+        bytes.clone(),
+        declared,
+        Arc::clone(&spec),
+        state.config.limits,
     )
     .await?;
+    let retry = server.retry_after_seconds;
+    let inferred = version
+        .infer(tensor)
+        .await
+        .map_err(|e| ApiError::from_inference(e, retry))?;
+    let served = model
+        .record(
+            &version,
+            Prediction {
+                request_id: request_id.clone(),
+                ts_us,
+                started,
+                inferred,
+                image: Some(ImageInput {
+                    info,
+                    bytes,
+                    content_type,
+                }),
+                endpoint: Endpoint::Classify,
+            },
+        )
+        .await
+        .map_err(|e| ApiError::from_record(e, retry))?;
     let summary = served.summary;
     let predictions = top_k(&served.output.probabilities, top_k_n)
         .into_iter()

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::inference::InferenceError;
 use crate::preprocess::PreprocessError;
+use crate::service::{RecordError, ReloadError};
 
 /// An error answer: `{"error": "<message>", "code": "<machine_code>"}` with its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,27 @@ impl ApiError {
                 format!("inference failed: {m}"),
             ),
         }
+    }
+
+    pub fn from_record(e: RecordError, retry_after: u64) -> Self {
+        match e {
+            RecordError::LogUnavailable(m) => Self::unavailable(
+                "log_unavailable",
+                format!("the prediction could not be logged durably: {m}"),
+                retry_after,
+            ),
+        }
+    }
+
+    pub fn from_reload(e: ReloadError) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            match e {
+                ReloadError::Invalid(_) => "model_not_loaded",
+                ReloadError::ClassesChanged { .. } => "classes_changed",
+            },
+            e.to_string(),
+        )
     }
 }
 

@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, AppState};
-use crate::log::{FeedbackRecord, durable, now_us};
+use crate::log::{Durability, FeedbackRecord, durable};
 use crate::metrics::FeedbackOutcome;
+use crate::time::now_us;
 
 /// Most labels one request may carry.
 pub const MAX_ITEMS: usize = 10_000;
@@ -32,8 +33,8 @@ struct FeedbackResponse {
     results: Vec<ItemResult>,
 }
 
-/// A valid item: (request id, label, class index, source).
-fn parse_item(item: &Value, labels: &[String]) -> Result<(String, String, usize, String), String> {
+/// A valid item: (request id, label, source); the label is resolved to a model's class later.
+fn parse_item(item: &Value) -> Result<(String, String, String), String> {
     let obj = item
         .as_object()
         .ok_or("each item must be an object with request_id and label")?;
@@ -56,18 +57,12 @@ fn parse_item(item: &Value, labels: &[String]) -> Result<(String, String, usize,
         Some(Value::Number(n)) => n.to_string(),
         _ => return Err("label must be a class name (string)".into()),
     };
-    let class = labels.iter().position(|l| *l == label).ok_or_else(|| {
-        format!(
-            "unknown label `{label}` (the model's classes: {})",
-            labels.join(", ")
-        )
-    })?;
     let source = match obj.get("source") {
         None | Some(Value::Null) => "api".to_string(),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s.clone(),
         Some(_) => return Err("source must be a string of 1 to 64 characters".into()),
     };
-    Ok((id.to_string(), label, class, source))
+    Ok((id.to_string(), label, source))
 }
 
 pub async fn feedback(
@@ -76,7 +71,7 @@ pub async fn feedback(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
-    let serving = state.ready()?;
+    let services = state.ready()?;
     let limit = state.config.server.max_body_bytes;
     let bytes = super::read_body(body, limit).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -99,18 +94,22 @@ pub async fn feedback(
         ));
     }
 
-    let labels = &serving.pool.spec().labels;
     let ts_us = now_us();
     let mut results = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
     let mut accepted = 0;
     for item in &items {
-        let parsed = parse_item(item, labels);
-        let (id, label, class, source) = match parsed {
+        let parsed = parse_item(item).and_then(|(id, label, source)| {
+            services
+                .resolve_label(&id, &label)
+                .map(|(model, class)| (id, label, source, model, class))
+        });
+        let (id, label, source, model, class) = match parsed {
             Ok(p) => p,
             Err(error) => {
                 state
                     .metrics
+                    .shared
                     .feedback
                     .with_label_values(&[FeedbackOutcome::Invalid.as_str()])
                     .inc();
@@ -125,39 +124,30 @@ pub async fn feedback(
                 continue;
             }
         };
-        let (outcome, probabilities) = serving.recent.label(&id);
-        if let (Some(monitor), Some(p)) = (&serving.monitor, probabilities) {
-            monitor.observe_label(&p, class);
-        }
-        state
-            .metrics
-            .feedback
-            .with_label_values(&[outcome.as_str()])
-            .inc();
-        if let Some(log) = &serving.log {
-            let record = FeedbackRecord {
-                request_id: id.clone(),
-                ts_us,
-                label,
-                class,
-                source,
-            };
-            match log.append_feedback(record) {
-                Ok(appended) => pending.push(appended),
-                Err(e) if log.durability() == crate::log::Durability::Strict => {
-                    return Err(ApiError::unavailable(
-                        "log_unavailable",
-                        format!("the label could not be stored: {e}"),
-                        state.config.server.retry_after_seconds,
-                    ));
-                }
-                Err(_) => {}
+        let record = FeedbackRecord {
+            request_id: id.clone(),
+            ts_us,
+            label,
+            class,
+            source,
+        };
+        let (labeled, appended) = services.label(model, record, &state.metrics);
+        match appended {
+            Ok(appended) => pending.extend(appended),
+            Err(e) if services.log.as_ref().map(|l| l.durability()) == Some(Durability::Strict) => {
+                return Err(ApiError::unavailable(
+                    "log_unavailable",
+                    format!("the label could not be stored: {e}"),
+                    state.config.server.retry_after_seconds,
+                ));
             }
+            // Not strict: the row is dropped and counted; the label still counts.
+            Err(_) => {}
         }
         accepted += 1;
         results.push(ItemResult {
             request_id: Some(id),
-            outcome,
+            outcome: labeled.outcome,
             error: None,
         });
     }

@@ -10,13 +10,15 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::preprocess::Layout;
+use crate::service::{ModelService, Version};
 
 /// Liveness: the process answers.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the model is loaded and warmed up, and the server is not draining.
+/// Readiness: every model is loaded and warmed up, and the server is not draining. `degraded`
+/// (still 200) while the log cannot write.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     if state.draining.load(Ordering::Acquire) {
         return (
@@ -24,40 +26,53 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             Json(json!({"status": "shutting_down"})),
         );
     }
-    match state.serving.get() {
-        None => (
+    let Some(services) = state.services.get() else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading", "model": state.config.model.name})),
-        ),
-        Some(serving) => {
-            let pool = &serving.pool;
-            let spec = pool.spec();
-            let log_error = serving.log.as_ref().and_then(|l| l.degraded());
-            (
-                StatusCode::OK,
-                Json(json!({
-                    "status": if log_error.is_some() { "degraded" } else { "ready" },
-                    "log": match (&serving.log, &log_error) {
-                        (None, _) => json!("disabled"),
-                        (Some(_), None) => json!("ok"),
-                        (Some(_), Some(e)) => json!({"error": e}),
-                    },
-                    "model": spec.name,
-                    "model_version": spec.version,
-                    "execution_provider": spec.execution_provider.to_string(),
-                    "in_flight": state.in_flight(),
-                    "queue_depth": pool.queue_depth(),
-                })),
-            )
-        }
-    }
+            Json(json!({
+                "status": "loading",
+                "models": state.config.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            })),
+        );
+    };
+    let log_error = services.log_degraded();
+    let models: Vec<Value> = services
+        .iter()
+        .map(|m| {
+            let v = m.current();
+            json!({
+                "model": m.name,
+                "model_version": &*v.version,
+                "execution_provider": v.spec.execution_provider.as_str(),
+                "queue_depth": v.pool.queue_depth(),
+                "monitor": v.monitor.is_some(),
+            })
+        })
+        .collect();
+    let first = services.default_model().current();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": if log_error.is_some() { "degraded" } else { "ready" },
+            "log": match (&services.log, &log_error) {
+                (None, _) => json!("disabled"),
+                (Some(_), None) => json!("ok"),
+                (Some(_), Some(e)) => json!({"error": e}),
+            },
+            "model": services.default_model().name,
+            "model_version": &*first.version,
+            "execution_provider": first.spec.execution_provider.as_str(),
+            "models": models,
+            "in_flight": state.in_flight(),
+        })),
+    )
 }
 
 pub async fn v2_server() -> Json<Value> {
     Json(json!({
         "name": "shiftwatch",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "classification"],
     }))
 }
 
@@ -75,12 +90,43 @@ pub async fn v2_ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<V
     (status, Json(json!({"ready": ready})))
 }
 
+/// The current version of `model` when it is `version`, else 404 `unknown_version`.
+pub fn version_named(model: &ModelService, version: &str) -> Result<Arc<Version>, ApiError> {
+    let current = model.current();
+    if &*current.version == version {
+        Ok(current)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_version",
+            format!(
+                "model `{}` serves version `{}`, not `{version}`",
+                model.name, current.version
+            ),
+        ))
+    }
+}
+
 pub async fn v2_model_ready(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.check_model(&model)?;
-    Ok(v2_ready(State(state)).await)
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model(&model)?;
+    let v = model.current();
+    Ok(Json(
+        json!({"name": model.name, "versions": [&*v.version], "ready": true}),
+    ))
+}
+
+pub async fn v2_model_version_ready(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model(&model)?;
+    let v = version_named(model, &version)?;
+    Ok(Json(
+        json!({"name": model.name, "version": &*v.version, "ready": true}),
+    ))
 }
 
 /// Model metadata in the v2 shape: name, versions, platform, input and output tensors.
@@ -88,8 +134,20 @@ pub async fn v2_model(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.check_model(&model)?;
-    let spec = state.ready()?.pool.spec();
+    let model = state.model(&model)?;
+    Ok(Json(metadata(&model.current())))
+}
+
+pub async fn v2_model_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let model = state.model(&model)?;
+    Ok(Json(metadata(&*version_named(model, &version)?)))
+}
+
+fn metadata(version: &Version) -> Value {
+    let spec = &version.spec;
     let image_shape = spec.preprocess.image_shape();
     let mut outputs = vec![json!({
         "name": spec.probabilities_output,
@@ -99,9 +157,9 @@ pub async fn v2_model(
     if let (Some(name), Some(dim)) = (&spec.embedding_output, spec.embedding_dim) {
         outputs.push(json!({"name": name, "datatype": "FP32", "shape": [-1, dim as i64]}));
     }
-    Ok(Json(json!({
+    json!({
         "name": spec.name,
-        "versions": [spec.version],
+        "versions": [&*version.version],
         "platform": "onnxruntime_onnx",
         "inputs": [{
             "name": spec.input_name,
@@ -109,8 +167,9 @@ pub async fn v2_model(
             "shape": [-1, image_shape[0], image_shape[1], image_shape[2]],
             "parameters": {
                 "layout": match spec.preprocess.layout { Layout::Nchw => "NCHW", Layout::Nhwc => "NHWC" },
+                "also_accepts": ["FP16", "UINT8", "BYTES (encoded images, shape [N])"],
             },
         }],
         "outputs": outputs,
-    })))
+    })
 }

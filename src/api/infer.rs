@@ -1,87 +1,35 @@
-//! `POST /v2/models/{model}/infer`: the KServe Open Inference Protocol v2, with JSON tensors and
-//! the binary-data extension. Every image of the batch is monitored and logged like a classify
-//! prediction (endpoint `infer`); with a batch of N the rows' request ids are `<id>/<i>`.
+//! `POST /v2/models/{model}[/versions/{version}]/infer`: the KServe Open Inference Protocol v2
+//! as `tritonclient` speaks it (parsing and encoding in [`super::v2`]). Every image of the batch
+//! is monitored and logged like a classify prediction (endpoint `infer`); with a batch of N the
+//! rows' request ids are `<id>/<i>`. BYTES inputs carry encoded images and are decoded like
+//! classify (input statistics, dHash, candidates); tensors go straight to the model.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
-use super::classify::{REQUEST_ID_HEADER, request_id};
-use super::record::record;
+use super::classify::{REQUEST_ID_HEADER, decode_image, request_id};
+use super::v2::{self, Encoding, Input, OutputData, V2Error};
 use super::{ApiError, AppState};
-use crate::inference::InferenceError;
-use crate::log::{Endpoint, now_us};
+use crate::log::Endpoint;
+use crate::service::{ImageInput, ModelService, Prediction, Version};
+use crate::time::now_us;
 
 /// The binary-data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-/// Most images one infer request may carry.
-pub const MAX_BATCH: usize = 1024;
 
-#[derive(Debug, Deserialize)]
-struct InferRequest {
-    id: Option<String>,
-    inputs: Vec<InferInput>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestedOutput>>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InferInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    data: Option<Value>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RequestedOutput {
-    name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-}
-
-fn unprocessable(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
-fn flag(parameters: &Option<Map<String, Value>>, key: &str) -> bool {
-    parameters
-        .as_ref()
-        .and_then(|p| p.get(key))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
-/// Flattens nested JSON arrays of numbers (row-major), as the protocol allows either form.
-fn flatten(value: &Value, out: &mut Vec<f32>) -> Result<(), ApiError> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|v| flatten(v, out)),
-        Value::Number(n) => {
-            let v = n.as_f64().unwrap_or(f64::NAN) as f32;
-            if !v.is_finite() {
-                return Err(ApiError::bad_request(
-                    "bad_tensor",
-                    "tensor values must be finite FP32 numbers",
-                ));
-            }
-            out.push(v);
-            Ok(())
-        }
-        _ => Err(ApiError::bad_request(
-            "bad_tensor",
-            "tensor data must be numbers",
-        )),
+impl From<V2Error> for ApiError {
+    fn from(e: V2Error) -> Self {
+        let status = if e.unprocessable {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, e.code, e.message)
     }
 }
 
@@ -91,16 +39,65 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let model = Arc::clone(state.model(&model)?);
+    let version = model.current();
+    run(&state, &model, version, headers, body).await
+}
+
+pub async fn infer_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = Arc::clone(state.model(&model)?);
+    let current = super::health::version_named(&model, &version)?;
+    run(&state, &model, current, headers, body).await
+}
+
+async fn run(
+    state: &AppState,
+    model: &ModelService,
+    version: Arc<Version>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let ts_us = now_us();
-    state.check_model(&model)?;
-    let serving = state.ready()?;
-    let spec = Arc::clone(serving.pool.spec());
+    let limit = state.config.server.max_body_bytes;
     let retry = state.config.server.retry_after_seconds;
     let _permit = state.admit()?;
-    let bytes = super::read_body(body, state.config.server.max_body_bytes).await?;
-
-    // The JSON part, and the binary part when the extension is used.
+    let raw = super::read_body(body, limit).await?;
+    let bytes: Bytes = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => raw,
+        Some(e) if e.trim().eq_ignore_ascii_case("identity") => raw,
+        Some(e) => {
+            let encoding = Encoding::parse(e).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_encoding",
+                    format!("Content-Encoding `{e}` is not gzip or deflate"),
+                )
+            })?;
+            // The body limit applies after decompression.
+            tokio::task::spawn_blocking(move || v2::decompress(&raw, encoding, limit))
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+                .map_err(|(too_large, message)| {
+                    if too_large {
+                        ApiError::payload_too_large(limit)
+                    } else {
+                        ApiError::bad_request("bad_encoding", message)
+                    }
+                })?
+                .into()
+        }
+    };
     let json_len = match headers.get(HEADER_LENGTH) {
         None => bytes.len(),
         Some(v) => v
@@ -115,235 +112,152 @@ pub async fn infer(
                 )
             })?,
     };
-    let request: InferRequest = serde_json::from_slice(&bytes[..json_len]).map_err(|e| {
-        ApiError::bad_request(
-            "bad_json",
-            format!("the inference request is not valid: {e}"),
-        )
-    })?;
-    let binary = &bytes[json_len..];
-
-    let [input] = request.inputs.as_slice() else {
-        return Err(unprocessable(
-            "wrong_input",
-            format!("expected exactly one input, `{}`", spec.input_name),
-        ));
+    let spec = Arc::clone(&version.spec);
+    let ports = v2::ModelPorts {
+        input: &spec.input_name,
+        image_shape: spec.preprocess.image_shape(),
+        probabilities: &spec.probabilities_output,
+        embedding: spec.embedding_output.as_deref(),
     };
-    if input.name != spec.input_name {
-        return Err(unprocessable(
-            "wrong_input",
-            format!(
-                "unknown input `{}`; the model's input is `{}`",
-                input.name, spec.input_name
-            ),
-        ));
-    }
-    if input.datatype != "FP32" {
-        return Err(unprocessable(
-            "wrong_dtype",
-            format!("input `{}` is FP32, not {}", input.name, input.datatype),
-        ));
-    }
-    let image_shape = spec.preprocess.image_shape();
-    let n = input.shape.first().copied().unwrap_or(0);
-    if input.shape.len() != 4 || input.shape[1..] != image_shape || n < 1 || n as usize > MAX_BATCH
-    {
-        return Err(unprocessable(
-            "wrong_shape",
-            format!(
-                "input `{}` must have shape [N, {}, {}, {}] with 1 <= N <= {MAX_BATCH}; got {:?}",
-                input.name, image_shape[0], image_shape[1], image_shape[2], input.shape
-            ),
-        ));
-    }
-    let n = n as usize;
-    let per_image = spec.preprocess.tensor_len();
-    let values: Vec<f32> = match (
-        &input.data,
-        input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size")),
-    ) {
-        (Some(data), None) => {
-            let mut out = Vec::with_capacity(n * per_image);
-            flatten(data, &mut out)?;
-            out
-        }
-        (None, Some(size)) => {
-            let size = size.as_u64().unwrap_or(u64::MAX) as usize;
-            if size != binary.len() || size != n * per_image * 4 {
-                return Err(unprocessable(
-                    "wrong_shape",
-                    format!(
-                        "binary_data_size {size} and the {} binary bytes must both be {} (N × {per_image} FP32 values)",
-                        binary.len(),
-                        n * per_image * 4
-                    ),
-                ));
-            }
-            binary
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "bad_tensor",
-                "give the input either `data` or parameters.binary_data_size with a binary part",
-            ));
-        }
-    };
-    if values.len() != n * per_image {
-        return Err(unprocessable(
-            "wrong_shape",
-            format!(
-                "{} values for shape {:?} ({} expected)",
-                values.len(),
-                input.shape,
-                n * per_image
-            ),
-        ));
-    }
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(ApiError::bad_request(
-            "bad_tensor",
-            "tensor values must be finite",
-        ));
-    }
-    let wanted: Vec<(String, bool)> = match &request.outputs {
-        None => {
-            let all_binary = flag(&request.parameters, "binary_data_output");
-            std::iter::once(spec.probabilities_output.clone())
-                .chain(spec.embedding_output.clone())
-                .map(|name| (name, all_binary))
-                .collect()
-        }
-        Some(outputs) => outputs
-            .iter()
-            .map(|o| {
-                let known = o.name == spec.probabilities_output
-                    || spec.embedding_output.as_deref() == Some(&o.name);
-                if known {
-                    Ok((o.name.clone(), flag(&o.parameters, "binary_data")))
-                } else {
-                    Err(unprocessable(
-                        "wrong_output",
-                        format!("the model has no output `{}`", o.name),
-                    ))
-                }
-            })
-            .collect::<Result<_, _>>()?,
-    };
-
-    let base_id = match &request.id {
-        Some(id)
-            if !id.is_empty() && id.len() <= 120 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.clone()
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "bad_request_id",
-                "id must be 1 to 120 visible ASCII characters",
-            ));
-        }
+    let request = v2::parse_request(&bytes[..json_len], &bytes[json_len..], &ports)?;
+    let base_id = match request.id {
+        Some(id) => id,
         None => request_id(&headers)?,
     };
-
+    let n = request.input.len();
+    let per_image = spec.preprocess.tensor_len();
+    // Images and their tensors, in order.
+    let mut inputs: Vec<(Vec<f32>, Option<ImageInput>)> = Vec::with_capacity(n);
+    match request.input {
+        Input::Tensor { values, .. } => {
+            inputs.extend(values.chunks_exact(per_image).map(|c| (c.to_vec(), None)));
+        }
+        Input::Images(images) => {
+            for image in images {
+                let bytes = Bytes::from(image);
+                let (tensor, info) =
+                    decode_image(bytes.clone(), None, Arc::clone(&spec), state.config.limits)
+                        .await?;
+                inputs.push((
+                    tensor,
+                    Some(ImageInput {
+                        info,
+                        bytes,
+                        content_type: None,
+                    }),
+                ));
+            }
+        }
+    }
     // Every image through the shared queue (batched with other requests' images).
     let mut receivers = Vec::with_capacity(n);
-    for chunk in values.chunks_exact(per_image) {
-        receivers.push(
-            serving
-                .pool
-                .submit(chunk.to_vec())
-                .map_err(|e| ApiError::from_inference(e, retry))?,
-        );
+    for (tensor, image) in inputs {
+        let receiver = version
+            .pool
+            .submit(tensor)
+            .map_err(|e| ApiError::from_inference(e, retry))?;
+        receivers.push((receiver, image));
     }
     let mut probabilities = Vec::with_capacity(n * spec.num_classes());
     let mut embeddings = Vec::new();
-    for (i, receiver) in receivers.into_iter().enumerate() {
+    for (i, (receiver, image)) in receivers.into_iter().enumerate() {
         let inferred = receiver
             .await
-            .map_err(|_| ApiError::from_inference(InferenceError::Closed, retry))?
+            .map_err(|_| ApiError::from_inference(crate::inference::InferenceError::Closed, retry))?
             .map_err(|e| ApiError::from_inference(e, retry))?;
         let row_id = if n == 1 {
             base_id.clone()
         } else {
             format!("{base_id}/{i}")
         };
-        let served = record(
-            &state,
-            serving,
-            &row_id,
-            ts_us,
-            started,
-            inferred,
-            None,
-            Endpoint::Infer,
-        )
-        .await?;
+        let served = model
+            .record(
+                &version,
+                Prediction {
+                    request_id: row_id,
+                    ts_us,
+                    started,
+                    inferred,
+                    image,
+                    endpoint: Endpoint::Infer,
+                },
+            )
+            .await
+            .map_err(|e| ApiError::from_record(e, retry))?;
         probabilities.extend_from_slice(&served.output.probabilities);
         if let Some(e) = served.output.embedding {
             embeddings.extend(e);
         }
     }
 
-    let mut binary_out: Vec<u8> = Vec::new();
-    let mut outputs = Vec::new();
-    for (name, as_binary) in wanted {
-        let (data, dim) = if name == spec.probabilities_output {
-            (&probabilities, spec.num_classes())
-        } else {
-            (&embeddings, embeddings.len() / n)
-        };
-        let mut entry = json!({"name": name, "datatype": "FP32", "shape": [n, dim]});
-        if as_binary {
-            let start = binary_out.len();
-            for v in data {
-                binary_out.extend_from_slice(&v.to_le_bytes());
-            }
-            entry["parameters"] = json!({"binary_data_size": binary_out.len() - start});
-        } else {
-            entry["data"] = json!(data);
-        }
-        outputs.push(entry);
-    }
-    let answer = json!({
-        "model_name": spec.name,
-        "model_version": spec.version,
-        "id": base_id,
-        "outputs": outputs,
-    });
-    let header = serde_json::to_vec(&answer).expect("JSON values serialize");
-    let mut response = if binary_out.is_empty() {
-        (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            header,
-        )
-            .into_response()
-    } else {
-        let json_len = header.len();
-        let mut body = header;
-        body.extend_from_slice(&binary_out);
-        let mut r = (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            )],
-            body,
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(HEADER_LENGTH, HeaderValue::from(json_len));
-        r
+    let k = spec.num_classes();
+    let outputs = request
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let data = if let Some(top) = o.classification {
+                let top = top.min(k);
+                OutputData::Bytes {
+                    shape: [n, top],
+                    values: probabilities
+                        .chunks_exact(k)
+                        .flat_map(|row| v2::classification(row, top, &version.labels))
+                        .collect(),
+                }
+            } else if o.name == spec.probabilities_output {
+                OutputData::Fp32 {
+                    shape: [n, k],
+                    values: probabilities.clone(),
+                }
+            } else {
+                OutputData::Fp32 {
+                    shape: [n, embeddings.len() / n.max(1)],
+                    values: embeddings.clone(),
+                }
+            };
+            (o, data)
+        })
+        .collect();
+    let (header_json, binary) =
+        v2::encode_response(&spec.name, &version.version, &base_id, outputs);
+    let json_len = header_json.len();
+    let mut body = header_json;
+    let has_binary = !binary.is_empty();
+    body.extend_from_slice(&binary);
+    let accepted = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::accepted);
+    let body = match accepted {
+        Some(e) => tokio::task::spawn_blocking(move || v2::compress(&body, e))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?,
+        None => body,
     };
+    let content_type = if has_binary {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
+    let mut response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response();
+    let h = response.headers_mut();
+    if has_binary {
+        h.insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    }
+    if let Some(e) = accepted {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(e.as_str()),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&base_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+        h.insert(REQUEST_ID_HEADER, v);
     }
     Ok(response)
 }

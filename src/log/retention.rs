@@ -84,7 +84,7 @@ pub fn enforce(
     partitions(&dir.join(root), &mut found);
     found.sort_by_key(|p| p.end);
     let is_open = |p: &Partition| open.iter().any(|o| dir.join(o) == p.dir);
-    let now = crate::log::now_us() / 1_000_000;
+    let now = crate::time::now_us() / 1_000_000;
     let mut deleted = 0;
     let mut total: u64 = found.iter().flat_map(|p| p.files.iter().map(|f| f.1)).sum();
     for p in &found {
@@ -130,7 +130,7 @@ pub fn remove_stale_temp_files(root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::civil_from_days;
+    use crate::time::civil_from_days;
 
     #[test]
     fn dates_round_trip() {
@@ -150,7 +150,7 @@ mod tests {
     fn quota_and_retention_delete_oldest_first() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Path::new("predictions/model=m");
-        let now_days = crate::log::now_us() / 86_400_000_000;
+        let now_days = crate::time::now_us() / 86_400_000_000;
         let mut dirs = Vec::new();
         for back in [10, 2, 1] {
             let (y, m, d) = civil_from_days(now_days - back);

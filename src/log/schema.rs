@@ -68,12 +68,8 @@ fn f32_list_builder(capacity: usize) -> ListBuilder<Float32Builder> {
         .with_field(list_item(DataType::Float32))
 }
 
-/// Prediction rows as one record batch (`labels` maps classes to names).
-pub fn prediction_batch(
-    rows: &[&PredictionRecord],
-    model_version: &str,
-    labels: &[String],
-) -> Result<RecordBatch, ArrowError> {
+/// Prediction rows as one record batch.
+pub fn prediction_batch(rows: &[&PredictionRecord]) -> Result<RecordBatch, ArrowError> {
     let n = rows.len();
     let mut request_id = StringBuilder::with_capacity(n, n * 36);
     let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -105,10 +101,10 @@ pub fn prediction_batch(
     for r in rows {
         request_id.append_value(&r.request_id);
         ts.append_value(r.ts_us);
-        version.append_value(model_version);
+        version.append_value(&*r.model_version);
         endpoint.append_value(r.endpoint.as_str());
         class.append_value(r.predicted_class as i32);
-        label.append_value(labels.get(r.predicted_class).map_or("", String::as_str));
+        label.append_value(&*r.predicted_label);
         confidence.append_value(r.confidence);
         margin.append_value(r.margin);
         entropy.append_value(r.entropy);

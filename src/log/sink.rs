@@ -2,7 +2,7 @@
 //!
 //! Rules:
 //! - Each open Parquet file belongs to one partition and has one write-ahead segment with the
-//!   same uuid (`wal/<stream>/<uuid>.arrows`). A batch goes to the segment first, then to the
+//!   same uuid (`wal/<stream>[/model=<name>]/<uuid>.arrows`). A batch goes to the segment first, then to the
 //!   Parquet writer; it counts as written once it is in the segment (or, without a write-ahead
 //!   log, in the Parquet writer).
 //! - A file is written as `.<uuid>.parquet` and renamed to `<uuid>.parquet` when complete (row
@@ -45,6 +45,8 @@ pub struct StreamSpec<R> {
     pub schema: SchemaRef,
     /// This stream's folder under the log dir (retention works inside it).
     pub root: PathBuf,
+    /// Its write-ahead segments' folder under the log dir.
+    pub wal: PathBuf,
     pub partition: Box<dyn Fn(i64) -> PathBuf + Send>,
     pub to_batch: ToBatch<R>,
     pub ts: Box<dyn Fn(&R) -> i64 + Send>,
@@ -89,7 +91,6 @@ pub struct Sink<R> {
     thread: Mutex<Option<JoinHandle<()>>>,
     durability: Durability,
     metrics: LogMetrics,
-    health: Arc<LogHealth>,
 }
 
 impl<R: Send + 'static> Sink<R> {
@@ -124,16 +125,11 @@ impl<R: Send + 'static> Sink<R> {
             thread: Mutex::new(Some(thread)),
             durability: config.durability,
             metrics,
-            health,
         }
     }
 
     pub fn durability(&self) -> Durability {
         self.durability
-    }
-
-    pub fn health(&self) -> &LogHealth {
-        &self.health
     }
 
     fn dropped(&self, reason: DropReason) {
@@ -258,10 +254,6 @@ const TICK: Duration = Duration::from_millis(50);
 const GROUP_WAIT: Duration = Duration::from_millis(20);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
-
-fn wal_dir(root: &Path, stream: &str) -> PathBuf {
-    root.join("wal").join(stream)
-}
 
 impl<R> Writer<R> {
     fn run(mut self, receiver: Receiver<Message<R>>) {
@@ -455,7 +447,7 @@ impl<R> Writer<R> {
         let wal = if self.config.durability == Durability::None {
             None
         } else {
-            let wal_dir = wal_dir(&self.config.dir, self.spec.name);
+            let wal_dir = self.config.dir.join(&self.spec.wal);
             fs::create_dir_all(&wal_dir).map_err(|e| format!("{}: {e}", wal_dir.display()))?;
             let path = wal_dir.join(format!("{id}.arrows"));
             let file = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -765,7 +757,7 @@ pub fn recover<R>(
     spec: &StreamSpec<R>,
     metrics: &LogMetrics,
 ) -> Result<usize, LogError> {
-    let wal = wal_dir(dir, spec.name);
+    let wal = dir.join(&spec.wal);
     let mut total = 0;
     if let Ok(entries) = fs::read_dir(&wal) {
         let mut segments: Vec<PathBuf> = entries

@@ -16,6 +16,19 @@ pub const ORT_VERSION: &str = "1.31.1";
 
 const VENDOR_DIR: &str = "vendor/onnxruntime";
 
+/// `[runtime]`: where the ONNX Runtime library is.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    pub library: String,
+}
+
+impl RawRuntime {
+    pub fn validate(self, _bad: &mut dyn FnMut(&str, String)) -> Option<PathBuf> {
+        (!self.library.is_empty()).then(|| PathBuf::from(self.library))
+    }
+}
+
 fn library_file_names() -> [String; 3] {
     [
         format!("libonnxruntime.so.{ORT_VERSION}"),

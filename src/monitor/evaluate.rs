@@ -30,7 +30,10 @@ pub enum TestKind {
 }
 
 impl TestKind {
-    pub const ALL: [TestKind; 10] = [
+    /// How many families there are.
+    pub const COUNT: usize = 10;
+
+    pub const ALL: [TestKind; Self::COUNT] = [
         TestKind::ClassChi2,
         TestKind::ClassPsi,
         TestKind::ClassJs,
@@ -60,6 +63,29 @@ impl TestKind {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Its position in [`TestKind::ALL`] (the index of per-family arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The smallest effect size that alerts, by default: the conventional magnitudes (KS D
+    /// 0.2, PSI 0.2 for a significant shift, Cohen's w 0.3 for a medium one), checked with the
+    /// monitor benchmark (README).
+    pub fn default_min_effect(self) -> f64 {
+        match self {
+            TestKind::ClassChi2 => 0.3,
+            TestKind::ClassJs => 0.15,
+            TestKind::EmbeddingMmd => 0.05,
+            TestKind::ClassPsi
+            | TestKind::BbsdKs
+            | TestKind::ConfidenceKs
+            | TestKind::ConfidencePsi
+            | TestKind::EntropyKs
+            | TestKind::EntropyPsi
+            | TestKind::InputKs => 0.2,
+        }
     }
 }
 
@@ -100,7 +126,7 @@ pub struct Settings {
     pub min_samples: usize,
     pub alpha: f64,
     /// Minimum effect size for an alert, per family (same order as [`TestKind::ALL`]).
-    pub min_effect: [f64; 10],
+    pub min_effect: [f64; TestKind::COUNT],
     pub mmd_permutations: usize,
     pub mmd_max_window: usize,
     pub seed: u64,
@@ -108,10 +134,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn min_effect(&self, kind: TestKind) -> f64 {
-        self.min_effect[TestKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .expect("listed")]
+        self.min_effect[kind.index()]
     }
 }
 
@@ -140,7 +163,7 @@ pub struct TestOutcome {
 }
 
 /// Label-free estimates of the window's accuracy.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Estimates {
     pub ac: Option<f64>,
     pub doc: Option<f64>,
@@ -474,7 +497,7 @@ mod tests {
         let s = Settings {
             min_samples: 50,
             alpha: 0.01,
-            min_effect: [0.2; 10],
+            min_effect: [0.2; TestKind::COUNT],
             mmd_permutations: 10,
             mmd_max_window: 10,
             seed: 1,

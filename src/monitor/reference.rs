@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::window::INPUT_FEATURES;
-use crate::prediction::{entropy, summarize};
+use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
 use crate::stats::random::SplitMix64;
 
@@ -317,16 +317,11 @@ impl Reference {
     }
 
     /// The flags of one prediction against this reference.
-    pub fn flags(
-        &self,
-        class: usize,
-        confidence: f32,
-        embedding: Option<&[f32]>,
-    ) -> Vec<&'static str> {
+    pub fn flags(&self, class: usize, confidence: f32, embedding: Option<&[f32]>) -> Vec<Flag> {
         let mut flags = Vec::new();
         let confidence = f64::from(confidence);
         if confidence < self.low_confidence_threshold {
-            flags.push("low_confidence");
+            flags.push(Flag::LowConfidence);
         }
         let far = match (&self.centroids, embedding) {
             (Some(c), Some(e)) => c.get(class).is_some_and(|(centroid, radius)| {
@@ -335,7 +330,7 @@ impl Reference {
             _ => false,
         };
         if far || confidence < self.ood_confidence_threshold {
-            flags.push("ood_suspect");
+            flags.push(Flag::OodSuspect);
         }
         flags
     }
@@ -416,8 +411,11 @@ mod tests {
         assert!(r.low_confidence_threshold > r.ood_confidence_threshold);
         // A confident prediction near its centroid carries no flag; a far one does.
         assert!(r.flags(0, 0.9, Some(&[0.02, 0.5])).is_empty());
-        assert_eq!(r.flags(0, 0.9, Some(&[5.0, 5.0])), vec!["ood_suspect"]);
-        assert_eq!(r.flags(0, 0.5, None), vec!["low_confidence", "ood_suspect"]);
+        assert_eq!(r.flags(0, 0.9, Some(&[5.0, 5.0])), vec![Flag::OodSuspect]);
+        assert_eq!(
+            r.flags(0, 0.5, None),
+            vec![Flag::LowConfidence, Flag::OodSuspect]
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::select::Reason;
+
 /// The longest package name accepted.
 pub const MAX_NAME_CHARS: usize = 64;
 
@@ -44,7 +46,7 @@ pub struct ExportItem {
     /// The selection score (`select::score`).
     pub score: f64,
     /// Why it was chosen (`select::reasons`).
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub predicted_class: usize,
     /// The predicted class's label: must be one of the package's labels.
     pub predicted_label: String,
@@ -325,6 +327,15 @@ fn inside(root: &Path, path: PathBuf) -> Result<PathBuf, ExportError> {
     }
 }
 
+/// Reasons as the package writes them: their names joined by `;`.
+fn join_reasons(reasons: &[Reason]) -> String {
+    reasons
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
     move |source| ExportError::Io {
         path: path.to_path_buf(),
@@ -431,7 +442,7 @@ fn tasks_json(items: &[ExportItem], files: &[String]) -> Vec<u8> {
                 image: format!("images/{file}"),
                 request_id: &item.request_id,
                 score: item.score,
-                reasons: item.reasons.join(";"),
+                reasons: join_reasons(&item.reasons),
                 model_version: &item.model_version,
             },
             predictions: [Prediction {
@@ -501,7 +512,7 @@ fn manifest(items: &[ExportItem]) -> String {
             csv_field(&item.request_id),
             item.sha256.to_ascii_lowercase(),
             item.score.to_string(),
-            csv_field(&item.reasons.join(";")),
+            csv_field(&join_reasons(&item.reasons)),
             csv_field(&item.predicted_label),
             item.confidence.to_string(),
             item.margin.to_string(),
@@ -534,7 +545,7 @@ mod tests {
             content_type: None,
             sha256: hex::encode(Sha256::digest(image)),
             score: 0.75,
-            reasons: vec!["uncertain".into(), "ood_suspect".into()],
+            reasons: vec![Reason::Uncertain, Reason::OodSuspect],
             predicted_class: 0,
             predicted_label: label.to_string(),
             confidence: 0.5,
@@ -548,7 +559,7 @@ mod tests {
         let mut gif = item("req-gif", b"no magic here", "it's");
         gif.content_type = Some("Image/GIF; charset=binary".into());
         let mut unknown = item("req,\"odd\"", b"no magic either", "<bird>");
-        unknown.reasons = vec!["random_sample".into()];
+        unknown.reasons = vec![Reason::RandomSample];
         unknown.model_version = "v, \"2\"".into();
         vec![
             item("req-1", PNG, "cat"),

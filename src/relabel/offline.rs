@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::StoredCandidate;
 use super::select::Candidate;
+use crate::prediction::Flag;
 
 /// One logged prediction, as far as selection needs it.
 #[derive(Debug, Clone)]
@@ -94,7 +95,9 @@ pub fn read_predictions(
                 }
                 let row_flags = flags.value(row);
                 let row_flags = row_flags.as_string::<i32>();
-                let has = |f: &str| (0..row_flags.len()).any(|i| row_flags.value(i) == f);
+                let has = |f: Flag| {
+                    (0..row_flags.len()).any(|i| Flag::parse(row_flags.value(i)) == Some(f))
+                };
                 let vector = f32_list(&batch, "embedding", row)
                     .or_else(|| f32_list(&batch, "probabilities", row))
                     .unwrap_or_default();
@@ -113,8 +116,8 @@ pub fn read_predictions(
                                 dhash.value(row)
                             },
                             vector,
-                            ood: has("ood_suspect"),
-                            shifted: has("shifted_window"),
+                            ood: has(Flag::OodSuspect),
+                            shifted: has(Flag::ShiftedWindow),
                             random: false,
                             ts_us: ts.value(row),
                         },

@@ -102,17 +102,59 @@ pub struct SelectionConfig {
 /// Entropy and least confidence are 0 when `classes < 2` (one class leaves no doubt). A value
 /// outside [0, 1] (a summary inconsistent with `classes`) is clamped; a NaN summary gives 0.
 pub fn uncertainty(c: &Candidate, cfg: &SelectionConfig) -> f64 {
-    let k = cfg.classes as f64;
-    let raw = match cfg.uncertainty {
-        Uncertainty::Margin => 1.0 - f64::from(c.margin),
-        _ if cfg.classes < 2 => 0.0,
-        Uncertainty::Entropy => f64::from(c.entropy) / k.ln(),
-        Uncertainty::LeastConfidence => (1.0 - f64::from(c.confidence)) * k / (k - 1.0),
-    };
-    if raw.is_nan() {
-        0.0
-    } else {
-        raw.clamp(0.0, 1.0)
+    c.signals().uncertainty(cfg)
+}
+
+/// What scoring reads of a prediction: its summary and flags.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Signals {
+    pub confidence: f32,
+    pub margin: f32,
+    pub entropy: f32,
+    pub ood: bool,
+    pub shifted: bool,
+}
+
+impl Candidate {
+    pub fn signals(&self) -> Signals {
+        Signals {
+            confidence: self.confidence,
+            margin: self.margin,
+            entropy: self.entropy,
+            ood: self.ood,
+            shifted: self.shifted,
+        }
+    }
+}
+
+impl Signals {
+    /// See [`uncertainty`].
+    pub fn uncertainty(&self, cfg: &SelectionConfig) -> f64 {
+        let c = self;
+        let k = cfg.classes as f64;
+        let raw = match cfg.uncertainty {
+            Uncertainty::Margin => 1.0 - f64::from(c.margin),
+            _ if cfg.classes < 2 => 0.0,
+            Uncertainty::Entropy => f64::from(c.entropy) / k.ln(),
+            Uncertainty::LeastConfidence => (1.0 - f64::from(c.confidence)) * k / (k - 1.0),
+        };
+        if raw.is_nan() {
+            0.0
+        } else {
+            raw.clamp(0.0, 1.0)
+        }
+    }
+
+    /// See [`score`].
+    pub fn score(&self, cfg: &SelectionConfig) -> f64 {
+        let mut s = self.uncertainty(cfg);
+        if self.ood {
+            s *= boost(cfg.ood_boost);
+        }
+        if self.shifted {
+            s *= boost(cfg.shift_boost);
+        }
+        s
     }
 }
 
@@ -128,31 +170,48 @@ fn boost(boost: f64) -> f64 {
 /// A candidate's priority: [`uncertainty`] × `(1 + ood_boost)` when it is flagged
 /// out-of-distribution × `(1 + shift_boost)` when it came from a shifted window. Finite and ≥ 0.
 pub fn score(c: &Candidate, cfg: &SelectionConfig) -> f64 {
-    let mut s = uncertainty(c, cfg);
-    if c.ood {
-        s *= boost(cfg.ood_boost);
-    }
-    if c.shifted {
-        s *= boost(cfg.shift_boost);
-    }
-    s
+    c.signals().score(cfg)
 }
 
-/// Why a candidate is worth labeling, for the labeler: `"uncertain"` (its [`uncertainty`] is at
-/// least 0.5), `"ood_suspect"`, `"shifted_window"`, `"random_sample"`, in that order.
-pub fn reasons(c: &Candidate, cfg: &SelectionConfig) -> Vec<&'static str> {
+/// Why a candidate is worth labeling, for the labeler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Its [`uncertainty`] is at least 0.5.
+    Uncertain,
+    /// Flagged out of distribution.
+    OodSuspect,
+    /// Made while the monitor's window was shifted.
+    ShiftedWindow,
+    /// A member of the uniform random sample.
+    RandomSample,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Uncertain => "uncertain",
+            Reason::OodSuspect => "ood_suspect",
+            Reason::ShiftedWindow => "shifted_window",
+            Reason::RandomSample => "random_sample",
+        }
+    }
+}
+
+/// The reasons of a candidate, in the order of [`Reason`].
+pub fn reasons(c: &Candidate, cfg: &SelectionConfig) -> Vec<Reason> {
     let mut out = Vec::new();
     if uncertainty(c, cfg) >= 0.5 {
-        out.push("uncertain");
+        out.push(Reason::Uncertain);
     }
     if c.ood {
-        out.push("ood_suspect");
+        out.push(Reason::OodSuspect);
     }
     if c.shifted {
-        out.push("shifted_window");
+        out.push(Reason::ShiftedWindow);
     }
     if c.random {
-        out.push("random_sample");
+        out.push(Reason::RandomSample);
     }
     out
 }
@@ -599,10 +658,14 @@ mod tests {
         assert!((score(&c, &cfg) - 0.4 * 2.0 * 1.5).abs() < 1e-6);
         assert_eq!(
             reasons(&c, &cfg),
-            ["ood_suspect", "shifted_window", "random_sample"]
+            [
+                Reason::OodSuspect,
+                Reason::ShiftedWindow,
+                Reason::RandomSample
+            ]
         );
         c.margin = 0.5;
-        assert_eq!(reasons(&c, &cfg)[0], "uncertain");
+        assert_eq!(reasons(&c, &cfg)[0], Reason::Uncertain);
         // Nonsense boosts do nothing rather than make the score negative or NaN.
         for b in [-5.0, f64::NAN, f64::INFINITY] {
             let weird = SelectionConfig {

@@ -11,34 +11,22 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::config::CandidatesConfig;
 use super::export::ExportItem;
-use super::select::{Candidate, SelectionConfig, reasons, score};
+use super::select::{Candidate, SelectionConfig, Signals, reasons, score};
 use crate::stats::random::{GOLDEN_GAMMA, mix};
-
-/// The store's settings (the `[candidates]` config section, validated).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CandidatesConfig {
-    pub dir: PathBuf,
-    pub export_dir: PathBuf,
-    pub pool_size: usize,
-    pub random_rate: f64,
-    pub random_max: usize,
-    pub max_disk_bytes: u64,
-    pub retention: Option<Duration>,
-    pub selection: SelectionConfig,
-}
 
 /// Metrics the store keeps.
 #[derive(Clone)]
@@ -85,7 +73,7 @@ impl StoredCandidate {
             content_type: self.content_type.clone(),
             sha256: self.sha256.clone(),
             score: score(c, cfg),
-            reasons: reasons(c, cfg).iter().map(|r| r.to_string()).collect(),
+            reasons: reasons(c, cfg),
             predicted_class: c.predicted_class,
             predicted_label: self.predicted_label.clone(),
             confidence: c.confidence,
@@ -225,14 +213,15 @@ impl Candidates {
         (mix(state) >> 11) as f64 / (1u64 << 53) as f64 <= self.config.random_rate
     }
 
-    /// Whether a prediction with this score is worth the image bytes; sets `random` on a coin flip.
-    pub fn wants(&self, candidate: &mut Candidate) -> bool {
+    /// Whether a prediction is worth its image bytes: `Some(true)` when a coin flip puts it in
+    /// the random sample, `Some(false)` when its score beats the pool's floor, else `None`.
+    pub fn admits(&self, signals: &Signals) -> Option<bool> {
         if self.config.random_rate > 0.0 && self.coin() {
-            candidate.random = true;
-            return true;
+            return Some(true);
         }
-        score(candidate, &self.config.selection)
-            > f64::from_bits(self.admission.load(Ordering::Relaxed))
+        (signals.score(&self.config.selection)
+            > f64::from_bits(self.admission.load(Ordering::Relaxed)))
+        .then_some(false)
     }
 
     /// Hands a prediction to the store's thread (never blocks).
@@ -332,7 +321,7 @@ impl Worker {
             sha256: hex::encode(Sha256::digest(&offer.image)),
             bytes: offer.image.len() as u64,
             file,
-            stored_at_us: crate::log::now_us(),
+            stored_at_us: crate::time::now_us(),
             model_version: offer.model_version,
         };
         let mut pool = lock(&self.pool);
@@ -408,7 +397,7 @@ impl Worker {
         let Some(retention) = self.config.retention else {
             return;
         };
-        let cutoff = crate::log::now_us() - retention.as_micros() as i64;
+        let cutoff = crate::time::now_us() - retention.as_micros() as i64;
         let mut pool = lock(&self.pool);
         let old: Vec<String> = pool
             .entries

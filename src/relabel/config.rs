@@ -1,0 +1,153 @@
+//! `[candidates]`: how relabel candidates are scored, stored and exported.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::select::{SelectionConfig, Uncertainty};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCandidates {
+    pub enabled: bool,
+    pub dir: String,
+    pub export_dir: String,
+    pub uncertainty: String,
+    pub pool_size: usize,
+    pub random_rate: f64,
+    pub random_max: usize,
+    pub max_disk_bytes: u64,
+    pub retention_hours: f64,
+    pub ood_boost: f64,
+    pub shift_boost: f64,
+    pub dhash_threshold: u32,
+    pub random_share: f64,
+    pub kcenter_pool_factor: usize,
+    pub default_limit: usize,
+}
+
+impl Default for RawCandidates {
+    fn default() -> Self {
+        RawCandidates {
+            enabled: true,
+            dir: "runs/candidates".into(),
+            export_dir: "runs/exports".into(),
+            uncertainty: "entropy".into(),
+            pool_size: 1000,
+            random_rate: 0.01,
+            random_max: 100,
+            max_disk_bytes: 100 * 1024 * 1024,
+            retention_hours: 168.0,
+            ood_boost: 1.0,
+            shift_boost: 0.5,
+            dhash_threshold: 4,
+            random_share: 0.1,
+            kcenter_pool_factor: 3,
+            default_limit: 100,
+        }
+    }
+}
+
+/// The store's settings (the `[candidates]` config section, validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidatesConfig {
+    /// The store's folder; with several models, each model's store is `<dir>/<model>`.
+    pub dir: PathBuf,
+    /// Where export packages go; with several models, `<export_dir>/<model>`.
+    pub export_dir: PathBuf,
+    pub pool_size: usize,
+    pub random_rate: f64,
+    pub random_max: usize,
+    pub max_disk_bytes: u64,
+    pub retention: Option<Duration>,
+    pub selection: SelectionConfig,
+    /// How many candidates a listing or an export returns without a limit.
+    pub default_limit: usize,
+}
+
+impl CandidatesConfig {
+    /// The settings of `model`'s store when `several` models are served (its own folders).
+    pub fn for_model(&self, model: &str, several: bool, classes: usize) -> CandidatesConfig {
+        let mut c = self.clone();
+        if several {
+            c.dir = c.dir.join(model);
+            c.export_dir = c.export_dir.join(model);
+        }
+        c.selection.classes = classes;
+        c
+    }
+}
+
+impl RawCandidates {
+    /// The validated settings, also when `candidates.enabled` is false (listing limits).
+    pub fn validate(self, bad: &mut dyn FnMut(&str, String)) -> Option<CandidatesConfig> {
+        let c = self;
+        let uncertainty = Uncertainty::parse(&c.uncertainty);
+        if uncertainty.is_none() {
+            bad(
+                "candidates.uncertainty",
+                format!(
+                    "`{}` is not one of `entropy`, `margin`, `least_confidence`",
+                    c.uncertainty
+                ),
+            );
+        }
+        if c.enabled && (c.dir.is_empty() || c.export_dir.is_empty()) {
+            bad(
+                "candidates.dir",
+                "candidates.dir and candidates.export_dir must name folders".into(),
+            );
+        }
+        for (key, v) in [
+            ("candidates.pool_size", c.pool_size as u64),
+            ("candidates.max_disk_bytes", c.max_disk_bytes),
+            (
+                "candidates.kcenter_pool_factor",
+                c.kcenter_pool_factor as u64,
+            ),
+            ("candidates.default_limit", c.default_limit as u64),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v, hi) in [
+            ("candidates.random_rate", c.random_rate, 1.0),
+            ("candidates.random_share", c.random_share, 1.0),
+            ("candidates.ood_boost", c.ood_boost, 100.0),
+            ("candidates.shift_boost", c.shift_boost, 100.0),
+            ("candidates.retention_hours", c.retention_hours, f64::MAX),
+        ] {
+            if !(v.is_finite() && (0.0..=hi).contains(&v)) {
+                bad(key, format!("must be a number in 0..={hi}"));
+            }
+        }
+        if c.dhash_threshold > 64 {
+            bad(
+                "candidates.dhash_threshold",
+                "must be at most 64 (bits)".into(),
+            );
+        }
+        c.enabled.then(|| CandidatesConfig {
+            dir: PathBuf::from(c.dir),
+            export_dir: PathBuf::from(c.export_dir),
+            pool_size: c.pool_size,
+            random_rate: c.random_rate,
+            random_max: c.random_max,
+            max_disk_bytes: c.max_disk_bytes,
+            retention: (c.retention_hours > 0.0 && c.retention_hours.is_finite())
+                .then(|| Duration::from_secs_f64(c.retention_hours * 3600.0)),
+            selection: SelectionConfig {
+                uncertainty: uncertainty.unwrap_or(Uncertainty::Entropy),
+                classes: 0,
+                ood_boost: c.ood_boost,
+                shift_boost: c.shift_boost,
+                dhash_threshold: c.dhash_threshold,
+                random_share: c.random_share,
+                candidate_pool_factor: c.kcenter_pool_factor,
+            },
+            default_limit: c.default_limit,
+        })
+    }
+}

@@ -1,0 +1,524 @@
+//! The model as the unit of the design: one [`ModelService`] per served model owns its versions
+//! (spec, inference pool, monitor), its candidate store, its feedback join buffer, its log stream
+//! and its metric handles, and decides what happens to every prediction ([`record`]). The HTTP
+//! layer only translates: it resolves a model by name, hands decoded inputs to
+//! [`Version::infer`] and the result to [`ModelService::record`], and turns the answer into JSON.
+//!
+//! Versions: a service serves one [`Version`] at a time, behind an `Arc` that each request takes
+//! when it starts, so a request finishes on the version it started with while a reload swaps in
+//! the next ([`reload`]). A version with no reference profile has no monitor: its tests say
+//! `insufficient_data` rather than compare it with another version's profile.
+
+pub mod record;
+pub mod reload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use anyhow::Context;
+
+pub use self::record::{ImageInput, Prediction, RecordError, Served};
+pub use self::reload::{ReloadError, Reloaded};
+use crate::config::Config;
+use crate::feedback::RecentPredictions;
+use crate::inference::{BatchMetrics, InferenceError, InferencePool, Inferred};
+use crate::log::{FeedbackRecord, PredictionLog, PredictionStream};
+use crate::metrics::{FeedbackOutcome, Metrics, ProcessMetrics};
+use crate::model::config::ModelConfig;
+use crate::model::{self, LoadOptions, ModelSpec};
+use crate::monitor::reference::{Reference, ReferenceProfile};
+use crate::monitor::{Monitor, MonitorConfig, Snapshot};
+use crate::relabel::{CandidateMetrics, Candidates};
+
+/// One loaded version of a model: what a request needs from start to answer.
+pub struct Version {
+    pub spec: Arc<ModelSpec>,
+    pub pool: InferencePool,
+    /// `None` when the monitor is off or this version has no reference profile.
+    pub monitor: Option<Arc<Monitor>>,
+    /// `model_version`, shared by every row this version logs.
+    pub version: Arc<str>,
+    /// Class names, shared by every row this version logs.
+    pub labels: Vec<Arc<str>>,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version")
+            .field("model", &self.spec.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Version {
+    /// Runs one preprocessed image through this version's inference pool.
+    pub async fn infer(&self, tensor: Vec<f32>) -> Result<Inferred, InferenceError> {
+        self.pool
+            .submit(tensor)?
+            .await
+            .map_err(|_| InferenceError::Closed)?
+    }
+}
+
+/// One served model: its current version and everything that outlives versions.
+pub struct ModelService {
+    pub name: String,
+    config: ModelConfig,
+    /// The whole config: inference, runtime, monitor and candidate settings.
+    settings: Arc<Config>,
+    several: bool,
+    current: RwLock<Arc<Version>>,
+    pub metrics: Metrics,
+    log: Option<PredictionStream>,
+    pub candidates: Option<Candidates>,
+    recent: RecentPredictions,
+    /// Held while a reload loads and swaps (one reload at a time per model).
+    reloading: Mutex<()>,
+    watch: Mutex<Option<reload::Watch>>,
+}
+
+impl std::fmt::Debug for ModelService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelService")
+            .field("name", &self.name)
+            .field("version", &self.current().version)
+            .finish()
+    }
+}
+
+/// What became of one delayed label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labeled {
+    pub outcome: FeedbackOutcome,
+    /// The model the request id belongs to (`None`: unknown id).
+    pub model: Option<String>,
+}
+
+/// Every served model and the log directory.
+pub struct Services {
+    models: BTreeMap<String, Arc<ModelService>>,
+    pub log: Option<PredictionLog>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ModelService {
+    /// The version serving now (a request keeps it until it is answered).
+    pub fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The monitor's latest evaluation of the current version (made now if none has run yet;
+    /// blocking: call it off the async workers).
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let monitor_config = self.settings.monitor.as_ref()?;
+        let version = self.current();
+        Some(match &version.monitor {
+            Some(m) => m.latest().unwrap_or_else(|| m.evaluate_now()),
+            None => Arc::new(Snapshot::unreferenced(
+                &self.name,
+                &version.version,
+                monitor_config.window,
+                monitor_config.max_age,
+            )),
+        })
+    }
+
+    /// Records a delayed label for `request_id` when this model remembers it: feeds the
+    /// current version's labeled window (labels of an older version's predictions only count
+    /// for that version, which no longer serves).
+    /// Unknown ids are counted in `process_metrics` (they belong to no model).
+    fn label(
+        &self,
+        request_id: &str,
+        class: usize,
+        process_metrics: &ProcessMetrics,
+    ) -> FeedbackOutcome {
+        let (outcome, served) = self.recent.label(request_id);
+        if let Some((probabilities, version)) = served {
+            let current = self.current();
+            if current.version == version
+                && let Some(monitor) = &current.monitor
+            {
+                monitor.observe_label(&probabilities, class);
+            }
+        }
+        let counted = if outcome == FeedbackOutcome::UnknownId {
+            &process_metrics.shared
+        } else {
+            &self.metrics.shared
+        };
+        counted
+            .feedback
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        outcome
+    }
+
+    /// Stops the watcher, the workers and the monitor of the current version, writes out the
+    /// log stream and the candidate index.
+    fn close(&self) {
+        if let Some(w) = self
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            w.stop();
+        }
+        let version = self.current();
+        version.pool.close();
+        if let Some(log) = &self.log {
+            log.close();
+        }
+        if let Some(monitor) = &version.monitor {
+            monitor.close();
+        }
+        if let Some(candidates) = &self.candidates {
+            candidates.close();
+        }
+    }
+}
+
+impl Services {
+    /// Loads every configured model (blocking: sessions, warm-up, reference profiles), opens
+    /// the log directory and each model's stream, candidate store and monitor.
+    pub fn start(
+        config: Arc<Config>,
+        process_metrics: &ProcessMetrics,
+    ) -> anyhow::Result<Services> {
+        let several = config.models.len() > 1;
+        let log = match &config.log {
+            None => None,
+            Some(log_config) => {
+                let (log, recovered) = PredictionLog::open(log_config, &process_metrics.shared.log)
+                    .context("cannot open the prediction log (log.dir)")?;
+                tracing::info!(
+                    dir = %log_config.dir.display(),
+                    durability = ?log.durability(),
+                    recovered_feedback = recovered,
+                    "prediction log open"
+                );
+                Some(log)
+            }
+        };
+        let mut models = BTreeMap::new();
+        for model_config in &config.models {
+            let service = ModelService::start(model_config, &config, several, log.as_ref())?;
+            models.insert(model_config.name.clone(), service);
+        }
+        Ok(Services { models, log })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ModelService>> {
+        self.models.get(name)
+    }
+
+    /// The model routes without a model name default to: the only one, or the first by name.
+    pub fn default_model(&self) -> &Arc<ModelService> {
+        self.models
+            .values()
+            .next()
+            .expect("a config has at least one model")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ModelService>> {
+        self.models.values()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.models.keys().map(String::as_str).collect()
+    }
+
+    /// The registries of the models' series.
+    pub fn registries(&self) -> impl Iterator<Item = &prometheus::Registry> {
+        self.models.values().map(|m| &m.metrics.registry)
+    }
+
+    /// Whether the log can write (`None`) or why not.
+    pub fn log_degraded(&self) -> Option<String> {
+        self.log.as_ref().and_then(PredictionLog::degraded)
+    }
+
+    /// Resolves the model and class of a delayed label: the model that remembers the request
+    /// id, else the first whose classes include `label` (the label is kept either way: labels
+    /// can outlive the window). `Err` lists the classes when no model has the label.
+    pub fn resolve_label(
+        &self,
+        request_id: &str,
+        label: &str,
+    ) -> Result<(&ModelService, usize), String> {
+        let owner = self.models.values().find(|m| m.recent.contains(request_id));
+        let candidates: Vec<&Arc<ModelService>> = match owner {
+            Some(m) => vec![m],
+            None => self.models.values().collect(),
+        };
+        for m in &candidates {
+            if let Some(class) = m.current().labels.iter().position(|l| &**l == label) {
+                return Ok((m, class));
+            }
+        }
+        let classes: Vec<String> = candidates
+            .iter()
+            .flat_map(|m| m.current().labels.clone())
+            .map(|l| l.to_string())
+            .collect();
+        Err(format!(
+            "unknown label `{label}` (the model's classes: {})",
+            classes.join(", ")
+        ))
+    }
+
+    /// Records a valid delayed label: matched against its model's recent predictions,
+    /// counted, and queued for the feedback log (the second part: whether the log took it).
+    pub fn label(
+        &self,
+        model: &ModelService,
+        record: FeedbackRecord,
+        process_metrics: &ProcessMetrics,
+    ) -> (
+        Labeled,
+        Result<Option<crate::log::Appended>, crate::log::LogError>,
+    ) {
+        let outcome = model.label(&record.request_id, record.class, process_metrics);
+        let labeled = Labeled {
+            outcome,
+            model: (outcome != FeedbackOutcome::UnknownId).then(|| model.name.clone()),
+        };
+        let appended = match &self.log {
+            Some(log) => log.append_feedback(record).map(Some),
+            None => Ok(None),
+        };
+        (labeled, appended)
+    }
+
+    /// Stops every model (workers drain their queues), then the log.
+    pub fn close(&self) {
+        for m in self.models.values() {
+            m.close();
+        }
+        if let Some(log) = &self.log {
+            log.close();
+        }
+    }
+}
+
+impl ModelService {
+    fn start(
+        model_config: &ModelConfig,
+        config: &Arc<Config>,
+        several: bool,
+        log: Option<&PredictionLog>,
+    ) -> anyhow::Result<Arc<ModelService>> {
+        let name = model_config.name.clone();
+        let metrics = Metrics::new(&name);
+        let version = load_version(
+            model_config,
+            config,
+            &metrics,
+            several,
+            &model_config.path,
+            model_config.reference.as_deref(),
+        )?;
+        if let Some(m) = &version.monitor {
+            m.spawn();
+        }
+        let spec = Arc::clone(&version.spec);
+        metrics.init_series(&spec.labels);
+        metrics.set_build_info(&spec.version, spec.execution_provider.as_str());
+        let stream = match log {
+            None => None,
+            Some(log) => {
+                let (stream, recovered) = log
+                    .predictions(&name, &metrics.shared.log)
+                    .with_context(|| format!("cannot open the prediction log of model `{name}`"))?;
+                if recovered > 0 {
+                    tracing::info!(model = %name, recovered_predictions = recovered, "recovered logged predictions");
+                }
+                Some(stream)
+            }
+        };
+        let candidates = match &config.candidates {
+            None => None,
+            Some(cc) => {
+                let cc = cc.for_model(&name, several, spec.num_classes());
+                let dir = cc.dir.clone();
+                let cm = CandidateMetrics {
+                    stored: metrics.candidates_stored.clone(),
+                    stored_bytes: metrics.candidates_stored_bytes.clone(),
+                    exported: metrics.candidates_exported.clone(),
+                    evicted: metrics.candidates_evicted.clone(),
+                    skipped: metrics.candidates_skipped.clone(),
+                };
+                Some(Candidates::open(cc, cm).with_context(|| {
+                    format!(
+                        "cannot open the candidate store {} (candidates.dir)",
+                        dir.display()
+                    )
+                })?)
+            }
+        };
+        let service = Arc::new(ModelService {
+            name,
+            config: model_config.clone(),
+            settings: Arc::clone(config),
+            several,
+            current: RwLock::new(Arc::new(version)),
+            metrics,
+            log: stream,
+            candidates,
+            recent: RecentPredictions::new(config.feedback_match_window),
+            reloading: Mutex::new(()),
+            watch: Mutex::new(None),
+        });
+        if let Some(every) = model_config.watch {
+            let watch = reload::Watch::start(Arc::downgrade(&service), every);
+            *service.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watch);
+        }
+        Ok(service)
+    }
+}
+
+/// Loads one version: sessions and warm-up, the reference profile when one fits, the monitor
+/// (not started: the caller spawns it once the version serves), the inference pool.
+fn load_version(
+    model_config: &ModelConfig,
+    config: &Config,
+    metrics: &Metrics,
+    several: bool,
+    path: &Path,
+    reference: Option<&Path>,
+) -> anyhow::Result<Version> {
+    let loaded = model::load(
+        model_config,
+        LoadOptions {
+            path,
+            inference: &config.inference,
+            library: config.runtime_library.as_deref(),
+        },
+    )
+    .map_err(anyhow::Error::new)
+    .with_context(|| {
+        format!(
+            "cannot load model `{}` from {}",
+            model_config.name,
+            path.display()
+        )
+    })?;
+    let spec = &loaded.spec;
+    tracing::info!(
+        model = %spec.name,
+        model_version = %spec.version,
+        path = %path.display(),
+        execution_provider = %spec.execution_provider,
+        sessions = loaded.sessions.len(),
+        input = %spec.input_name,
+        size = %format!("{}x{}", spec.preprocess.width, spec.preprocess.height),
+        color = ?spec.preprocess.color,
+        layout = ?spec.preprocess.layout,
+        classes = spec.num_classes(),
+        embedding = ?spec.embedding_dim,
+        described_by = spec.described_by,
+        "model loaded"
+    );
+    let monitor = match (&config.monitor, reference) {
+        (Some(mc), Some(reference)) => {
+            let mut mc = mc.clone();
+            mc.state_file = mc.state_file_for(&spec.name, several);
+            Some(start_monitor(&mc, reference, spec, metrics)?)
+        }
+        _ => None,
+    };
+    let version: Arc<str> = Arc::from(spec.version.as_str());
+    let labels = spec.labels.iter().map(|l| Arc::from(l.as_str())).collect();
+    let pool = InferencePool::start(
+        loaded,
+        &config.inference,
+        config.inference.max_in_flight,
+        BatchMetrics {
+            inference_duration: metrics.inference_duration.clone(),
+            batch_size: metrics.batch_size.clone(),
+        },
+    );
+    Ok(Version {
+        spec: Arc::clone(pool.spec()),
+        pool,
+        monitor,
+        version,
+        labels,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Reads a reference profile and checks that it was built with this model version.
+pub fn read_reference(path: &Path, spec: &ModelSpec) -> anyhow::Result<ReferenceProfile> {
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the reference profile {}; build it with \
+             `shiftwatch reference --images DIR --labels CSV --out {}` or set monitor.enabled = false",
+            path.display(),
+            path.display()
+        )
+    })?;
+    let profile: ReferenceProfile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a reference profile", path.display()))?;
+    if profile.model_version != spec.version {
+        anyhow::bail!(
+            "the reference profile {} was built with model version {}, but the model is {}; \
+             rebuild it with `shiftwatch reference`",
+            path.display(),
+            profile.model_version,
+            spec.version
+        );
+    }
+    if profile.labels != spec.labels {
+        anyhow::bail!(
+            "the reference profile {} has other class labels than the model",
+            path.display()
+        );
+    }
+    Ok(profile)
+}
+
+/// Prepares the reference and makes the monitor (its thread starts with `Monitor::spawn`).
+fn start_monitor(
+    config: &MonitorConfig,
+    path: &Path,
+    spec: &ModelSpec,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Monitor>> {
+    let profile = read_reference(path, spec)?;
+    let reference = Reference::prepare(&profile, config.apply_temperature, config.settings.seed)
+        .map_err(|e| anyhow::anyhow!("reference profile {}: {e}", path.display()))?;
+    tracing::info!(
+        model = %spec.name,
+        reference = %path.display(),
+        samples = reference.n,
+        accuracy = ?reference.labeled.as_ref().map(|l| l.accuracy),
+        temperature_applied = ?reference.temperature_applied,
+        "monitor ready"
+    );
+    // `spawn` restores the saved window only when it is this version's: a new version starts
+    // with an empty one.
+    Ok(Arc::new(Monitor::new(
+        &spec.name,
+        config.clone(),
+        reference,
+        spec.embedding_dim.unwrap_or(0),
+        metrics.clone(),
+    )))
+}

@@ -1,0 +1,168 @@
+//! What happens to every prediction after inference, whichever endpoint made it: temperature,
+//! flags, the monitor's window, metrics, the candidate store, the feedback join buffer, the log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{ModelService, Version};
+use crate::inference::Inferred;
+use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
+use crate::model::RawOutput;
+use crate::monitor::window::Observation;
+use crate::prediction::{Flag, Summary, summarize};
+use crate::relabel::Offer;
+use crate::relabel::select::{Candidate, Signals};
+use crate::stats;
+
+/// The encoded image behind a prediction (classify, or a v2 BYTES input); tensor inputs have
+/// none.
+pub struct ImageInput {
+    pub info: ImageInfo,
+    pub bytes: Bytes,
+    pub content_type: Option<String>,
+}
+
+/// One prediction to record, as inference returned it.
+pub struct Prediction {
+    pub request_id: String,
+    /// Arrival time, microseconds since the Unix epoch.
+    pub ts_us: i64,
+    pub started: Instant,
+    pub inferred: Inferred,
+    pub image: Option<ImageInput>,
+    pub endpoint: Endpoint,
+}
+
+/// A prediction as served.
+pub struct Served {
+    /// The probabilities as served (after the temperature when one is applied).
+    pub output: RawOutput,
+    pub summary: Summary,
+    pub flags: Vec<Flag>,
+}
+
+/// Why a prediction could not be recorded (only with strict durability: otherwise a row that
+/// cannot be logged is dropped and counted, and the answer goes out).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the prediction could not be logged: {0}")]
+    LogUnavailable(String),
+}
+
+impl ModelService {
+    /// Records one prediction everywhere it goes and returns it as served.
+    pub async fn record(&self, version: &Version, p: Prediction) -> Result<Served, RecordError> {
+        let spec = &version.spec;
+        let mut output = p.inferred.output;
+        let mut flags: Vec<Flag> = Vec::new();
+        let monitor = version.monitor.as_deref();
+        if let Some(t) = monitor.and_then(|m| m.reference().temperature_applied) {
+            stats::apply_temperature(&mut output.probabilities, spec.num_classes(), t);
+            flags.push(Flag::Calibrated);
+        }
+        let summary = summarize(&output.probabilities);
+        let label = &version.labels[summary.class];
+        if let Some(monitor) = monitor {
+            flags.extend(monitor.flags(
+                summary.class,
+                summary.confidence,
+                output.embedding.as_deref(),
+            ));
+            monitor.observe(&Observation {
+                ts_us: p.ts_us,
+                class: summary.class,
+                confidence: summary.confidence,
+                entropy: summary.entropy,
+                probabilities: &output.probabilities,
+                inputs: p
+                    .image
+                    .as_ref()
+                    .map_or([f32::NAN; 6], |i| i.info.stats.values()),
+                embedding: output.embedding.as_deref(),
+            });
+            if monitor.is_shifted() {
+                flags.push(Flag::ShiftedWindow);
+            }
+        }
+        let metrics = &self.metrics;
+        metrics.predictions.with_label_values(&[&**label]).inc();
+        metrics.confidence.observe(f64::from(summary.confidence));
+        if spec.num_classes() > 1 {
+            metrics
+                .entropy_ratio
+                .observe(f64::from(summary.entropy) / (spec.num_classes() as f64).ln());
+        }
+        if let (Some(store), Some(image)) = (&self.candidates, &p.image) {
+            let signals = Signals {
+                confidence: summary.confidence,
+                margin: summary.margin,
+                entropy: summary.entropy,
+                ood: flags.contains(&Flag::OodSuspect),
+                shifted: flags.contains(&Flag::ShiftedWindow),
+            };
+            if let Some(random) = store.admits(&signals) {
+                store.offer(Offer {
+                    candidate: Candidate {
+                        request_id: p.request_id.clone(),
+                        predicted_class: summary.class,
+                        confidence: summary.confidence,
+                        margin: summary.margin,
+                        entropy: summary.entropy,
+                        dhash: image.info.dhash,
+                        vector: output
+                            .embedding
+                            .clone()
+                            .unwrap_or_else(|| output.probabilities.clone()),
+                        ood: signals.ood,
+                        shifted: signals.shifted,
+                        random,
+                        ts_us: p.ts_us,
+                    },
+                    image: image.bytes.clone(),
+                    content_type: image.content_type.clone(),
+                    predicted_label: label.to_string(),
+                    model_version: version.version.to_string(),
+                });
+            }
+        }
+        self.recent
+            .remember(&p.request_id, &output.probabilities, &version.version);
+        if let Some(log) = &self.log {
+            let content_type = p.image.as_ref().and_then(|i| i.content_type.clone());
+            let record = PredictionRecord {
+                request_id: p.request_id,
+                model_version: Arc::clone(&version.version),
+                predicted_label: Arc::clone(label),
+                ts_us: p.ts_us,
+                endpoint: p.endpoint,
+                predicted_class: summary.class,
+                confidence: summary.confidence,
+                margin: summary.margin,
+                entropy: summary.entropy,
+                probabilities: output.probabilities.clone(),
+                embedding: output.embedding.clone(),
+                latency_us: p.started.elapsed().as_micros() as i64,
+                inference_us: p.inferred.inference.as_micros() as i64,
+                batch_size: p.inferred.batch_size as i32,
+                content_type,
+                image: p.image.map(|i| i.info),
+                flags: flags.iter().map(|f| f.as_str()).collect(),
+            };
+            match log.append(record) {
+                Ok(appended) => durable(appended)
+                    .await
+                    .map_err(|e| RecordError::LogUnavailable(e.to_string()))?,
+                // Not strict: the row is dropped and counted; the answer goes out.
+                Err(_) if log.durability() != Durability::Strict => {}
+                Err(e) => return Err(RecordError::LogUnavailable(e.to_string())),
+            }
+        }
+        Ok(Served {
+            output,
+            summary,
+            flags,
+        })
+    }
+}
