@@ -12,7 +12,8 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime
+.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+	check-deploy deploy-tools
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
 demo: runtime venv
@@ -55,6 +56,18 @@ $(ORT_LIB):
 
 clean-runtime:
 	rm -rf $(ORT_DIR)
+
+## check-deploy: hadolint on deploy/docker/Dockerfile*, the Kubernetes manifests rendered and
+## validated against the API schemas offline, their config accepted by the real binary
+check-deploy: deploy-tools
+	$(CARGO) build --locked --bin shiftwatch
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) deploy/check.py
+	SHIFTWATCH_BIN=$(CARGO_TARGET)/debug/shiftwatch $(PY) -m pytest deploy/tests/test_deploy.py -q
+
+deploy-tools: $(VENV)/.deploy-installed
+$(VENV)/.deploy-installed: deploy/requirements.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	touch $@
 
 ## model: regenerate the bundled models, images and fixtures (see training/README.md)
 model: venv
