@@ -197,14 +197,19 @@ fn open_sessions(
         .model
         .execution_providers
         .contains(&ExecutionProvider::Cuda);
-    let mut use_cuda = wants_cuda && cuda_can_start(config)?;
+    let require_cuda = config.model.require_cuda;
+    let (intra, inter) = (
+        config.inference.intra_threads,
+        config.inference.inter_threads,
+    );
+    let mut use_cuda = wants_cuda && cuda_can_start(require_cuda)?;
     let mut sessions = Vec::with_capacity(config.inference.sessions);
     while sessions.len() < config.inference.sessions {
-        let mut builder = session_builder(env, config)?;
+        let mut builder = session_builder(env, intra, inter)?;
         if use_cuda {
             // Registered strictly: ort's default would fall back to CPU with only a log line.
             if let Err(e) = ort::ep::CUDA::default().register(&mut builder) {
-                without_cuda(config, &format!("CUDA failed to register: {e}"))?;
+                without_cuda(require_cuda, &format!("CUDA failed to register: {e}"))?;
                 use_cuda = false;
                 sessions.clear();
                 continue;
@@ -215,7 +220,7 @@ fn open_sessions(
             Err(e) if use_cuda => {
                 // A device error only shows here; the CPU retry tells a model error apart.
                 without_cuda(
-                    config,
+                    require_cuda,
                     &format!("a CUDA session cannot load the model: {e}"),
                 )?;
                 use_cuda = false;
@@ -234,7 +239,7 @@ fn open_sessions(
 
 /// Whether the loaded runtime has a CUDA provider and everything it needs is there; when not,
 /// the reason goes through [`without_cuda`].
-fn cuda_can_start(config: &Config) -> Result<bool, ModelError> {
+fn cuda_can_start(require_cuda: bool) -> Result<bool, ModelError> {
     let library = runtime::loaded_library()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "the loaded ONNX Runtime library".to_string());
@@ -242,7 +247,7 @@ fn cuda_can_start(config: &Config) -> Result<bool, ModelError> {
         Ok(true) => {}
         Ok(false) => {
             without_cuda(
-                config,
+                require_cuda,
                 &format!(
                     "CUDA is listed in model.execution_providers but {library} has no CUDA \
                      provider (it is the CPU build; use the onnxruntime-gpu library)"
@@ -264,15 +269,15 @@ fn cuda_can_start(config: &Config) -> Result<bool, ModelError> {
         return Ok(true);
     }
     without_cuda(
-        config,
+        require_cuda,
         &format!("CUDA cannot start with {library}: {diagnosis}"),
     )?;
     Ok(false)
 }
 
 /// CUDA was asked for and cannot run: an error with `model.require_cuda`, else a warning.
-fn without_cuda(config: &Config, reason: &str) -> Result<(), ModelError> {
-    if config.model.require_cuda {
+fn without_cuda(require_cuda: bool, reason: &str) -> Result<(), ModelError> {
+    if require_cuda {
         return Err(ModelError::Provider(format!(
             "{reason}; model.require_cuda is true, so this is fatal"
         )));
@@ -285,7 +290,8 @@ fn without_cuda(config: &Config, reason: &str) -> Result<(), ModelError> {
 
 fn session_builder(
     env: &ort::environment::Environment,
-    config: &Config,
+    intra_threads: usize,
+    inter_threads: usize,
 ) -> Result<ort::session::builder::SessionBuilder, ModelError> {
     Session::builder(env)
         .map_err(|e| e.to_string())
@@ -293,10 +299,10 @@ fn session_builder(
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())
         .map_err(ort_err("set the optimization level"))?
-        .with_intra_threads(config.inference.intra_threads)
+        .with_intra_threads(intra_threads)
         .map_err(|e| e.to_string())
         .map_err(ort_err("set intra-op threads"))?
-        .with_inter_threads(config.inference.inter_threads)
+        .with_inter_threads(inter_threads)
         .map_err(|e| e.to_string())
         .map_err(ort_err("set inter-op threads"))
 }
