@@ -8,11 +8,17 @@ PY := $(VENV)/bin/python
 ORT_VERSION := 1.31.1
 ORT_DIR := vendor/onnxruntime
 ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+ORT_GPU_DIR := vendor/onnxruntime-gpu
+ORT_GPU_LIB := $(ORT_GPU_DIR)/libonnxruntime.so.$(ORT_VERSION)
+CUDART_DIR := vendor/cuda-runtime
+# The CUDA image's pins; test-cuda takes libcudart from the same nvidia-cuda-runtime release.
+CUDA_REQUIREMENTS := deploy/docker/cuda-requirements.txt
 CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime
+.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+	check-deploy deploy-tools test-cuda runtime-gpu
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
 demo: runtime venv
@@ -54,7 +60,47 @@ $(ORT_LIB):
 	test -f $@
 
 clean-runtime:
-	rm -rf $(ORT_DIR)
+	rm -rf $(ORT_DIR) $(ORT_GPU_DIR) $(CUDART_DIR)
+
+## check-deploy: hadolint on deploy/docker/Dockerfile*, the Kubernetes manifests rendered and
+## validated against the API schemas offline, their config accepted by the real binary
+check-deploy: deploy-tools
+	$(CARGO) build --locked --bin shiftwatch
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) deploy/check.py
+	SHIFTWATCH_BIN=$(CARGO_TARGET)/debug/shiftwatch $(PY) -m pytest deploy/tests/test_deploy.py -q
+
+deploy-tools: $(VENV)/.deploy-installed
+$(VENV)/.deploy-installed: deploy/requirements.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	touch $@
+
+## test-cuda: the CUDA provider with the real onnxruntime-gpu library on a machine without a GPU
+## (downloads the 256 MB onnxruntime-gpu wheel and the 2.5 MB nvidia-cuda-runtime wheel once)
+test-cuda: runtime-gpu venv
+	$(CARGO) build --locked --bin shiftwatch
+	SHIFTWATCH_BIN=$(CARGO_TARGET)/debug/shiftwatch ORT_GPU_LIB=$(abspath $(ORT_GPU_LIB)) \
+		ORT_CPU_LIB=$(abspath $(ORT_LIB)) CUDART_DIR=$(abspath $(CUDART_DIR)) \
+		$(PY) -m pytest deploy/tests/test_cuda_provider.py -q
+
+## runtime-gpu: ONNX Runtime's GPU build with its CUDA provider libraries, into
+## vendor/onnxruntime-gpu/, and the CUDA runtime (libcudart) alone into vendor/cuda-runtime/
+runtime-gpu: $(ORT_GPU_LIB) $(CUDART_DIR)/libcudart.so.13
+$(ORT_GPU_LIB):
+	rm -rf $(ORT_GPU_DIR)/wheel && mkdir -p $(ORT_GPU_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.12 \
+		onnxruntime-gpu==$(ORT_VERSION) -d $(ORT_GPU_DIR)/wheel
+	$(PYTHON) scripts/unpack_runtime.py --provider cuda $(ORT_GPU_DIR)/wheel $(ORT_GPU_DIR)
+	rm -rf $(ORT_GPU_DIR)/wheel
+	test -f $@
+$(CUDART_DIR)/libcudart.so.13: $(CUDA_REQUIREMENTS)
+	rm -rf $(CUDART_DIR) && mkdir -p $(CUDART_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+		--only-binary=:all: --platform manylinux_2_17_x86_64 --python-version 3.12 \
+		$$(grep '^nvidia-cuda-runtime==' $(CUDA_REQUIREMENTS)) -d $(CUDART_DIR)/wheel
+	cd $(CUDART_DIR) && $(PYTHON) -m zipfile -e wheel/*.whl wheel/x \
+		&& mv wheel/x/nvidia/cu13/lib/libcudart.so.13 . && rm -rf wheel
+	test -f $@
 
 ## model: regenerate the bundled models, images and fixtures (see training/README.md)
 model: venv

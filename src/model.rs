@@ -7,6 +7,7 @@
 //! model's declared shapes as the last resort; a mismatch between them is an error at load.
 
 pub mod config;
+mod cuda;
 pub mod runtime;
 
 use std::path::Path;
@@ -201,6 +202,9 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     Ok(LoadedModel { spec, sessions })
 }
 
+/// Opens the sessions, on CUDA when it is listed and can start. CUDA is never dropped
+/// silently: every reason it cannot run is named (see [`cuda::diagnose`]), fatal with
+/// `model.require_cuda`, otherwise a warning and CPU sessions.
 fn open_sessions(
     env: &ort::environment::Environment,
     config: &ModelConfig,
@@ -210,65 +214,111 @@ fn open_sessions(
     let wants_cuda = config
         .execution_providers
         .contains(&ExecutionProvider::Cuda);
-    let mut use_cuda = false;
-    if wants_cuda {
-        match ort::ep::CUDA::is_available() {
-            Ok(true) => use_cuda = true,
-            Ok(false) => {
-                let msg = "CUDA is listed in model.execution_providers but the loaded ONNX Runtime \
-                           library has no CUDA provider (use the onnxruntime-gpu library)";
-                if config.require_cuda {
-                    return Err(ModelError::Provider(format!(
-                        "{msg}; model.require_cuda is true"
-                    )));
-                }
-                tracing::warn!("{msg}; running on CPU");
-            }
-            Err(e) => {
-                return Err(ModelError::Provider(format!(
-                    "cannot list the runtime's providers: {e}"
-                )));
-            }
-        }
-    }
-
-    let mut provider = ExecutionProvider::Cpu;
+    let require_cuda = config.require_cuda;
+    let (intra, inter) = (inference.intra_threads, inference.inter_threads);
+    let mut use_cuda = wants_cuda && cuda_can_start(require_cuda)?;
     let mut sessions = Vec::with_capacity(inference.sessions);
-    for _ in 0..inference.sessions {
-        let mut builder = Session::builder(env)
-            .map_err(|e| e.to_string())
-            .map_err(ort_err("create a session builder"))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| e.to_string())
-            .map_err(ort_err("set the optimization level"))?
-            .with_intra_threads(inference.intra_threads)
-            .map_err(|e| e.to_string())
-            .map_err(ort_err("set intra-op threads"))?
-            .with_inter_threads(inference.inter_threads)
-            .map_err(|e| e.to_string())
-            .map_err(ort_err("set inter-op threads"))?;
+    while sessions.len() < inference.sessions {
+        let mut builder = session_builder(env, intra, inter)?;
         if use_cuda {
             // Registered strictly: ort's default would fall back to CPU with only a log line.
-            match ort::ep::CUDA::default().register(&mut builder) {
-                Ok(()) => provider = ExecutionProvider::Cuda,
-                Err(e) if config.require_cuda => {
-                    return Err(ModelError::Provider(format!(
-                        "CUDA failed to register: {e}; model.require_cuda is true"
-                    )));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "CUDA failed to register; running on CPU");
-                    use_cuda = false;
-                }
+            if let Err(e) = ort::ep::CUDA::default().register(&mut builder) {
+                without_cuda(require_cuda, &format!("CUDA failed to register: {e}"))?;
+                use_cuda = false;
+                sessions.clear();
+                continue;
             }
         }
-        let session = builder
-            .commit_from_file(path)
-            .map_err(|e| e.to_string())
-            .map_err(ort_err("load the model"))?;
-        sessions.push(session);
+        match builder.commit_from_file(path) {
+            Ok(session) => sessions.push(session),
+            Err(e) if use_cuda => {
+                // A device error only shows here; the CPU retry tells a model error apart.
+                without_cuda(
+                    require_cuda,
+                    &format!("a CUDA session cannot load the model: {e}"),
+                )?;
+                use_cuda = false;
+                sessions.clear();
+            }
+            Err(e) => return Err(ort_err("load the model")(e.to_string())),
+        }
     }
+    let provider = if use_cuda {
+        ExecutionProvider::Cuda
+    } else {
+        ExecutionProvider::Cpu
+    };
     Ok((provider, sessions))
+}
+
+/// Whether the loaded runtime has a CUDA provider and everything it needs is there; when not,
+/// the reason goes through [`without_cuda`].
+fn cuda_can_start(require_cuda: bool) -> Result<bool, ModelError> {
+    let library = runtime::loaded_library()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the loaded ONNX Runtime library".to_string());
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => {
+            without_cuda(
+                require_cuda,
+                &format!(
+                    "CUDA is listed in model.execution_providers but {library} has no CUDA \
+                     provider (it is the CPU build; use the onnxruntime-gpu library)"
+                ),
+            )?;
+            return Ok(false);
+        }
+        Err(e) => {
+            return Err(ModelError::Provider(format!(
+                "cannot list the runtime's providers: {e}"
+            )));
+        }
+    }
+    let Some(path) = runtime::loaded_library() else {
+        return Ok(true);
+    };
+    let diagnosis = cuda::diagnose(path, &cuda::expected_libraries());
+    if diagnosis.is_clear() {
+        return Ok(true);
+    }
+    without_cuda(
+        require_cuda,
+        &format!("CUDA cannot start with {library}: {diagnosis}"),
+    )?;
+    Ok(false)
+}
+
+/// CUDA was asked for and cannot run: an error with `model.require_cuda`, else a warning.
+fn without_cuda(require_cuda: bool, reason: &str) -> Result<(), ModelError> {
+    if require_cuda {
+        return Err(ModelError::Provider(format!(
+            "{reason}; model.require_cuda is true, so this is fatal"
+        )));
+    }
+    tracing::warn!(
+        "{reason}; running on CPU instead (set model.require_cuda = true to make this fatal)"
+    );
+    Ok(())
+}
+
+fn session_builder(
+    env: &ort::environment::Environment,
+    intra_threads: usize,
+    inter_threads: usize,
+) -> Result<ort::session::builder::SessionBuilder, ModelError> {
+    Session::builder(env)
+        .map_err(|e| e.to_string())
+        .map_err(ort_err("create a session builder"))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| e.to_string())
+        .map_err(ort_err("set the optimization level"))?
+        .with_intra_threads(intra_threads)
+        .map_err(|e| e.to_string())
+        .map_err(ort_err("set intra-op threads"))?
+        .with_inter_threads(inter_threads)
+        .map_err(|e| e.to_string())
+        .map_err(ort_err("set inter-op threads"))
 }
 
 fn read_metadata(session: &Session) -> Result<Option<ModelMetadata>, ModelError> {

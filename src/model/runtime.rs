@@ -116,3 +116,11 @@ pub fn environment(configured: Option<&Path>) -> Result<Environment, ModelError>
         Err(message) => Err(ModelError::Runtime(message.clone())),
     }
 }
+
+/// The library the process's environment was loaded from, once [`environment`] succeeded.
+pub fn loaded_library() -> Option<&'static Path> {
+    match ENVIRONMENT.get() {
+        Some(Ok((path, _))) => Some(path.as_path()),
+        _ => None,
+    }
+}
