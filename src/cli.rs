@@ -251,6 +251,7 @@ fn check_config(path: &std::path::Path, config: &Config, skip_model: bool) -> an
     for m in &config.models {
         check_model(config, m)?;
     }
+    println!("model loads and runs: ok");
     Ok(())
 }
 
