@@ -90,14 +90,6 @@ impl std::fmt::Debug for ModelService {
     }
 }
 
-/// What became of one delayed label.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Labeled {
-    pub outcome: FeedbackOutcome,
-    /// The model the request id belongs to (`None`: unknown id).
-    pub model: Option<String>,
-}
-
 /// Every served model and the log directory.
 pub struct Services {
     models: BTreeMap<String, Arc<ModelService>>,
@@ -116,10 +108,6 @@ impl ModelService {
     /// The version serving now (a request keeps it until it is answered).
     pub fn current(&self) -> Arc<Version> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
     }
 
     /// The monitor's latest evaluation of the current version (made now if none has run yet;
@@ -291,19 +279,15 @@ impl Services {
         record: FeedbackRecord,
         process_metrics: &ProcessMetrics,
     ) -> (
-        Labeled,
+        FeedbackOutcome,
         Result<Option<crate::log::Appended>, crate::log::LogError>,
     ) {
         let outcome = model.label(&record.request_id, record.class, process_metrics);
-        let labeled = Labeled {
-            outcome,
-            model: (outcome != FeedbackOutcome::UnknownId).then(|| model.name.clone()),
-        };
         let appended = match &self.log {
             Some(log) => log.append_feedback(record).map(Some),
             None => Ok(None),
         };
-        (labeled, appended)
+        (outcome, appended)
     }
 
     /// Stops every model (workers drain their queues), then the log.

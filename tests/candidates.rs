@@ -27,7 +27,7 @@ fn authed(server: &Server, method: &str, path: &str, body: &str) -> crate::suppo
 }
 
 fn check_package(dir: &std::path::Path) -> Value {
-    let out = Command::new(repo().join(".venv/bin/python"))
+    let out = Command::new(crate::support::python())
         .arg(repo().join("tests/check_label_studio.py"))
         .arg(dir)
         .output()

@@ -9,19 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, labels_csv, read, repo};
+use crate::support::{Server, labels_csv, python, read, repo};
 
 /// The project's Python (made by `make venv`), which has duckdb and pyarrow.
-fn python() -> std::path::PathBuf {
-    let p = repo().join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make venv` (make test does) to install the cross-check packages",
-        p.display()
-    );
-    p
-}
-
 /// Runs tests/check_log.py on `log_dir` against `expected`; returns its JSON summary.
 fn check_log(log_dir: &Path, expected: &Value) -> Value {
     let file = tempfile::NamedTempFile::new().unwrap();

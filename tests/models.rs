@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, classify_request, read, repo, request};
+use crate::support::{Server, classify_request, python, read, repo, request};
 
 const TWO_MODELS: &str = r#"
 [server]
@@ -22,10 +22,6 @@ reference = "models/digits-overconfident.reference.json"
 [logging]
 level = "info,ort=warn"
 "#;
-
-fn python() -> std::path::PathBuf {
-    repo().join(".venv/bin/python")
-}
 
 /// Every logged prediction: request id -> (model partition, model_version).
 fn logged_rows(log_dir: &std::path::Path) -> HashMap<String, (String, String)> {

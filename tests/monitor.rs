@@ -180,7 +180,7 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     // Recomputed from the Parquet log by numpy: the same numbers.
     let expected = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(expected.path(), labeled.to_string()).unwrap();
-    let out = Command::new(repo().join(".venv/bin/python"))
+    let out = Command::new(crate::support::python())
         .arg(repo().join("tests/check_calibration.py"))
         .arg(&server.log_dir)
         .arg(expected.path())

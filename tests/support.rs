@@ -15,6 +15,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The project's Python (`make venv`), for the cross-checks.
+pub fn python() -> std::path::PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make venv` (make test does) to install the cross-check packages",
+        p.display()
+    );
+    p
+}
+
 pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
     let path = repo().join(path);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -131,7 +131,7 @@ pub async fn feedback(
             class,
             source,
         };
-        let (labeled, appended) = services.label(model, record, &state.metrics);
+        let (outcome, appended) = services.label(model, record, &state.metrics);
         match appended {
             Ok(appended) => pending.extend(appended),
             Err(e) if services.log.as_ref().map(|l| l.durability()) == Some(Durability::Strict) => {
@@ -147,7 +147,7 @@ pub async fn feedback(
         accepted += 1;
         results.push(ItemResult {
             request_id: Some(id),
-            outcome: labeled.outcome,
+            outcome,
             error: None,
         });
     }

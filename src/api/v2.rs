@@ -45,6 +45,14 @@ fn wrong(code: &'static str, message: impl Into<String>) -> V2Error {
     }
 }
 
+/// An input with neither (or both) of its two data forms.
+fn data_or_binary() -> V2Error {
+    bad(
+        "bad_tensor",
+        "give the input either `data` or parameters.binary_data_size with a binary part",
+    )
+}
+
 /// The input of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -354,10 +362,7 @@ fn parse_tensor(
             }
         }
         _ => {
-            return Err(bad(
-                "bad_tensor",
-                "give the input either `data` or parameters.binary_data_size with a binary part",
-            ));
+            return Err(data_or_binary());
         }
     };
     if values.len() != count {
@@ -463,10 +468,7 @@ fn parse_images(input: &RawInput, binary: Option<&[u8]>) -> Result<Input, V2Erro
                 .collect::<Result<Vec<_>, _>>()?
         }
         _ => {
-            return Err(bad(
-                "bad_tensor",
-                "give the input either `data` or parameters.binary_data_size with a binary part",
-            ));
+            return Err(data_or_binary());
         }
     };
     if images.len() != n {

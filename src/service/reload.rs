@@ -52,22 +52,22 @@ impl ModelService {
         // The configured reference only when it is this version's: a new model is never
         // compared with an old model's profile.
         let reference = match reference {
-            Some(r) => Some(r.to_path_buf()),
+            Some(r) => {
+                // Read it before loading sessions: a wrong profile fails fast.
+                reference_version(r).ok_or_else(|| {
+                    ReloadError::Invalid(anyhow::anyhow!(
+                        "{} is not a readable reference profile",
+                        r.display()
+                    ))
+                })?;
+                Some(r.to_path_buf())
+            }
             None => self.config.reference.clone().filter(|r| {
                 crate::model::version_of_file(path)
                     .ok()
                     .is_some_and(|v| reference_version(r).as_deref() == Some(v.as_str()))
             }),
         };
-        if let Some(r) = &reference {
-            // Read it before loading sessions: a wrong profile fails fast.
-            reference_version(r).ok_or_else(|| {
-                ReloadError::Invalid(anyhow::anyhow!(
-                    "{} is not a readable reference profile",
-                    r.display()
-                ))
-            })?;
-        }
         let next = load_version(
             &self.config,
             &self.settings,
