@@ -155,6 +155,8 @@ fn reloads_under_load_fail_no_request_and_keep_versions_in_order() {
     let images: Vec<Vec<u8>> = (0..20)
         .map(|i| read(format!("data/reference/ref-{i:04}.png")))
         .collect();
+    // The version that serves from the start, before any client sends.
+    let mut timeline = vec![(Instant::now(), version_of("models/digits.onnx"))];
     let stop = Arc::new(AtomicBool::new(false));
     let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -203,7 +205,6 @@ fn reloads_under_load_fail_no_request_and_keep_versions_in_order() {
         ("models/digits.onnx", "models/digits.reference.json"),
         ("models/digits-overconfident.onnx", ""),
     ];
-    let mut timeline = vec![(Instant::now(), version_of("models/digits.onnx"))];
     let wait_for_answers = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while answers.lock().unwrap().len() < n && Instant::now() < deadline {
