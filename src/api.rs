@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use self::error::ApiError;
 use crate::config::Config;
@@ -44,6 +44,10 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Set when shutdown begins: readiness turns false, new work is refused.
     pub draining: AtomicBool,
+    /// Bytes of request bodies being received or held, at most `server.max_body_bytes_in_flight`.
+    pub body_budget: Arc<Semaphore>,
+    /// Decoded pixels and their working copies, at most `limits.decode_budget_bytes`.
+    pub decode_budget: Arc<crate::preprocess::MemoryBudget>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,12 +76,18 @@ impl AppState {
         } else {
             None
         });
+        let decode_budget = Arc::new(crate::preprocess::MemoryBudget::new(
+            config.limits.decode_budget_bytes,
+            Some(metrics.guard.decode_budget_in_use.clone()),
+        ));
         Arc::new(AppState {
-            config,
             metrics,
             services: OnceLock::new(),
             admission: Arc::new(Semaphore::new(permits)),
             draining: AtomicBool::new(false),
+            body_budget: Arc::new(Semaphore::new(config.server.max_body_bytes_in_flight)),
+            decode_budget,
+            config,
         })
     }
 
@@ -142,15 +152,9 @@ impl AppState {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(config::bearer_token)
             .unwrap_or_default();
-        // Compare without an early exit on the first differing byte.
-        let same = given.len() == expected.len()
-            && given
-                .bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same = expected.matches(given);
         if same {
             Ok(())
         } else {
@@ -163,21 +167,101 @@ impl AppState {
     }
 }
 
-/// Reads a request body of at most `limit` bytes (413 beyond it).
-pub async fn read_body(
-    body: axum::body::Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
-    use http_body_util::{BodyExt, LengthLimitError, Limited};
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
+/// What a received body holds of the shared body budget, until the request is answered.
+#[derive(Debug)]
+pub struct BodyHold(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl AppState {
+    /// Reads a request body of at most `limit` bytes: 413 beyond it, 408 (and the connection
+    /// closed) when it has not all arrived within `server.body_timeout_seconds`, 503 when the
+    /// bodies being received together would pass `server.max_body_bytes_in_flight`.
+    pub async fn read_body(
+        &self,
+        body: axum::body::Body,
+        limit: usize,
+    ) -> Result<(axum::body::Bytes, BodyHold), ApiError> {
+        let deadline = self.config.server.body_timeout;
+        let receiving = &self.metrics.guard.bodies_receiving;
+        receiving.inc();
+        // Counted down however the read ends (the future may also be dropped mid-read).
+        struct Received<'a>(&'a prometheus::IntGauge);
+        impl Drop for Received<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
         }
-        Err(e) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("cannot read the body: {e}"),
-        )),
+        let _received = Received(receiving);
+        match tokio::time::timeout(deadline, self.collect_body(body, limit)).await {
+            Ok(received) => received,
+            Err(_) => {
+                self.metrics.guard.body_timeouts.inc();
+                Err(ApiError::body_timeout(deadline))
+            }
+        }
+    }
+
+    async fn collect_body(
+        &self,
+        body: axum::body::Body,
+        limit: usize,
+    ) -> Result<(axum::body::Bytes, BodyHold), ApiError> {
+        use axum::body::HttpBody;
+        use http_body_util::BodyExt;
+        let mut body = body;
+        if body.size_hint().lower() > limit as u64 {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        let mut hold: Option<OwnedSemaphorePermit> = None;
+        // One frame is kept as it came (no copy); more are gathered.
+        let mut first: Option<axum::body::Bytes> = None;
+        let mut gathered: Option<bytes::BytesMut> = None;
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            len += data.len();
+            if len > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            let permit = u32::try_from(data.len())
+                .ok()
+                .and_then(|n| Arc::clone(&self.body_budget).try_acquire_many_owned(n).ok())
+                .ok_or_else(|| {
+                    ApiError::unavailable(
+                        "overloaded",
+                        "too many request bodies are being received at once; retry later",
+                        self.config.server.retry_after_seconds,
+                    )
+                })?;
+            match &mut hold {
+                Some(h) => h.merge(permit),
+                None => hold = Some(permit),
+            }
+            match (&mut first, &mut gathered) {
+                (None, None) => first = Some(data),
+                (Some(f), None) => {
+                    let mut all = bytes::BytesMut::with_capacity(f.len() + data.len());
+                    all.extend_from_slice(f);
+                    all.extend_from_slice(&data);
+                    first = None;
+                    gathered = Some(all);
+                }
+                (_, Some(all)) => all.extend_from_slice(&data),
+            }
+        }
+        let bytes = match (first, gathered) {
+            (_, Some(all)) => all.freeze(),
+            (Some(f), None) => f,
+            (None, None) => axum::body::Bytes::new(),
+        };
+        Ok((bytes, BodyHold(hold)))
     }
 }
 

@@ -79,7 +79,7 @@ pub struct Config {
     /// Recent request ids remembered (per model) for matching feedback.
     pub feedback_match_window: usize,
     /// Bearer token for feedback, candidates and admin routes; `None` leaves them open.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<crate::api::config::Token>,
     /// `None` when `monitor.enabled` is false.
     pub monitor: Option<MonitorConfig>,
     /// `None` when `candidates.enabled` is false.
@@ -183,9 +183,22 @@ pub fn parse_table(table: toml::Table) -> Result<RawConfig, ConfigError> {
             }
             None => (key, message),
         };
+        // serde's messages quote the offending value: not for a secret.
+        let message = if key
+            .rsplit('.')
+            .next()
+            .is_some_and(|k| SECRET_KEYS.contains(&k))
+        {
+            "must be a string (the value is a secret and is not shown)".to_string()
+        } else {
+            message
+        };
         ConfigError::Key { key, message }
     })
 }
+
+/// Keys whose values are secrets: kept as strings from the environment, never echoed in errors.
+const SECRET_KEYS: [&str; 1] = ["token"];
 
 /// Merges `SHIFTWATCH__SECTION__KEY=value` variables into the table. A value is read as a
 /// TOML value when it parses as one (`8`, `true`, `["cuda", "cpu"]`), else as a string.
@@ -208,7 +221,16 @@ pub fn apply_env(
                 message: "expected SHIFTWATCH__SECTION__KEY".into(),
             });
         }
-        let parsed = parse_env_value(&value);
+        // Secrets stay strings whatever they look like (a numeric token is not a number), and
+        // never reach an error message.
+        let parsed = if segments
+            .last()
+            .is_some_and(|k| SECRET_KEYS.contains(&k.as_str()))
+        {
+            toml::Value::String(value)
+        } else {
+            parse_env_value(&value)
+        };
         let (last, parents) = segments.split_last().expect("split yields a segment");
         let mut node = &mut *table;
         for segment in parents {

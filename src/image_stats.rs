@@ -14,7 +14,8 @@
 //! - `saturation`: mean HSV saturation (max − min) / max of the RGB pixels (0 where max is 0).
 //! - `dhash`: gray box-resized to 9×8 and rounded to integers; bit = right pixel brighter than
 //!   its left neighbour,
-//!   row-major, the first comparison in the most significant bit.
+//!   row-major, the first comparison in the most significant bit. Like the statistics, it is
+//!   taken from the downscaled copy when the image is larger than [`STATS_MAX_SIDE`].
 
 use image::DynamicImage;
 
@@ -48,69 +49,87 @@ impl InputStats {
     }
 }
 
-/// The (bounded) image's gray plane (0..255) and the sum of its pixels' saturation.
-fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
+/// The image itself when its longer side is at most [`STATS_MAX_SIDE`], else its area-downscaled
+/// copy rounded back to 8 bits (gray stays gray: one channel, one pass over the pixels).
+fn bounded(image: &DynamicImage) -> std::borrow::Cow<'_, DynamicImage> {
     let (w, h) = (image.width(), image.height());
     let longest = w.max(h).max(1);
     if longest <= STATS_MAX_SIDE {
-        let n = (w * h) as usize;
-        return match image {
-            DynamicImage::ImageLuma8(gray) => (
-                w as usize,
-                h as usize,
-                gray.as_raw().iter().map(|&v| f32::from(v)).collect(),
-                0.0,
-            ),
-            other => {
-                let rgb = other.to_rgb8();
-                let mut gray = Vec::with_capacity(n);
-                let mut saturation = 0f64;
-                for p in rgb.pixels() {
-                    let [r, g, b] = p.0;
-                    gray.push(f32::from(luma_601(r, g, b)));
-                    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
-                    if max > 0 {
-                        saturation += f64::from(max - min) / f64::from(max);
-                    }
-                }
-                (w as usize, h as usize, gray, saturation)
-            }
-        };
+        return std::borrow::Cow::Borrowed(image);
     }
-    // Larger: area-resize the RGB planes, round back to 8 bits, then as above.
     let scale = f64::from(STATS_MAX_SIDE) / f64::from(longest);
     let tw = ((f64::from(w) * scale).round() as u32).max(1);
     let th = ((f64::from(h) * scale).round() as u32).max(1);
+    let gray = matches!(
+        image,
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_)
+    );
     let spec = Preprocess {
         width: tw,
         height: th,
-        color: Color::Rgb,
+        color: if gray { Color::Grayscale } else { Color::Rgb },
         layout: Layout::Nhwc,
         resize: Resize::Area,
         scale: 1.0,
-        mean: vec![0.0; 3],
-        std: vec![1.0; 3],
+        mean: vec![0.0; if gray { 1 } else { 3 }],
+        std: vec![1.0; if gray { 1 } else { 3 }],
     };
-    let mut rgb = vec![0f32; (tw * th * 3) as usize];
-    to_tensor(image, &spec, &mut rgb);
-    let bytes: Vec<u8> = rgb
+    let mut values = vec![0f32; spec.tensor_len()];
+    to_tensor(image, &spec, &mut values);
+    let bytes: Vec<u8> = values
         .iter()
         .map(|v| v.round().clamp(0.0, 255.0) as u8)
         .collect();
-    let small = image::RgbImage::from_raw(tw, th, bytes).expect("sized above");
-    let small = if matches!(
-        image,
-        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_)
-    ) {
-        DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(small).to_luma8())
+    std::borrow::Cow::Owned(if gray {
+        DynamicImage::ImageLuma8(image::GrayImage::from_raw(tw, th, bytes).expect("sized above"))
     } else {
-        DynamicImage::ImageRgb8(small)
-    };
-    gray_and_saturation(&small)
+        DynamicImage::ImageRgb8(image::RgbImage::from_raw(tw, th, bytes).expect("sized above"))
+    })
+}
+
+/// A bounded image's gray plane (0..255) and the sum of its pixels' saturation.
+fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
+    let (w, h) = (image.width(), image.height());
+    let n = (w * h) as usize;
+    match image {
+        DynamicImage::ImageLuma8(gray) => (
+            w as usize,
+            h as usize,
+            gray.as_raw().iter().map(|&v| f32::from(v)).collect(),
+            0.0,
+        ),
+        other => {
+            let rgb = other.to_rgb8();
+            let mut gray = Vec::with_capacity(n);
+            let mut saturation = 0f64;
+            for p in rgb.pixels() {
+                let [r, g, b] = p.0;
+                gray.push(f32::from(luma_601(r, g, b)));
+                let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+                if max > 0 {
+                    saturation += f64::from(max - min) / f64::from(max);
+                }
+            }
+            (w as usize, h as usize, gray, saturation)
+        }
+    }
+}
+
+/// The statistics and the dHash of one decoded image, from one downscaled copy when it is large.
+pub fn describe(image: &DynamicImage) -> (InputStats, u64) {
+    let small = bounded(image);
+    (
+        stats_of_bounded(&small, image.width(), image.height()),
+        dhash_of_bounded(&small),
+    )
 }
 
 /// The statistics of one decoded image (width and height are the decoded, full size).
 pub fn input_stats(image: &DynamicImage) -> InputStats {
+    stats_of_bounded(&bounded(image), image.width(), image.height())
+}
+
+fn stats_of_bounded(image: &DynamicImage, width: u32, height: u32) -> InputStats {
     let (w, h, gray, saturation) = gray_and_saturation(image);
     let n = gray.len() as f64;
     let (mut sum, mut sum_sq) = (0f64, 0f64);
@@ -141,8 +160,8 @@ pub fn input_stats(image: &DynamicImage) -> InputStats {
         0.0
     };
     InputStats {
-        width: image.width(),
-        height: image.height(),
+        width,
+        height,
         brightness: (mean / 255.0) as f32,
         contrast: (var.sqrt() / 255.0) as f32,
         sharpness: sharpness as f32,
@@ -152,6 +171,10 @@ pub fn input_stats(image: &DynamicImage) -> InputStats {
 
 /// 64-bit difference hash (see the module docs for the exact definition).
 pub fn dhash(image: &DynamicImage) -> u64 {
+    dhash_of_bounded(&bounded(image))
+}
+
+fn dhash_of_bounded(image: &DynamicImage) -> u64 {
     let spec = Preprocess {
         width: 9,
         height: 8,

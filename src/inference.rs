@@ -116,6 +116,7 @@ pub struct InferencePool {
     spec: Arc<ModelSpec>,
     sender: Mutex<Option<Sender<Job>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for InferencePool {
@@ -137,7 +138,8 @@ impl InferencePool {
     ) -> Self {
         let spec = Arc::new(model.spec);
         let max_batch = config.max_batch.min(spec.max_batch).max(1);
-        let (sender, receiver) = crossbeam_channel::bounded(queue_capacity.max(1));
+        let capacity = queue_capacity.max(1);
+        let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let workers = model
             .sessions
             .into_iter()
@@ -161,6 +163,7 @@ impl InferencePool {
             spec,
             sender: Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
+            capacity,
         }
     }
 
@@ -187,6 +190,11 @@ impl InferencePool {
             Err(TrySendError::Full(_)) => Err(InferenceError::QueueFull),
             Err(TrySendError::Disconnected(_)) => Err(InferenceError::Closed),
         }
+    }
+
+    /// The most images the queue holds: a request of more could never be queued whole.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Images waiting for a worker.

@@ -2,8 +2,8 @@
 //! the `model` label, label values from fixed sets. Names and units are the DESIGN.md contract.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Why a log row was not written.
@@ -92,6 +92,8 @@ pub struct Metrics {
     pub candidates_exported: prometheus::IntCounter,
     pub candidates_evicted: IntCounterVec,
     pub candidates_skipped: prometheus::IntCounter,
+    /// Entries of the candidate index refused at start (a file outside the store, bad fields).
+    pub candidates_index_rejected: prometheus::IntCounter,
 }
 
 /// The families that both a model's registry and the process registry hold (each with
@@ -204,6 +206,63 @@ impl SharedFamilies {
 pub struct ProcessMetrics {
     pub registry: Registry,
     pub shared: SharedFamilies,
+    pub guard: GuardMetrics,
+}
+
+/// What protects the process from its clients: connections, slow bodies, the decode budget.
+#[derive(Clone)]
+pub struct GuardMetrics {
+    /// Connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed at once because `server.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Requests whose body did not arrive within `server.body_timeout_seconds` (answered 408).
+    pub body_timeouts: IntCounter,
+    /// Requests whose body is being received now (not yet admitted).
+    pub bodies_receiving: IntGauge,
+    /// Bytes of decoded pixels (and their working copies) admitted now.
+    pub decode_budget_in_use: IntGauge,
+    /// Images that waited for the decode budget.
+    pub decode_budget_waits: IntCounter,
+    /// Images refused (503) because the decode budget stayed full past the wait.
+    pub decode_budget_refusals: IntCounter,
+}
+
+impl GuardMetrics {
+    fn register(r: &Registry) -> Self {
+        let gauge =
+            |name: &str, help: &str| register(r, IntGauge::new(name, help).expect("valid gauge"));
+        let counter = |name: &str, help: &str| {
+            register(r, IntCounter::new(name, help).expect("valid counter"))
+        };
+        GuardMetrics {
+            connections_open: gauge("shiftwatch_connections_open", "HTTP connections open now"),
+            connections_refused: counter(
+                "shiftwatch_connections_refused_total",
+                "Connections answered 503 and closed because server.max_connections were open",
+            ),
+            body_timeouts: counter(
+                "shiftwatch_body_timeouts_total",
+                "Requests whose body did not arrive within server.body_timeout_seconds (408)",
+            ),
+            bodies_receiving: gauge(
+                "shiftwatch_requests_receiving",
+                "Requests whose body is being received now (they hold no admission slot yet)",
+            ),
+            decode_budget_in_use: gauge(
+                "shiftwatch_decode_budget_bytes",
+                "Bytes of the decode budget held by images being decoded now",
+            ),
+            decode_budget_waits: counter(
+                "shiftwatch_decode_budget_waits_total",
+                "Images that waited for the shared decode budget",
+            ),
+            decode_budget_refusals: counter(
+                "shiftwatch_decode_budget_refusals_total",
+                "Images refused with 503 because the decode budget stayed full",
+            ),
+        }
+    }
 }
 
 impl ProcessMetrics {
@@ -216,7 +275,12 @@ impl ProcessMetrics {
             &[FeedbackOutcome::UnknownId, FeedbackOutcome::Invalid],
             "feedback",
         );
-        ProcessMetrics { registry, shared }
+        let guard = GuardMetrics::register(&registry);
+        ProcessMetrics {
+            registry,
+            shared,
+            guard,
+        }
     }
 }
 
@@ -394,6 +458,14 @@ impl Metrics {
                 prometheus::IntCounter::new(
                     "shiftwatch_candidates_skipped_total",
                     "Candidates not stored because the store was busy or the disk refused",
+                )
+                .expect("valid counter"),
+            ),
+            candidates_index_rejected: register(
+                r,
+                prometheus::IntCounter::new(
+                    "shiftwatch_candidates_index_rejected_total",
+                    "Entries of the candidate index refused at start (a file outside the store, invalid fields, or an unreadable index)",
                 )
                 .expect("valid counter"),
             ),

@@ -17,6 +17,11 @@ pub struct RawLimits {
     pub max_image_height: u32,
     pub max_image_pixels: u64,
     pub max_decode_bytes: u64,
+    /// Bytes of decoded pixels and their working copies, all images being decoded together:
+    /// an image waits for its share (weighted by its decoded size), then gets 503.
+    pub decode_budget_bytes: u64,
+    /// Longest an image waits for the decode budget before 503.
+    pub decode_wait_seconds: f64,
 }
 
 impl Default for RawLimits {
@@ -26,6 +31,8 @@ impl Default for RawLimits {
             max_image_height: 8192,
             max_image_pixels: 40_000_000,
             max_decode_bytes: 256 * 1024 * 1024,
+            decode_budget_bytes: 512 * 1024 * 1024,
+            decode_wait_seconds: 2.0,
         }
     }
 }
@@ -37,16 +44,39 @@ impl RawLimits {
             ("limits.max_image_height", u64::from(self.max_image_height)),
             ("limits.max_image_pixels", self.max_image_pixels),
             ("limits.max_decode_bytes", self.max_decode_bytes),
+            ("limits.decode_budget_bytes", self.decode_budget_bytes),
         ] {
             if v == 0 {
                 bad(key, "must be at least 1".into());
             }
+        }
+        if self.decode_budget_bytes < self.max_decode_bytes {
+            bad(
+                "limits.decode_budget_bytes",
+                format!(
+                    "must be at least limits.max_decode_bytes ({}), or the largest image allowed could never be decoded",
+                    self.max_decode_bytes
+                ),
+            );
+        }
+        let wait = self.decode_wait_seconds;
+        if !(wait.is_finite() && (0.0..=3600.0).contains(&wait)) {
+            bad(
+                "limits.decode_wait_seconds",
+                "must be a number of seconds from 0 to 3600".into(),
+            );
         }
         DecodeLimits {
             max_width: self.max_image_width,
             max_height: self.max_image_height,
             max_pixels: self.max_image_pixels,
             max_alloc_bytes: self.max_decode_bytes,
+            decode_budget_bytes: self.decode_budget_bytes,
+            decode_wait: std::time::Duration::from_secs_f64(if wait.is_finite() {
+                wait.clamp(0.0, 3600.0)
+            } else {
+                0.0
+            }),
         }
     }
 }
@@ -58,6 +88,112 @@ pub struct DecodeLimits {
     pub max_height: u32,
     pub max_pixels: u64,
     pub max_alloc_bytes: u64,
+    pub decode_budget_bytes: u64,
+    pub decode_wait: std::time::Duration,
+}
+
+/// A byte budget shared by every image being decoded: an image takes what its decode will
+/// cost before any pixel is decoded and gives it back when its tensor and statistics are made.
+/// Waiting is blocking (callers are on the blocking pool) and bounded.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total: u64,
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+/// A share of a [`MemoryBudget`], returned on drop.
+#[derive(Debug)]
+pub struct BudgetGrant {
+    budget: std::sync::Arc<MemoryBudget>,
+    bytes: u64,
+    /// Whether the grant had to wait for others to finish.
+    pub waited: bool,
+}
+
+impl Drop for BudgetGrant {
+    fn drop(&mut self) {
+        let mut used = self
+            .budget
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used -= self.bytes;
+        if let Some(g) = &self.budget.gauge {
+            g.set(i64::try_from(*used).unwrap_or(i64::MAX));
+        }
+        drop(used);
+        self.budget.freed.notify_all();
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `total` bytes; `gauge` follows the bytes held.
+    pub fn new(total: u64, gauge: Option<prometheus::IntGauge>) -> Self {
+        MemoryBudget {
+            total,
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            gauge,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes held now.
+    pub fn in_use(&self) -> u64 {
+        *self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `bytes`, waiting at most `wait` for others to give theirs back. `TooLarge` when
+    /// `bytes` is more than the whole budget (it could never fit), `Busy` after the wait.
+    pub fn acquire(
+        self: &std::sync::Arc<Self>,
+        bytes: u64,
+        wait: std::time::Duration,
+    ) -> Result<BudgetGrant, PreprocessError> {
+        if bytes > self.total {
+            return Err(PreprocessError::TooLarge(format!(
+                "decoding it needs about {bytes} bytes, more than the whole decode budget of {} (limits.decode_budget_bytes)",
+                self.total
+            )));
+        }
+        let deadline = std::time::Instant::now() + wait;
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut waited = false;
+        while *used + bytes > self.total {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(PreprocessError::Busy(format!(
+                    "the decode budget is in use by other images (this one needs about {bytes} bytes); retry later"
+                )));
+            }
+            waited = true;
+            used = self
+                .freed
+                .wait_timeout(used, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *used += bytes;
+        if let Some(g) = &self.gauge {
+            g.set(i64::try_from(*used).unwrap_or(i64::MAX));
+        }
+        Ok(BudgetGrant {
+            budget: std::sync::Arc::clone(self),
+            bytes,
+            waited,
+        })
+    }
 }
 
 /// Memory order of the input tensor.
@@ -173,6 +309,9 @@ pub enum PreprocessError {
     BadImage(String),
     #[error("image too large: {0}")]
     TooLarge(String),
+    /// The shared decode budget stayed full: the same image may succeed later.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// The image formats served, by media type (parameters such as `; charset` ignored).
@@ -217,11 +356,25 @@ pub fn decode(
     declared: Option<ImageFormat>,
     limits: &DecodeLimits,
 ) -> Result<DecodedImage, PreprocessError> {
+    decode_admitted(bytes, declared, limits, |_| Ok(())).map(|(image, ())| image)
+}
+
+/// Like [`decode`], and `admit` is called with what the decode and the work on its pixels will
+/// cost in bytes ([`decode_cost`]) once the header is read and before any pixel is decoded; its
+/// grant is returned with the image, to be dropped when the work is done.
+pub fn decode_admitted<G>(
+    bytes: &[u8],
+    declared: Option<ImageFormat>,
+    limits: &DecodeLimits,
+    admit: impl FnOnce(u64) -> Result<G, PreprocessError>,
+) -> Result<(DecodedImage, G), PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::BadImage("the body is empty".into()));
     }
     // Decoders are third-party code fed hostile bytes: a panic in one must not take a worker down.
-    match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, declared, limits))) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_inner(bytes, declared, limits, admit)
+    })) {
         Ok(result) => result,
         Err(_) => Err(PreprocessError::BadImage(
             "the decoder failed on malformed data".into(),
@@ -229,11 +382,39 @@ pub fn decode(
     }
 }
 
-fn decode_inner(
+/// Bytes that decoding an image of this header and then making its tensor, statistics and
+/// hash hold at the peak: the decoded pixels (twice when EXIF orientation turns them; three
+/// times for JPEG, whose progressive form keeps its coefficients beside them), an 8-bit RGB
+/// copy when the pixels are in another form, and the resize's row buffers.
+pub fn decode_cost(
+    format: ImageFormat,
+    width: u32,
+    height: u32,
+    decoded_bytes: u64,
+    direct: bool,
+    turned: bool,
+) -> u64 {
+    let pixels = u64::from(width) * u64::from(height);
+    let decoded = decoded_bytes
+        * match (format, turned) {
+            (ImageFormat::Jpeg, true) => 4,
+            (ImageFormat::Jpeg, false) => 3,
+            (_, true) => 2,
+            (_, false) => 1,
+        };
+    let conversion = if direct { 0 } else { pixels * 3 };
+    // The horizontal pass of a resize: one f32 row of at most STATS_MAX_SIDE (or the model's
+    // width, when larger is rare) per source row.
+    let rows = u64::from(height) * 4 * 1024;
+    decoded + conversion + rows
+}
+
+fn decode_inner<G>(
     bytes: &[u8],
     declared: Option<ImageFormat>,
     limits: &DecodeLimits,
-) -> Result<DecodedImage, PreprocessError> {
+    admit: impl FnOnce(u64) -> Result<G, PreprocessError>,
+) -> Result<(DecodedImage, G), PreprocessError> {
     let mut reader = ImageReader::new(Cursor::new(bytes));
     if let Some(format) = declared {
         reader.set_format(format);
@@ -282,9 +463,22 @@ fn decode_inner(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let direct = matches!(
+        decoder.color_type(),
+        image::ColorType::L8 | image::ColorType::Rgb8
+    );
+    let turned = orientation != image::metadata::Orientation::NoTransforms;
+    let grant = admit(decode_cost(
+        format,
+        width,
+        height,
+        decoder.total_bytes(),
+        direct,
+        turned,
+    ))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
     image.apply_orientation(orientation);
-    Ok(DecodedImage { image, format })
+    Ok((DecodedImage { image, format }, grant))
 }
 
 fn image_error(e: ImageError) -> PreprocessError {
@@ -312,46 +506,58 @@ pub fn to_tensor(image: &DynamicImage, spec: &Preprocess, out: &mut [f32]) {
     let (dst_w, dst_h) = (spec.width as usize, spec.height as usize);
     let channels = spec.color.channels();
 
-    // Source planes in the model's channel order, as f32 pixel values 0..255.
-    let planes: Vec<Vec<f32>> = match spec.color {
-        Color::Grayscale => {
-            let plane = match image {
-                DynamicImage::ImageLuma8(gray) => {
-                    gray.as_raw().iter().map(|&v| f32::from(v)).collect()
-                }
-                other => other
-                    .to_rgb8()
-                    .pixels()
-                    .map(|p| f32::from(luma_601(p[0], p[1], p[2])))
-                    .collect(),
-            };
-            vec![plane]
-        }
-        Color::Rgb | Color::Bgr => {
-            let rgb = image.to_rgb8();
-            let mut planes: Vec<Vec<f32>> =
-                (0..3).map(|_| Vec::with_capacity(src_w * src_h)).collect();
-            for p in rgb.pixels() {
-                for (c, plane) in planes.iter_mut().enumerate() {
-                    plane.push(f32::from(p[c]));
-                }
-            }
-            if spec.color == Color::Bgr {
-                planes.swap(0, 2);
-            }
-            planes
+    // The 8-bit pixels are read where they lie (gray or RGB); any other form is converted to
+    // 8-bit RGB once. No float copy of the source is made: its cost is what the decode budget
+    // counts (`decode_cost`).
+    let converted;
+    let (pixels, stride): (&[u8], usize) = match image {
+        DynamicImage::ImageLuma8(gray) => (gray.as_raw(), 1),
+        DynamicImage::ImageRgb8(rgb) => (rgb.as_raw(), 3),
+        other => {
+            converted = other.to_rgb8();
+            (converted.as_raw(), 3)
         }
     };
 
     let columns = resize_weights(src_w, dst_w, spec.resize);
     let rows = resize_weights(src_h, dst_h, spec.resize);
     let mut horizontal = vec![0f32; src_h * dst_w];
-    for (c, plane) in planes.iter().enumerate() {
+    for c in 0..channels {
+        // Which source value feeds the model's channel `c`: gray as it is, gray from RGB by the
+        // 601 weights, gray repeated into R, G and B, or the RGB channel in the model's order.
+        let source = match (spec.color, stride) {
+            (Color::Grayscale, 3) => None,
+            (_, 1) => Some(0),
+            (Color::Bgr, _) => Some(2 - c),
+            _ => Some(c),
+        };
         // Horizontal pass: src_h × dst_w.
         for y in 0..src_h {
-            let row = &plane[y * src_w..(y + 1) * src_w];
-            for (x, w) in columns.iter().enumerate() {
-                horizontal[y * dst_w + x] = w.apply(|i| row[i]);
+            let row = &pixels[y * src_w * stride..(y + 1) * src_w * stride];
+            let out_row = &mut horizontal[y * dst_w..(y + 1) * dst_w];
+            // Plain index loops: this pass reads every source pixel, and is the cost of a
+            // large image (also in a debug build, where each iterator step is a call).
+            for (out, w) in out_row.iter_mut().zip(&columns) {
+                let weights = &w.weights[..];
+                let mut acc = 0f32;
+                let mut i = w.start * stride;
+                match source {
+                    Some(k) => {
+                        let taps = &row[i + k..];
+                        let mut t = 0;
+                        for &wt in weights {
+                            acc += wt * f32::from(taps[t]);
+                            t += stride;
+                        }
+                    }
+                    None => {
+                        for &wt in weights {
+                            acc += wt * f32::from(luma_601(row[i], row[i + 1], row[i + 2]));
+                            i += 3;
+                        }
+                    }
+                }
+                *out = acc;
             }
         }
         // Vertical pass, written straight into the tensor.
@@ -470,6 +676,8 @@ mod tests {
         max_height: 1000,
         max_pixels: 100_000,
         max_alloc_bytes: 64 * 1024 * 1024,
+        decode_budget_bytes: 1 << 30,
+        decode_wait: std::time::Duration::ZERO,
     };
 
     fn png(image: &DynamicImage) -> Vec<u8> {
@@ -678,6 +886,8 @@ mod corruption {
             max_height: 4096,
             max_pixels: 4_000_000,
             max_alloc_bytes: 64 * 1024 * 1024,
+            decode_budget_bytes: 1 << 30,
+            decode_wait: std::time::Duration::ZERO,
         };
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let base = image::open(root.join("tests/data/rgb-cnn/pattern.png")).unwrap();

@@ -4,14 +4,24 @@
 //! true once every session has run its warm-up batch. SIGTERM or SIGINT stops accepting
 //! connections, lets in-flight requests finish within `server.shutdown_grace_seconds`, then
 //! drains the inference queue and exits.
+//!
+//! The accept loop is ours rather than `axum::serve`, for what a client must not be able to do:
+//! hold a connection without sending (hyper's header-read timer, which also bounds a keep-alive
+//! connection's idle time), or open more than `server.max_connections` (the next one is answered
+//! 503 with Retry-After and closed). The body's own deadline is `api::read_body`'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -43,19 +53,7 @@ pub async fn serve_on(
     println!("shiftwatch listening on http://{addr}");
     tracing::info!(%addr, models = state.config.models.len(), "listening; loading the models");
 
-    let server = {
-        let mut stop = stop.clone();
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                    state.draining.store(true, Ordering::Release);
-                    tracing::info!("shutting down: finishing in-flight requests");
-                })
-                .await
-        })
-    };
+    let server = tokio::spawn(accept_loop(listener, app, Arc::clone(&state), stop.clone()));
 
     let loading = {
         let config = Arc::clone(&state.config);
@@ -89,6 +87,112 @@ pub async fn serve_on(
     println!("shiftwatch ready");
 
     finish(server, grace, state, stop).await
+}
+
+/// Accepts connections until `stop`, then waits for the open ones to finish their requests.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let server = &state.config.server;
+    let limit = server.max_connections;
+    let open = Arc::new(Semaphore::new(limit));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true);
+    let guard = state.metrics.guard.clone();
+    let refusal = Arc::new(refusal_response(server.retry_after_seconds));
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or memory: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            guard.connections_refused.inc();
+            tokio::spawn(refuse(stream, Arc::clone(&refusal)));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        guard.connections_open.inc();
+        let service = TowerToHyperService::new(app.clone());
+        let http = http.clone();
+        let mut stop = stop.clone();
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            guard.connections_open.dec();
+            drop(permit);
+        });
+    }
+    state.draining.store(true, Ordering::Release);
+    tracing::info!("shutting down: finishing in-flight requests");
+    drop(listener);
+    // Every connection returns its permit when it closes.
+    let _ = open
+        .acquire_many(u32::try_from(limit).unwrap_or(u32::MAX))
+        .await;
+    Ok(())
+}
+
+/// The whole answer to a connection over the cap.
+fn refusal_response(retry_after: u64) -> Vec<u8> {
+    let body =
+        r#"{"error":"too many open connections; retry later","code":"too_many_connections"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers 503 without reading the request, within a second, and closes.
+async fn refuse(stream: tokio::net::TcpStream, response: Arc<Vec<u8>>) {
+    let written = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut rest: &[u8] = &response;
+        while !rest.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        // Say we are done writing; the socket closes when dropped.
+        if let Ok(std) = stream.into_std() {
+            let _ = std.shutdown(std::net::Shutdown::Write);
+        }
+    }
 }
 
 async fn finish(

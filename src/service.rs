@@ -347,6 +347,7 @@ impl ModelService {
                     exported: metrics.candidates_exported.clone(),
                     evicted: metrics.candidates_evicted.clone(),
                     skipped: metrics.candidates_skipped.clone(),
+                    index_rejected: metrics.candidates_index_rejected.clone(),
                 };
                 Some(Candidates::open(cc, cm).with_context(|| {
                     format!(

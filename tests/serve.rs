@@ -352,47 +352,102 @@ fn open_partial(addr: std::net::SocketAddr, body: &[u8], hold: usize) -> TcpStre
     stream
 }
 
-/// Polls `/readyz` until `n` requests are in flight (admitted, unanswered), then checks that
-/// one more is refused with 503 overloaded and Retry-After.
-fn wait_until_full(server: &Server, n: u64, body: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Polls `/readyz` until `n` requests are receiving their bodies.
+fn wait_until_receiving(server: &Server, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = server.get("/readyz").json();
-        if ready["in_flight"].as_u64() == Some(n) {
-            break;
+        if ready["receiving"].as_i64() == Some(n) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "never {n} in flight: {ready}; stderr:\n{}",
+            "never {n} receiving: {ready}; stderr:\n{}",
             server.stderr()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let r = server.post("/v1/models/digits/classify", Some("image/png"), body);
-    r.assert_error(503, "overloaded");
-    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+/// A PNG that takes a while to decode and resize (a debug build: about a second): a gradient
+/// with noise, so that it compresses badly.
+fn slow_png(side: u32) -> Vec<u8> {
+    let image = image::GrayImage::from_fn(side, side, |x, y| {
+        image::Luma([((x * 7 + y * 13 + (x * y) % 251) % 256) as u8])
+    });
+    png_bytes(&image::DynamicImage::ImageLuma8(image))
 }
 
 #[test]
-fn a_full_queue_answers_503_with_retry_after() {
+fn a_full_admission_answers_503_and_slow_senders_hold_no_slot() {
     let server = Server::start(&[("SHIFTWATCH__INFERENCE__MAX_IN_FLIGHT", "2")]);
+    let classify = "/v1/models/digits/classify";
     let body = read("data/traffic/normal/normal-0001.png");
+    // Two clients still sending their bodies hold no admission slot: others are served.
     let mut held: Vec<TcpStream> = (0..2)
         .map(|_| open_partial(server.addr, &body, 10))
         .collect();
-    wait_until_full(&server, 2, &body);
+    wait_until_receiving(&server, 2);
+    for _ in 0..3 {
+        assert_eq!(server.post(classify, Some("image/png"), &body).status, 200);
+    }
+    assert_eq!(server.get("/readyz").json()["in_flight"], 0);
     for stream in &mut held {
         stream.write_all(&body[body.len() - 10..]).unwrap();
         let r = read_response(stream);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
+    drop(server);
+
+    // Admitted work fills the slots: one more is refused with 503 and Retry-After. Two large
+    // images hold both slots while they decode; the check is retried in the (unlikely) case
+    // that they finish between seeing them in flight and sending the third.
+    let server = Server::start(&[("SHIFTWATCH__INFERENCE__MAX_IN_FLIGHT", "2")]);
+    let big = slow_png(3000);
+    let mut refused = false;
+    for _attempt in 0..5 {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let (addr, big) = (server.addr, big.clone());
+                std::thread::spawn(move || {
+                    crate::support::request(
+                        addr,
+                        &[
+                            format!(
+                                "POST {classify} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                                 Content-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                                big.len()
+                            )
+                            .into_bytes(),
+                            big,
+                        ]
+                        .concat(),
+                    )
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.get("/readyz").json()["in_flight"].as_u64() != Some(2)
+            && Instant::now() < deadline
+            && !slow.iter().all(|t| t.is_finished())
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let r = server.post(classify, Some("image/png"), &body);
+        for t in slow {
+            assert_eq!(t.join().unwrap().status, 200);
+        }
+        if r.status == 503 {
+            r.assert_error(503, "overloaded");
+            assert_eq!(r.header("retry-after"), Some("1"));
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert!(refused, "never saw both slots taken in five tries");
     // Permits come back: serving goes on.
-    assert_eq!(
-        server
-            .post("/v1/models/digits/classify", Some("image/png"), &body)
-            .status,
-        200
-    );
+    assert_eq!(server.post(classify, Some("image/png"), &body).status, 200);
 }
 
 #[test]
@@ -411,7 +466,8 @@ fn sigterm_finishes_every_request_in_flight() {
         .iter()
         .map(|b| open_partial(server.addr, b, 7))
         .collect();
-    wait_until_full(&server, in_flight as u64, &bodies[0]);
+    // Their headers are in; their bodies are still coming (they hold no admission slot).
+    wait_until_receiving(&server, in_flight as i64);
 
     server.terminate();
     // Readiness and new connections go away while the held requests are still open.

@@ -150,6 +150,23 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `/proc/<pid>/status` field in bytes (`VmRSS` now, `VmHWM` the peak so far).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
     pub fn post(&self, path: &str, content_type: Option<&str>, body: &[u8]) -> Response {
         let mut head = format!("POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
         if let Some(ct) = content_type {

@@ -3,6 +3,7 @@
 mod support;
 
 mod candidates;
+mod hostile;
 mod log;
 mod models;
 mod monitor;

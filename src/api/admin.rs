@@ -31,7 +31,7 @@ pub async fn reload(
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
     let model = Arc::clone(state.model(&model)?);
-    let bytes = super::read_body(body, 64 * 1024).await?;
+    let (bytes, _body) = state.read_body(body, 64 * 1024).await?;
     let request: ReloadRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
     } else {

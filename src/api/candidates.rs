@@ -78,6 +78,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
+    let _permit = state.admit()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let model = store(&state, query.model.as_deref())?;
     let store = model.candidates.as_ref().expect("checked by `store`");
@@ -112,7 +113,8 @@ pub async fn export(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
-    let bytes = super::read_body(body, 64 * 1024).await?;
+    let (bytes, _body) = state.read_body(body, 64 * 1024).await?;
+    let _permit = state.admit()?;
     let request: ExportRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         ExportRequest::default()
     } else {
@@ -120,40 +122,47 @@ pub async fn export(
             ApiError::bad_request("bad_json", format!("expected {{\"limit\", \"name\"}}: {e}"))
         })?
     };
-    let model = store(&state, request.model.as_deref())?;
-    let store = model.candidates.as_ref().expect("checked by `store`");
-    let limit = check_limit(request.limit, store.config().default_limit)?;
+    store(&state, request.model.as_deref())?;
+    let model = Arc::clone(state.model_or_default(request.model.as_deref())?);
+    let limit = {
+        let store = model.candidates.as_ref().expect("checked by `store`");
+        check_limit(request.limit, store.config().default_limit)?
+    };
     let name = request.name.unwrap_or_else(|| {
         let id = uuid::Uuid::now_v7().simple().to_string();
         format!("candidates-{}", &id[..16])
     });
     let labels = model.current().spec.labels.clone();
-    let cfg = store.config().selection.clone();
-    let root = store.config().export_dir.clone();
-    let chosen = choose(store, limit);
-    let mut items = Vec::with_capacity(chosen.len());
-    for c in &chosen {
-        // A candidate evicted since the selection, or kept from a model with other classes, is skipped.
-        if !labels.contains(&c.predicted_label) {
-            continue;
-        }
-        let Ok(image) = store.image(c) else { continue };
-        items.push(c.export_item(image, &cfg));
-    }
-    let count = items.len();
+    // Reading the stored images and writing the package are file work: the blocking pool's.
+    let exporting = Arc::clone(&model);
     let written = tokio::task::spawn_blocking(move || {
+        let store = exporting.candidates.as_ref().expect("checked by `store`");
+        let cfg = store.config().selection.clone();
+        let root = store.config().export_dir.clone();
+        let chosen = choose(store, limit);
+        let mut items = Vec::with_capacity(chosen.len());
+        for c in &chosen {
+            // A candidate evicted since the selection, or kept from a model with other classes,
+            // is skipped.
+            if !labels.contains(&c.predicted_label) {
+                continue;
+            }
+            let Ok(image) = store.image(c) else { continue };
+            items.push(c.export_item(image, &cfg));
+        }
+        let count = items.len();
         std::fs::create_dir_all(&root)
             .map_err(|e| ExportError::Io {
                 path: root.clone(),
                 source: e,
             })
             .and_then(|()| write_package(&root, &name, &items, &labels))
-            .map(|p| (p, name))
+            .map(|p| (p, name, count))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     match written {
-        Ok((path, name)) => {
+        Ok((path, name, count)) => {
             model.metrics.candidates_exported.inc_by(count as u64);
             Ok((
                 StatusCode::CREATED,

@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::image_stats::{dhash, input_stats};
+use crate::image_stats::describe;
 use crate::log::{Endpoint, ImageInfo};
 use crate::model::ModelSpec;
 use crate::prediction::{Flag, top_k};
-use crate::preprocess::{self, DecodeLimits, format_for_media_type};
+use crate::preprocess::{self, format_for_media_type};
 use crate::service::{ImageInput, Prediction};
 use crate::time::now_us;
 use image::ImageFormat;
@@ -71,22 +71,43 @@ pub fn request_id(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Decodes an encoded image for `spec` off the async workers: the model's input tensor and
 /// what the log and the monitor keep of the image (size, sha256, dHash, input statistics).
+/// Its pixels are admitted against the shared decode budget once the header says what they
+/// will cost: a large image waits for others to finish (at most `limits.decode_wait_seconds`),
+/// then gets 503 with Retry-After.
 pub async fn decode_image(
+    state: &AppState,
     bytes: axum::body::Bytes,
     declared: Option<ImageFormat>,
     spec: Arc<ModelSpec>,
-    limits: DecodeLimits,
 ) -> Result<(Vec<f32>, ImageInfo), ApiError> {
+    let limits = state.config.limits;
+    let budget = Arc::clone(&state.decode_budget);
+    let guard = state.metrics.guard.clone();
     tokio::task::spawn_blocking(move || {
-        let decoded = preprocess::decode(&bytes, declared, &limits)?;
+        let (decoded, grant) = preprocess::decode_admitted(&bytes, declared, &limits, |cost| {
+            let grant = budget.acquire(cost, limits.decode_wait);
+            match &grant {
+                Ok(g) if g.waited => guard.decode_budget_waits.inc(),
+                Err(preprocess::PreprocessError::Busy(_)) => {
+                    guard.decode_budget_waits.inc();
+                    guard.decode_budget_refusals.inc();
+                }
+                _ => {}
+            }
+            grant
+        })?;
         let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
         preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
+        let (stats, dhash) = describe(&decoded.image);
         let image = ImageInfo {
             bytes: bytes.len() as i64,
             sha256: hex::encode(Sha256::digest(&bytes)),
-            dhash: dhash(&decoded.image),
-            stats: input_stats(&decoded.image),
+            dhash,
+            stats,
         };
+        // The pixels go now; so does their share of the budget.
+        drop(decoded);
+        drop(grant);
         Ok::<_, preprocess::PreprocessError>((tensor, image))
     })
     .await
@@ -97,7 +118,7 @@ pub async fn decode_image(
             format!("preprocessing task failed: {e}"),
         )
     })?
-    .map_err(ApiError::from_preprocess)
+    .map_err(|e| ApiError::from_preprocess(e, state.config.server.retry_after_seconds))
 }
 
 pub async fn classify(
@@ -162,19 +183,15 @@ pub async fn classify(
         return Err(ApiError::payload_too_large(limit));
     }
 
+    // Admission once the body is here: a client still sending holds no slot that decoding
+    // and inference need.
+    let (bytes, _body) = state.read_body(body, limit).await?;
     let _permit = state.admit()?;
-    let bytes = super::read_body(body, limit).await?;
 
     // The version serving now answers this request, even if a reload swaps it meanwhile.
     let version = model.current();
     let spec = Arc::clone(&version.spec);
-    let (tensor, info) = decode_image(
-        bytes.clone(),
-        declared,
-        Arc::clone(&spec),
-        state.config.limits,
-    )
-    .await?;
+    let (tensor, info) = decode_image(&state, bytes.clone(), declared, Arc::clone(&spec)).await?;
     let retry = server.retry_after_seconds;
     let inferred = version
         .infer(tensor)

@@ -17,6 +17,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (503 answers).
     pub retry_after: Option<u64>,
+    /// Close the connection after this answer (`Connection: close`): the rest of the request
+    /// was not read.
+    pub close: bool,
 }
 
 #[derive(Serialize)]
@@ -32,6 +35,22 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
+        }
+    }
+
+    /// 408: the body did not arrive in time; the connection is closed.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        ApiError {
+            close: true,
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs_f64()
+                ),
+            )
         }
     }
 
@@ -62,7 +81,7 @@ impl ApiError {
         )
     }
 
-    pub fn from_preprocess(e: PreprocessError) -> Self {
+    pub fn from_preprocess(e: PreprocessError, retry_after: u64) -> Self {
         match e {
             PreprocessError::UnsupportedMediaType(m) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -77,6 +96,7 @@ impl ApiError {
                 "image_too_large",
                 format!("image too large: {m}"),
             ),
+            PreprocessError::Busy(m) => Self::unavailable("overloaded", m, retry_after),
         }
     }
 
@@ -134,6 +154,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

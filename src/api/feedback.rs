@@ -18,6 +18,9 @@ use crate::time::now_us;
 /// Most labels one request may carry.
 pub const MAX_ITEMS: usize = 10_000;
 
+/// The largest feedback body: MAX_ITEMS items of about 400 bytes.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Serialize)]
 struct ItemResult {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,11 +75,28 @@ pub async fn feedback(
 ) -> Result<Response, ApiError> {
     state.check_token(&headers)?;
     let services = state.ready()?;
-    let limit = state.config.server.max_body_bytes;
-    let bytes = super::read_body(body, limit).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
-    })?;
+    // MAX_ITEMS labels of a few hundred bytes each at most: the body is bounded before any
+    // JSON is parsed, and a large one is parsed on the blocking pool.
+    let limit = state.config.server.max_body_bytes.min(MAX_BODY_BYTES);
+    let (bytes, _body) = state.read_body(body, limit).await?;
+    let _permit = state.admit()?;
+    let small = bytes.len() <= 16 * 1024;
+    let parse = move || {
+        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+        })
+    };
+    let value = if small {
+        parse()?
+    } else {
+        tokio::task::spawn_blocking(parse).await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            )
+        })??
+    };
     let items = match value {
         Value::Array(items) => items,
         obj @ Value::Object(_) => vec![obj],

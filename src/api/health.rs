@@ -64,6 +64,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             "execution_provider": first.spec.execution_provider.as_str(),
             "models": models,
             "in_flight": state.in_flight(),
+            "receiving": state.metrics.guard.bodies_receiving.get(),
         })),
     )
 }

@@ -19,6 +19,9 @@ use crate::log::Endpoint;
 use crate::service::{ImageInput, ModelService, Prediction, Version};
 use crate::time::now_us;
 
+/// JSON parts up to this size are parsed on the async worker.
+const INLINE_PARSE_BYTES: usize = 16 * 1024;
+
 /// The binary-data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -66,8 +69,9 @@ async fn run(
     let ts_us = now_us();
     let limit = state.config.server.max_body_bytes;
     let retry = state.config.server.retry_after_seconds;
+    // Admission once the body is here (a client still sending holds no slot).
+    let (raw, _body) = state.read_body(body, limit).await?;
     let _permit = state.admit()?;
-    let raw = super::read_body(body, limit).await?;
     let bytes: Bytes = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -113,18 +117,42 @@ async fn run(
             })?,
     };
     let spec = Arc::clone(&version.spec);
-    let ports = v2::ModelPorts {
-        input: &spec.input_name,
-        image_shape: spec.preprocess.image_shape(),
-        probabilities: &spec.probabilities_output,
-        embedding: spec.embedding_output.as_deref(),
+    let parse = {
+        let spec = Arc::clone(&spec);
+        move || {
+            let ports = v2::ModelPorts {
+                input: &spec.input_name,
+                image_shape: spec.preprocess.image_shape(),
+                probabilities: &spec.probabilities_output,
+                embedding: spec.embedding_output.as_deref(),
+            };
+            v2::parse_request(&bytes[..json_len], &bytes[json_len..], &ports)
+        }
     };
-    let request = v2::parse_request(&bytes[..json_len], &bytes[json_len..], &ports)?;
+    // A small request is parsed here (cheaper than a hand-off); a large one on the blocking
+    // pool, so that no async worker spends milliseconds in a JSON parser.
+    let request = if json_len <= INLINE_PARSE_BYTES {
+        parse()?
+    } else {
+        tokio::task::spawn_blocking(parse).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??
+    };
     let base_id = match request.id {
         Some(id) => id,
         None => request_id(&headers)?,
     };
     let n = request.input.len();
+    let capacity = version.pool.capacity();
+    if n > capacity {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{n} images in one request is more than the inference queue holds ({capacity}, inference.max_in_flight); send at most {capacity} per request"
+            ),
+        ));
+    }
     let per_image = spec.preprocess.tensor_len();
     // Images and their tensors, in order.
     let mut inputs: Vec<(Vec<f32>, Option<ImageInput>)> = Vec::with_capacity(n);
@@ -136,8 +164,7 @@ async fn run(
             for image in images {
                 let bytes = Bytes::from(image);
                 let (tensor, info) =
-                    decode_image(bytes.clone(), None, Arc::clone(&spec), state.config.limits)
-                        .await?;
+                    decode_image(state, bytes.clone(), None, Arc::clone(&spec)).await?;
                 inputs.push((
                     tensor,
                     Some(ImageInput {

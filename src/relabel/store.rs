@@ -8,6 +8,15 @@
 //! lowest-scored ones while the files exceed `max_disk_bytes`. The index (`index.json`) is
 //! rewritten when it changed, at most every few seconds, and at shutdown; at start files that the
 //! index does not know are deleted and entries whose file is gone are dropped.
+//!
+//! The index is read back like input: an entry whose `file` is not a name this store makes
+//! (32 hex digits and a known extension: no separator, no `..`, nothing absolute), or whose
+//! fields are out of range, is refused and counted, so nothing outside `images/` is ever read,
+//! exported or deleted. A start deletes only what it can account for: files with this store's
+//! names that a readable index does not list. When the index cannot be read at all it is set
+//! aside (`index.json.corrupt-<time>`) and the images it covered are moved to `unindexed/`
+//! rather than deleted. The folder is locked (`.shiftwatch.lock`) like the log's, so a second
+//! process on it fails to start instead of deleting the first one's images.
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,6 +45,7 @@ pub struct CandidateMetrics {
     pub exported: IntCounter,
     pub evicted: IntCounterVec,
     pub skipped: IntCounter,
+    pub index_rejected: IntCounter,
 }
 
 /// A prediction offered to the store.
@@ -105,6 +115,8 @@ pub struct Candidates {
     sender: Sender<Message>,
     thread: Mutex<Option<JoinHandle<()>>>,
     metrics: CandidateMetrics,
+    /// Held while the store is open: one process per folder.
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for Candidates {
@@ -144,25 +156,57 @@ impl Candidates {
     pub fn open(config: CandidatesConfig, metrics: CandidateMetrics) -> std::io::Result<Self> {
         let images = config.dir.join("images");
         fs::create_dir_all(&images)?;
+        let folder_lock = lock_folder(&config.dir)?;
         let mut entries = HashMap::new();
         let mut bytes = 0;
-        if let Ok(text) = fs::read(config.dir.join("index.json"))
-            && let Ok(index) = serde_json::from_slice::<Index>(&text)
-        {
-            for c in index.candidates {
+        let index_path = config.dir.join("index.json");
+        let index = match fs::read(&index_path) {
+            Ok(text) => match serde_json::from_slice::<Index>(&text) {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    metrics.index_rejected.inc();
+                    let aside = config
+                        .dir
+                        .join(format!("index.json.corrupt-{}", crate::time::now_us()));
+                    tracing::warn!(error = %e, path = %index_path.display(), aside = %aside.display(),
+                        "the candidate index cannot be read: set aside, its images kept in unindexed/");
+                    fs::rename(&index_path, &aside)?;
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Index::default()),
+            Err(e) => return Err(e),
+        };
+        if let Some(index) = &index {
+            for c in &index.candidates {
+                if let Err(why) = check_entry(c) {
+                    metrics.index_rejected.inc();
+                    tracing::warn!(request_id = %c.candidate.request_id.chars().take(128).collect::<String>(),
+                        problem = why, "candidate index entry refused");
+                    continue;
+                }
                 if images.join(&c.file).is_file() {
                     bytes += c.bytes;
-                    entries.insert(c.candidate.request_id.clone(), c);
+                    entries.insert(c.candidate.request_id.clone(), c.clone());
                 }
             }
         }
-        // Files the index does not know (a crash between write and index) go.
+        // Files of this store's naming that a readable index does not know (a crash between
+        // write and index) go; with no readable index they are moved aside, not deleted. Files
+        // of other names are not ours: left alone.
         let known: std::collections::HashSet<String> =
             entries.values().map(|c| c.file.clone()).collect();
         for e in fs::read_dir(&images)?.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().to_string();
-            if !known.contains(&name) {
+            if known.contains(&name) || !is_store_file_name(&name) {
+                continue;
+            }
+            if index.is_some() {
                 let _ = fs::remove_file(e.path());
+            } else {
+                let unindexed = config.dir.join("unindexed");
+                fs::create_dir_all(&unindexed)?;
+                fs::rename(e.path(), unindexed.join(&name))?;
             }
         }
         metrics.stored.set(entries.len() as i64);
@@ -193,6 +237,7 @@ impl Candidates {
             sender,
             thread: Mutex::new(Some(thread)),
             metrics,
+            _lock: folder_lock,
         })
     }
 
@@ -264,11 +309,78 @@ impl Drop for Candidates {
     }
 }
 
-/// Reads a store's index without opening it (offline export).
+/// Reads a store's index without opening it (offline export). Entries that fail the checks
+/// of a start are left out, each with a warning.
 pub fn read_index(dir: &Path) -> std::io::Result<Vec<StoredCandidate>> {
     let text = fs::read(dir.join("index.json"))?;
     let index: Index = serde_json::from_slice(&text).map_err(std::io::Error::other)?;
-    Ok(index.candidates)
+    Ok(index
+        .candidates
+        .into_iter()
+        .filter(|c| match check_entry(c) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(problem = why, "candidate index entry left out");
+                false
+            }
+        })
+        .collect())
+}
+
+/// The extensions [`file_name`] gives.
+const EXTENSIONS: [&str; 7] = ["png", "jpg", "webp", "gif", "bmp", "tif", "bin"];
+
+/// Whether `name` is one that [`file_name`] makes: 32 lowercase hex digits, a dot, a known
+/// extension. Such a name is a plain file inside `images/`, never a path.
+pub fn is_store_file_name(name: &str) -> bool {
+    let Some((stem, ext)) = name.split_once('.') else {
+        return false;
+    };
+    stem.len() == 32
+        && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && EXTENSIONS.contains(&ext)
+}
+
+/// Why an index entry cannot be trusted, if it cannot.
+fn check_entry(c: &StoredCandidate) -> Result<(), &'static str> {
+    if !is_store_file_name(&c.file) {
+        return Err("its file is not a name this store makes (a path outside the store?)");
+    }
+    let id = &c.candidate.request_id;
+    if id.is_empty() || id.len() > 256 {
+        return Err("its request id is empty or too long");
+    }
+    if file_name(id, c.content_type.as_deref()) != c.file {
+        return Err("its file does not belong to its request id");
+    }
+    if c.sha256.len() != 64 || !c.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("its sha256 is not 64 hex digits");
+    }
+    if !c.score.is_finite() {
+        return Err("its score is not a finite number");
+    }
+    Ok(())
+}
+
+/// Takes the folder's lock file, or fails naming the folder.
+fn lock_folder(dir: &Path) -> std::io::Result<fs::File> {
+    let path = dir.join(".shiftwatch.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    if file.try_lock().is_err() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "{} is in use by another shiftwatch process (its lock {} is held)",
+                dir.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 struct Worker {
