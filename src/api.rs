@@ -167,6 +167,58 @@ impl AppState {
     }
 }
 
+/// JSON up to this many bytes is parsed on the async worker (cheaper than a hand-off).
+pub const INLINE_JSON_BYTES: usize = 16 * 1024;
+
+/// What parsing JSON into a tree may cost per byte of text at worst: `0,` is two bytes and
+/// becomes a 32-byte value in an array.
+const JSON_EXPANSION: u64 = 16;
+
+impl AppState {
+    /// Runs `parse` over `len` bytes of JSON: here when small; else on the blocking pool,
+    /// after taking what the parsed tree may cost from the shared decode budget (so that many
+    /// large JSON bodies at once wait or get 503 instead of multiplying memory).
+    pub async fn parse_json<T: Send + 'static>(
+        &self,
+        len: usize,
+        parse: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if len <= INLINE_JSON_BYTES {
+            return parse();
+        }
+        let budget = Arc::clone(&self.decode_budget);
+        let wait = self.config.limits.decode_wait;
+        let retry = self.config.server.retry_after_seconds;
+        let guard = self.metrics.guard.clone();
+        tokio::task::spawn_blocking(move || {
+            let _grant = budget
+                .acquire(len as u64 * JSON_EXPANSION, wait)
+                .map_err(|e| {
+                    if matches!(e, crate::preprocess::PreprocessError::Busy(_)) {
+                        guard.decode_budget_refusals.inc();
+                    }
+                    match e {
+                        crate::preprocess::PreprocessError::Busy(_) => ApiError::unavailable(
+                            "overloaded",
+                            "too much JSON is being parsed at once; retry later",
+                            retry,
+                        ),
+                        _ => ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload_too_large",
+                            format!(
+                                "{len} bytes of JSON could need more than the whole decode budget (limits.decode_budget_bytes) to parse; send tensors as binary data"
+                            ),
+                        ),
+                    }
+                })?;
+            parse()
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    }
+}
+
 /// What a received body holds of the shared body budget, until the request is answered.
 #[derive(Debug)]
 pub struct BodyHold(#[allow(dead_code)] Option<OwnedSemaphorePermit>);

@@ -263,6 +263,13 @@ fn connections_past_the_cap_get_503_and_oversized_batches_413() {
         &serde_json::to_vec(&request).unwrap(),
     );
     r.assert_error(413, "batch_too_large");
+    // Feedback is bounded before any JSON is parsed (10,000 labels fit in 4 MiB).
+    let r = server.post(
+        "/v1/feedback",
+        Some("application/json"),
+        &vec![b' '; 4 * 1024 * 1024 + 1],
+    );
+    r.assert_error(413, "payload_too_large");
     let request = serde_json::json!({"inputs": [{
         "name": "image", "shape": [2, 1, 8, 8], "datatype": "FP32",
         "data": vec![0.0f32; 2 * 64],

@@ -80,23 +80,14 @@ pub async fn feedback(
     let limit = state.config.server.max_body_bytes.min(MAX_BODY_BYTES);
     let (bytes, _body) = state.read_body(body, limit).await?;
     let _permit = state.admit()?;
-    let small = bytes.len() <= 16 * 1024;
-    let parse = move || {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
-            ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+    let len = bytes.len();
+    let value = state
+        .parse_json(len, move || {
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}"))
+            })
         })
-    };
-    let value = if small {
-        parse()?
-    } else {
-        tokio::task::spawn_blocking(parse).await.map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-            )
-        })??
-    };
+        .await?;
     let items = match value {
         Value::Array(items) => items,
         obj @ Value::Object(_) => vec![obj],

@@ -19,9 +19,6 @@ use crate::log::Endpoint;
 use crate::service::{ImageInput, ModelService, Prediction, Version};
 use crate::time::now_us;
 
-/// JSON parts up to this size are parsed on the async worker.
-const INLINE_PARSE_BYTES: usize = 16 * 1024;
-
 /// The binary-data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -129,15 +126,10 @@ async fn run(
             v2::parse_request(&bytes[..json_len], &bytes[json_len..], &ports)
         }
     };
-    // A small request is parsed here (cheaper than a hand-off); a large one on the blocking
-    // pool, so that no async worker spends milliseconds in a JSON parser.
-    let request = if json_len <= INLINE_PARSE_BYTES {
-        parse()?
-    } else {
-        tokio::task::spawn_blocking(parse).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??
-    };
+    // A small request is parsed here; a large one on the blocking pool under the budget.
+    let request = state
+        .parse_json(json_len, move || parse().map_err(ApiError::from))
+        .await?;
     let base_id = match request.id {
         Some(id) => id,
         None => request_id(&headers)?,
