@@ -45,7 +45,19 @@ fn replay(server: &Server, folder: &str, prefix: &str) -> Vec<(String, String)> 
     sent
 }
 
-/// Polls until an evaluation covers everything sent so far (two evaluations after `after`).
+/// The evaluation of the window as it stands now, after everything sent so far: two
+/// evaluations after the latest one published at the time of the call. (The first may have
+/// copied its window before the call; the second began after the first was published.) The
+/// window is then exactly the last `window` predictions sent, whatever the machine's speed.
+fn settled_evaluation(server: &Server) -> Value {
+    let latest = server.get("/v1/monitor").json()["evaluated_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    evaluation_after(server, &latest)
+}
+
+/// Polls until two evaluations have been published after `after`.
 fn evaluation_after(server: &Server, after: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = 0;
@@ -101,13 +113,9 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     );
     assert_eq!(empty["labeled"], Value::Null);
 
-    // Normal traffic: every test ok.
-    let t0 = server.get("/v1/monitor").json()["evaluated_at"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Normal traffic: every test ok on its last 200 predictions.
     let normal = replay(&server, "normal", "normal");
-    let snap = evaluation_after(&server, &t0);
+    let snap = settled_evaluation(&server);
     assert_eq!(snap["window"]["predictions"], 200);
     assert_eq!(snap["window"]["capacity"], 200);
     let statuses = family_status(&snap);
@@ -133,9 +141,8 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     }
 
     // Out-of-distribution traffic: input and embedding tests alert within one window.
-    let t1 = snap["evaluated_at"].as_str().unwrap().to_string();
     replay(&server, "ood", "ood");
-    let snap = evaluation_after(&server, &t1);
+    let snap = settled_evaluation(&server);
     let statuses = family_status(&snap);
     for test in ["input_ks", "embedding_mmd", "bbsd_ks"] {
         assert_eq!(
@@ -144,9 +151,8 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         );
     }
     // A class-prior shift: the class-mix tests alert.
-    let t2 = snap["evaluated_at"].as_str().unwrap().to_string();
     replay(&server, "class_prior", "prior");
-    let snap = evaluation_after(&server, &t2);
+    let snap = settled_evaluation(&server);
     let statuses = family_status(&snap);
     for test in ["class_chi2", "class_psi", "class_js"] {
         assert_eq!(
@@ -164,11 +170,7 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
 
     // Delayed labels for the normal traffic: calibration from the labeled window.
     server.send_labels(&normal);
-    let t3 = server.get("/v1/monitor").json()["evaluated_at"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let snap = evaluation_after(&server, &t3);
+    let snap = settled_evaluation(&server);
     let labeled = snap["labeled"].clone();
     assert_eq!(labeled["n"], normal.len());
     assert!(labeled["accuracy"].as_f64().unwrap() > 0.9, "{labeled}");
