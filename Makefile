@@ -17,7 +17,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+.PHONY: fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
 	check-deploy deploy-tools test-cuda runtime-gpu
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
@@ -125,3 +125,17 @@ bench: runtime venv
 	$(CARGO) bench --locked --bench monitor
 	$(CARGO) build --release --locked
 	$(PY) scripts/loadtest.py
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 600), from the committed seeds;
+## a crash is written to fuzz/artifacts/<target>/ (commit it to fuzz/regressions/<target>/ once
+## fixed: `make test` replays that folder). cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1
+## lets the stable toolchain take them.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= image v2_request config
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && cp -n fuzz/seeds/$$t/* fuzz/corpus/$$t/; \
+		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(abspath fuzz/target) cargo fuzz run $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; \
+	done

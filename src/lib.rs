@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod feedback;
+pub mod fuzz;
 pub mod image_stats;
 pub mod inference;
 pub mod log;

@@ -3,6 +3,7 @@
 mod support;
 
 mod candidates;
+mod fuzz;
 mod hostile;
 mod log;
 mod models;

@@ -1,0 +1,165 @@
+//! Entry points for the fuzz targets (`fuzz/`, run with `make fuzz`) and for their regression
+//! runner (`tests/fuzz.rs`, part of `make test`). Each takes arbitrary bytes and drives one
+//! surface that hostile input reaches, the way the request path does; it must return, never
+//! panic, whatever the bytes. A crash input found by a fuzzer is committed under
+//! `fuzz/regressions/<target>/` and replayed by `make test`.
+
+use std::path::Path;
+
+use image::ImageFormat;
+
+use crate::api::v2::{self, Encoding, ModelPorts};
+use crate::image_stats;
+use crate::preprocess::{self, Color, DecodeLimits, Layout, Preprocess, Resize};
+
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
+/// The targets, by name (the fuzz crate's binaries and the regression folders use these).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("image", image),
+    ("v2_request", v2_request),
+    ("config", config),
+];
+
+/// Limits small enough that a fuzzer's many iterations stay fast, the same checks as served.
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_width: 4096,
+    max_height: 4096,
+    max_pixels: 4_000_000,
+    max_alloc_bytes: 64 * 1024 * 1024,
+    decode_budget_bytes: 256 * 1024 * 1024,
+    decode_wait: std::time::Duration::ZERO,
+};
+
+/// Decode, preprocess into a tensor, input statistics and dHash: what `classify` does with a
+/// body before inference. The first byte picks the declared format and the model's
+/// preprocessing (color, layout, resize, size); the rest is the image.
+pub fn image(data: &[u8]) {
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let declared = match selector & 0x07 {
+        0 => None,
+        1 => Some(ImageFormat::Png),
+        2 => Some(ImageFormat::Jpeg),
+        3 => Some(ImageFormat::WebP),
+        4 => Some(ImageFormat::Gif),
+        5 => Some(ImageFormat::Bmp),
+        6 => Some(ImageFormat::Tiff),
+        _ => Some(ImageFormat::Png),
+    };
+    let color = match (selector >> 3) & 0x03 {
+        0 => Color::Grayscale,
+        1 => Color::Rgb,
+        _ => Color::Bgr,
+    };
+    let resize = match (selector >> 5) & 0x03 {
+        0 => Resize::Area,
+        1 => Resize::Bilinear,
+        _ => Resize::Nearest,
+    };
+    let (width, height) = if selector & 0x80 == 0 {
+        (8, 8)
+    } else {
+        (7, 13)
+    };
+    let channels = color.channels();
+    let spec = Preprocess {
+        width,
+        height,
+        color,
+        layout: if selector & 0x40 == 0 {
+            Layout::Nchw
+        } else {
+            Layout::Nhwc
+        },
+        resize,
+        scale: 1.0 / 255.0,
+        mean: vec![0.5; channels],
+        std: vec![0.25; channels],
+    };
+    let Ok(decoded) = preprocess::decode(bytes, declared, &LIMITS) else {
+        return;
+    };
+    let mut tensor = vec![0.0f32; spec.tensor_len()];
+    preprocess::to_tensor(&decoded.image, &spec, &mut tensor);
+    let (stats, hash) = image_stats::describe(&decoded.image);
+    // The tensor and the statistics feed the model and the monitor: none may be NaN.
+    for v in tensor.iter().chain(stats.values().iter()) {
+        assert!(!v.is_nan(), "NaN from a decoded image");
+    }
+    let _ = image_stats::hamming(hash, hash);
+}
+
+/// A KServe v2 infer request as it arrives: the first two bytes say how long the JSON part is
+/// (the `Inference-Header-Content-Length` header), the rest is binary tensor data; a third
+/// selector byte optionally wraps the whole body in gzip or deflate first.
+pub fn v2_request(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let body: Vec<u8> = match selector & 0x03 {
+        1 | 2 => {
+            let encoding = if selector & 0x03 == 1 {
+                Encoding::Gzip
+            } else {
+                Encoding::Deflate
+            };
+            match v2::decompress(rest, encoding, 1 << 20) {
+                Ok(b) => b,
+                Err(_) => return,
+            }
+        }
+        _ => rest.to_vec(),
+    };
+    let (json, binary) = if body.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([body[0], body[1]]));
+        let payload = &body[2..];
+        if n == 0 || n > payload.len() {
+            (payload, &[][..])
+        } else {
+            payload.split_at(n)
+        }
+    } else {
+        (&body[..], &[][..])
+    };
+    let shape = if selector & 0x04 == 0 {
+        [1, 8, 8]
+    } else {
+        [8, 8, 3]
+    };
+    let ports = ModelPorts {
+        input: "image",
+        image_shape: shape,
+        probabilities: "probabilities",
+        embedding: (selector & 0x08 == 0).then_some("embedding"),
+    };
+    if let Ok(request) = v2::parse_request(json, binary, &ports)
+        && let v2::Input::Tensor { n, values } = &request.input
+    {
+        // An accepted tensor holds whole images of the model's shape.
+        let per_image: i64 = shape.iter().product();
+        assert_eq!(*n as i64 * per_image, values.len() as i64);
+    }
+    if let Ok(text) = std::str::from_utf8(rest) {
+        let _ = Encoding::accepted(text);
+        let _ = v2::base64_decode(text);
+    }
+}
+
+/// The config loader: TOML text, then environment overrides. The input is the file's text,
+/// optionally followed by a NUL and `KEY=value` lines taken as the environment.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (file, env) = text.split_once('\0').unwrap_or((&text, ""));
+    let vars: Vec<(String, String)> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Err(e) = crate::config::load_str(file, Path::new("fuzz.toml"), vars) {
+        // Every refusal has something to say.
+        assert!(!e.to_string().is_empty());
+    }
+}
