@@ -129,13 +129,14 @@ bench: runtime venv
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 600), from the committed seeds;
 ## a crash is written to fuzz/artifacts/<target>/ (commit it to fuzz/regressions/<target>/ once
 ## fixed: `make test` replays that folder). cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1
-## lets the stable toolchain take them.
+## lets the stable toolchain take them. Release build with AddressSanitizer (-O: without debug
+## assertions, one 20-minute build on 2 cores; the replay in `make test` runs with them).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?= image v2_request config
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
 	set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t && cp -n fuzz/seeds/$$t/* fuzz/corpus/$$t/; \
-		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(abspath fuzz/target) cargo fuzz run $$t fuzz/corpus/$$t -- \
+		RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(abspath fuzz/target) cargo fuzz run -O $$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1; \
 	done
