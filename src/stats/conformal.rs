@@ -1,0 +1,201 @@
+//! Conformal prediction sets: randomized Adaptive Prediction Sets (APS; Romano, Sesia & Candès
+//! 2020, in the form of Angelopoulos & Bates, "A gentle introduction to conformal prediction").
+//!
+//! Classes are ranked by probability (highest first, ties by class index). The score of class
+//! y is the probability mass ranked before it plus `u · p_y`, with `u` uniform in [0, 1). On n
+//! labeled calibration samples the threshold q̂ is the ⌈(n + 1)(1 − α)⌉-th smallest score of the
+//! true class; the set of a new prediction is every class whose score is at most q̂ (a prefix of
+//! the ranking, empty when even the top class's `u · p` is over q̂). When the new sample is
+//! exchangeable with the calibration ones, the set holds the true class with probability at
+//! least 1 − α and at most 1 − α + 1/(n + 1): the randomization is what makes the coverage
+//! exact instead of conservative.
+
+use super::random::{SplitMix64, mix};
+
+/// Classes by probability, highest first, ties by index.
+fn ranking(probabilities: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+/// The APS score of `class`: mass ranked before it plus `u` times its own probability. NaN for
+/// a class out of range.
+pub fn aps_score(probabilities: &[f32], class: usize, u: f64) -> f64 {
+    if class >= probabilities.len() {
+        return f64::NAN;
+    }
+    let mut before = 0.0;
+    for c in ranking(probabilities) {
+        let p = f64::from(probabilities[c]);
+        if c == class {
+            return before + u * p;
+        }
+        before += p;
+    }
+    f64::NAN
+}
+
+/// The calibrated threshold q̂ for `coverage` (1 − α) from row-major `probabilities` (`classes`
+/// per row), their true classes and one `u` per row; `None` when the sizes disagree, a class
+/// is out of range, `coverage` is not in (0, 1) or there are too few rows for it
+/// (⌈(n + 1) coverage⌉ > n).
+pub fn aps_threshold(
+    probabilities: &[f32],
+    classes: usize,
+    truth: &[usize],
+    u: &[f64],
+    coverage: f64,
+) -> Option<f64> {
+    let n = truth.len();
+    if classes == 0
+        || probabilities.len() != n * classes
+        || u.len() != n
+        || !(coverage > 0.0 && coverage < 1.0)
+    {
+        return None;
+    }
+    let mut scores = Vec::with_capacity(n);
+    for ((row, &t), &u) in probabilities.chunks_exact(classes).zip(truth).zip(u) {
+        let s = aps_score(row, t, u);
+        if s.is_nan() {
+            return None;
+        }
+        scores.push(s);
+    }
+    scores.sort_by(f64::total_cmp);
+    let rank = ((n + 1) as f64 * coverage).ceil() as usize;
+    (rank >= 1 && rank <= n).then(|| scores[rank - 1])
+}
+
+/// The prediction set for `threshold`: the classes whose score is at most it, highest
+/// probability first.
+pub fn aps_set(probabilities: &[f32], threshold: f64, u: f64) -> Vec<usize> {
+    let mut set = Vec::new();
+    let mut before = 0.0;
+    for c in ranking(probabilities) {
+        let p = f64::from(probabilities[c]);
+        if before + u * p > threshold {
+            break;
+        }
+        set.push(c);
+        before += p;
+    }
+    set
+}
+
+/// A uniform draw in [0, 1) that a request id determines (FNV-1a of its bytes, mixed with
+/// `seed`): the same prediction always gets the same set, and a set can be recomputed when its
+/// label comes back.
+pub fn uniform_for(id: &str, seed: u64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    SplitMix64::new(mix(h ^ seed)).unit()
+}
+
+/// One seeded `u` per calibration row.
+pub fn calibration_draws(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.unit()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::fixture;
+
+    #[test]
+    fn aps_follows_numpy() {
+        let f = fixture::load_named("sequential_fixture.json");
+        let case = &f["aps"];
+        let k = fixture::count(&case["classes"]);
+        let probs = fixture::f32s(&case["probabilities"]);
+        let truth = fixture::usizes(&case["truth"]);
+        let u = fixture::f64s(&case["u"]);
+        for ((row, t), (u, want)) in probs
+            .chunks_exact(k)
+            .zip(&truth)
+            .zip(u.iter().zip(fixture::f64s(&case["scores"])))
+        {
+            fixture::assert_close(aps_score(row, *t, *u), want, 1e-6, "aps score");
+        }
+        let coverage = fixture::number(&case["coverage"]);
+        let q = aps_threshold(&probs, k, &truth, &u, coverage).unwrap();
+        fixture::assert_close(q, fixture::number(&case["threshold"]), 1e-6, "threshold");
+        let test = fixture::f32s(&case["test_probabilities"]);
+        let test_u = fixture::f64s(&case["test_u"]);
+        for (i, (row, u)) in test.chunks_exact(k).zip(&test_u).enumerate() {
+            let want = fixture::usizes(&case["test_sets"][i]);
+            assert_eq!(aps_set(row, q, *u), want, "set {i}");
+        }
+    }
+
+    #[test]
+    fn coverage_is_exact_on_exchangeable_data() {
+        // Synthetic 5-class data where the true class is drawn from the probabilities
+        // themselves: calibrate on 2,000 rows, measure on 20,000.
+        let mut rng = SplitMix64::new(11);
+        let k = 5;
+        let mut make = |n: usize| {
+            let mut probs = Vec::with_capacity(n * k);
+            let mut truth = Vec::with_capacity(n);
+            for _ in 0..n {
+                let raw: Vec<f64> = (0..k).map(|_| (3.0 * rng.unit()).exp()).collect();
+                let sum: f64 = raw.iter().sum();
+                let row: Vec<f32> = raw.iter().map(|r| (r / sum) as f32).collect();
+                let mut draw = rng.unit();
+                let mut t = k - 1;
+                for (c, p) in row.iter().enumerate() {
+                    draw -= f64::from(*p);
+                    if draw < 0.0 {
+                        t = c;
+                        break;
+                    }
+                }
+                probs.extend(row);
+                truth.push(t);
+            }
+            (probs, truth)
+        };
+        let (cal, cal_truth) = make(2000);
+        let (test, test_truth) = make(20_000);
+        let q = aps_threshold(&cal, k, &cal_truth, &calibration_draws(2000, 1), 0.9).unwrap();
+        let mut covered = 0;
+        let mut size = 0;
+        for (i, (row, t)) in test.chunks_exact(k).zip(&test_truth).enumerate() {
+            let set = aps_set(row, q, uniform_for(&format!("id-{i}"), 5));
+            size += set.len();
+            covered += usize::from(set.contains(t));
+        }
+        let coverage = covered as f64 / test_truth.len() as f64;
+        assert!((coverage - 0.9).abs() < 0.015, "{coverage}");
+        assert!(
+            size > test_truth.len(),
+            "sets are larger than one class on average"
+        );
+    }
+
+    #[test]
+    fn degenerate_input_has_no_threshold() {
+        let p = [0.7f32, 0.3];
+        assert!(
+            aps_threshold(&p, 2, &[0], &[0.5], 0.9).is_none(),
+            "n too small"
+        );
+        assert!(aps_threshold(&p, 2, &[2], &[0.5], 0.5).is_none());
+        assert!(aps_threshold(&p, 2, &[0], &[0.5], 1.0).is_none());
+        assert!(aps_score(&p, 5, 0.5).is_nan());
+        assert_eq!(aps_set(&p, 0.8, 0.5), vec![0]);
+        assert_eq!(aps_set(&p, 2.0, 0.5), vec![0, 1]);
+        assert!(aps_set(&p, 0.1, 0.5).is_empty());
+        assert_eq!(uniform_for("a", 1), uniform_for("a", 1));
+        assert_ne!(uniform_for("a", 1), uniform_for("b", 1));
+    }
+}
