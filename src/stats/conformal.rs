@@ -1,8 +1,13 @@
-//! Conformal prediction sets: randomized Adaptive Prediction Sets (APS; Romano, Sesia & Candès
-//! 2020, in the form of Angelopoulos & Bates, "A gentle introduction to conformal prediction").
+//! Conformal prediction sets: randomized Regularized Adaptive Prediction Sets (RAPS;
+//! Angelopoulos, Bates, Malik & Jordan 2021, "Uncertainty sets for image classifiers using
+//! conformal prediction"), which is APS (Romano, Sesia & Candès 2020) with a penalty on deep
+//! ranks; a penalty of 0 is APS.
 //!
 //! Classes are ranked by probability (highest first, ties by class index). The score of class
-//! y is the probability mass ranked before it plus `u · p_y`, with `u` uniform in [0, 1). On n
+//! y at rank o (1-based) is the probability mass ranked before it plus `u · p_y` plus
+//! `λ · max(0, o − k_reg)`, with `u` uniform in [0, 1). The penalty matters for overconfident
+//! models, whose tail probabilities are all nearly zero: without it their scores tie near 1 and
+//! the threshold falls among ties, with it the rank decides. On n
 //! labeled calibration samples the threshold q̂ is the ⌈(n + 1)(1 − α)⌉-th smallest score of the
 //! true class; the set of a new prediction is every class whose score is at most q̂ (a prefix of
 //! the ranking, empty when even the top class's `u · p` is over q̂). When the new sample is
@@ -23,17 +28,31 @@ fn ranking(probabilities: &[f32]) -> Vec<usize> {
     order
 }
 
-/// The APS score of `class`: mass ranked before it plus `u` times its own probability. NaN for
-/// a class out of range.
-pub fn aps_score(probabilities: &[f32], class: usize, u: f64) -> f64 {
+/// The RAPS regularization: `penalty` (λ) per rank beyond `free_ranks` (k_reg).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regularization {
+    pub penalty: f64,
+    pub free_ranks: usize,
+}
+
+impl Regularization {
+    /// The penalty of the class at `rank` (1-based).
+    fn at(&self, rank: usize) -> f64 {
+        self.penalty * rank.saturating_sub(self.free_ranks) as f64
+    }
+}
+
+/// The RAPS score of `class`: mass ranked before it, plus `u` times its own probability, plus
+/// the rank penalty. NaN for a class out of range.
+pub fn raps_score(probabilities: &[f32], class: usize, u: f64, reg: Regularization) -> f64 {
     if class >= probabilities.len() {
         return f64::NAN;
     }
     let mut before = 0.0;
-    for c in ranking(probabilities) {
+    for (i, c) in ranking(probabilities).into_iter().enumerate() {
         let p = f64::from(probabilities[c]);
         if c == class {
-            return before + u * p;
+            return before + u * p + reg.at(i + 1);
         }
         before += p;
     }
@@ -44,12 +63,13 @@ pub fn aps_score(probabilities: &[f32], class: usize, u: f64) -> f64 {
 /// per row), their true classes and one `u` per row; `None` when the sizes disagree, a class
 /// is out of range, `coverage` is not in (0, 1) or there are too few rows for it
 /// (⌈(n + 1) coverage⌉ > n).
-pub fn aps_threshold(
+pub fn raps_threshold(
     probabilities: &[f32],
     classes: usize,
     truth: &[usize],
     u: &[f64],
     coverage: f64,
+    reg: Regularization,
 ) -> Option<f64> {
     let n = truth.len();
     if classes == 0
@@ -61,7 +81,7 @@ pub fn aps_threshold(
     }
     let mut scores = Vec::with_capacity(n);
     for ((row, &t), &u) in probabilities.chunks_exact(classes).zip(truth).zip(u) {
-        let s = aps_score(row, t, u);
+        let s = raps_score(row, t, u, reg);
         if s.is_nan() {
             return None;
         }
@@ -73,13 +93,13 @@ pub fn aps_threshold(
 }
 
 /// The prediction set for `threshold`: the classes whose score is at most it, highest
-/// probability first.
-pub fn aps_set(probabilities: &[f32], threshold: f64, u: f64) -> Vec<usize> {
+/// probability first (scores grow along the ranking, so the set is a prefix of it).
+pub fn raps_set(probabilities: &[f32], threshold: f64, u: f64, reg: Regularization) -> Vec<usize> {
     let mut set = Vec::new();
     let mut before = 0.0;
-    for c in ranking(probabilities) {
+    for (i, c) in ranking(probabilities).into_iter().enumerate() {
         let p = f64::from(probabilities[c]);
-        if before + u * p > threshold {
+        if before + u * p + reg.at(i + 1) > threshold {
             break;
         }
         set.push(c);
@@ -111,10 +131,24 @@ mod tests {
     use super::*;
     use crate::stats::fixture;
 
+    const APS: Regularization = Regularization {
+        penalty: 0.0,
+        free_ranks: 0,
+    };
+
     #[test]
-    fn aps_follows_numpy() {
+    fn raps_follows_numpy() {
         let f = fixture::load_named("sequential_fixture.json");
-        let case = &f["aps"];
+        for case in f["raps"].as_array().unwrap() {
+            check_case(case);
+        }
+    }
+
+    fn check_case(case: &serde_json::Value) {
+        let reg = Regularization {
+            penalty: fixture::number(&case["penalty"]),
+            free_ranks: fixture::count(&case["free_ranks"]),
+        };
         let k = fixture::count(&case["classes"]);
         let probs = fixture::f32s(&case["probabilities"]);
         let truth = fixture::usizes(&case["truth"]);
@@ -124,16 +158,16 @@ mod tests {
             .zip(&truth)
             .zip(u.iter().zip(fixture::f64s(&case["scores"])))
         {
-            fixture::assert_close(aps_score(row, *t, *u), want, 1e-6, "aps score");
+            fixture::assert_close(raps_score(row, *t, *u, reg), want, 1e-6, "raps score");
         }
         let coverage = fixture::number(&case["coverage"]);
-        let q = aps_threshold(&probs, k, &truth, &u, coverage).unwrap();
+        let q = raps_threshold(&probs, k, &truth, &u, coverage, reg).unwrap();
         fixture::assert_close(q, fixture::number(&case["threshold"]), 1e-6, "threshold");
         let test = fixture::f32s(&case["test_probabilities"]);
         let test_u = fixture::f64s(&case["test_u"]);
         for (i, (row, u)) in test.chunks_exact(k).zip(&test_u).enumerate() {
             let want = fixture::usizes(&case["test_sets"][i]);
-            assert_eq!(aps_set(row, q, *u), want, "set {i}");
+            assert_eq!(raps_set(row, q, *u, reg), want, "set {i}");
         }
     }
 
@@ -166,11 +200,11 @@ mod tests {
         };
         let (cal, cal_truth) = make(2000);
         let (test, test_truth) = make(20_000);
-        let q = aps_threshold(&cal, k, &cal_truth, &calibration_draws(2000, 1), 0.9).unwrap();
+        let q = raps_threshold(&cal, k, &cal_truth, &calibration_draws(2000, 1), 0.9, APS).unwrap();
         let mut covered = 0;
         let mut size = 0;
         for (i, (row, t)) in test.chunks_exact(k).zip(&test_truth).enumerate() {
-            let set = aps_set(row, q, uniform_for(&format!("id-{i}"), 5));
+            let set = raps_set(row, q, uniform_for(&format!("id-{i}"), 5), APS);
             size += set.len();
             covered += usize::from(set.contains(t));
         }
@@ -186,15 +220,25 @@ mod tests {
     fn degenerate_input_has_no_threshold() {
         let p = [0.7f32, 0.3];
         assert!(
-            aps_threshold(&p, 2, &[0], &[0.5], 0.9).is_none(),
+            raps_threshold(&p, 2, &[0], &[0.5], 0.9, APS).is_none(),
             "n too small"
         );
-        assert!(aps_threshold(&p, 2, &[2], &[0.5], 0.5).is_none());
-        assert!(aps_threshold(&p, 2, &[0], &[0.5], 1.0).is_none());
-        assert!(aps_score(&p, 5, 0.5).is_nan());
-        assert_eq!(aps_set(&p, 0.8, 0.5), vec![0]);
-        assert_eq!(aps_set(&p, 2.0, 0.5), vec![0, 1]);
-        assert!(aps_set(&p, 0.1, 0.5).is_empty());
+        assert!(raps_threshold(&p, 2, &[2], &[0.5], 0.5, APS).is_none());
+        assert!(raps_threshold(&p, 2, &[0], &[0.5], 1.0, APS).is_none());
+        assert!(raps_score(&p, 5, 0.5, APS).is_nan());
+        assert_eq!(raps_set(&p, 0.8, 0.5, APS), vec![0]);
+        assert_eq!(raps_set(&p, 2.0, 0.5, APS), vec![0, 1]);
+        assert!(raps_set(&p, 0.1, 0.5, APS).is_empty());
+        let reg = Regularization {
+            penalty: 1.0,
+            free_ranks: 1,
+        };
+        assert!((raps_score(&p, 1, 0.5, reg) - 1.85).abs() < 1e-7);
+        assert_eq!(
+            raps_set(&p, 1.5, 0.5, reg),
+            vec![0],
+            "the penalty keeps class 1 out"
+        );
         assert_eq!(uniform_for("a", 1), uniform_for("a", 1));
         assert_ne!(uniform_for("a", 1), uniform_for("b", 1));
     }

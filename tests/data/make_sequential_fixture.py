@@ -1,6 +1,6 @@
 """Writes tests/data/sequential_fixture.json: inputs and expected values for
 src/stats/sequential.rs (Shiryaev-Roberts e-detectors, mid-ranks) and src/stats/conformal.rs
-(randomized APS prediction sets).
+(randomized RAPS prediction sets; APS is a penalty of 0).
 
 Independent of the Rust recursion: the Shiryaev-Roberts statistic is computed from its
 definition R_t = sum_{j<=t} prod_{i=j..t} e_i (log-space cumulative sums), the mid-rank by
@@ -91,7 +91,7 @@ def mid_rank_cases():
     return out
 
 
-def aps_case():
+def raps_case(penalty, free_ranks):
     k, n, n_test = 6, 199, 40
     logits = RNG.normal(size=(n + n_test, k)) * 2.0
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -103,7 +103,8 @@ def aps_case():
     sorted_p = np.take_along_axis(cal, order, axis=1)
     before = np.cumsum(sorted_p, axis=1) - sorted_p
     position = np.argmax(order == truth[:n, None], axis=1)
-    scores = before[np.arange(n), position] + u[:n] * cal[np.arange(n), truth[:n]]
+    scores = (before[np.arange(n), position] + u[:n] * cal[np.arange(n), truth[:n]]
+              + penalty * np.maximum(0, position + 1 - free_ranks))
     coverage = 0.9
     level = math.ceil((n + 1) * coverage) / n
     threshold = float(np.quantile(scores, level, method="inverted_cdf"))
@@ -114,10 +115,10 @@ def aps_case():
     for row, uu in zip(test, u[n:]):
         o = np.lexsort((np.arange(k), -row))
         sp = row[o]
-        sc = np.cumsum(sp) - sp + uu * sp
+        sc = np.cumsum(sp) - sp + uu * sp + penalty * np.maximum(0, np.arange(1, k + 1) - free_ranks)
         sets.append([int(c) for c, s in zip(o, sc) if s <= threshold])
     return {
-        "classes": k, "coverage": coverage,
+        "penalty": penalty, "free_ranks": free_ranks, "classes": k, "coverage": coverage,
         "probabilities": [float(v) for v in p[:n].ravel()], "truth": [int(t) for t in truth[:n]],
         "u": [float(v) for v in u[:n]], "scores": [float(s) for s in scores],
         "threshold": threshold,
@@ -132,7 +133,7 @@ def main():
                       "numpy": np.__version__, "scipy": scipy.__version__},
         "detectors": detector_cases(),
         "mid_rank": mid_rank_cases(),
-        "aps": aps_case(),
+        "raps": [raps_case(0.0, 0), raps_case(0.05, 2)],
     }
     OUT.write_text(json.dumps(fixture, separators=(",", ":"), allow_nan=False) + "\n")
     print(f"wrote {OUT}")
