@@ -279,7 +279,7 @@ impl Bench<'_> {
         normal: &[Sample],
         shifted: Stream<'_>,
         seed: u64,
-    ) -> (Option<usize>, bool) {
+    ) -> (Option<usize>, bool, Vec<&'static str>) {
         let mut d = self.detector(sequential);
         let mut feed = self.feed(seed);
         let mut early = false;
@@ -287,11 +287,12 @@ impl Bench<'_> {
             early |= d.step(&mut feed, Stream::Pool(normal)).1;
         }
         for step in 1..=MAX_DELAY / EVERY {
-            if d.step(&mut feed, shifted).1 {
-                return (Some(step * EVERY), early);
+            let (new, any) = d.step(&mut feed, shifted);
+            if any {
+                return (Some(step * EVERY), early, new);
             }
         }
-        (None, early)
+        (None, early, Vec::new())
     }
 }
 
@@ -305,16 +306,24 @@ struct DelayRow {
     p90: f64,
     max: f64,
     warm_up_alarms: usize,
+    /// How often each family was among the first to alert.
+    first: BTreeMap<&'static str, usize>,
 }
 
 fn summarize_delays(
     traffic: &str,
     detector: &'static str,
-    delays: &[(Option<usize>, bool)],
+    delays: &[(Option<usize>, bool, Vec<&'static str>)],
 ) -> DelayRow {
+    let mut first = BTreeMap::new();
+    for (_, _, families) in delays {
+        for f in families {
+            *first.entry(*f).or_insert(0) += 1;
+        }
+    }
     let mut d: Vec<f64> = delays
         .iter()
-        .map(|(d, _)| d.unwrap_or(MAX_DELAY) as f64)
+        .map(|(d, _, _)| d.unwrap_or(MAX_DELAY) as f64)
         .collect();
     d.sort_by(f64::total_cmp);
     let n = d.len();
@@ -322,12 +331,13 @@ fn summarize_delays(
         traffic: traffic.to_string(),
         detector,
         trials: n,
-        detected: delays.iter().filter(|(d, _)| d.is_some()).count() as f64 / n as f64,
+        detected: delays.iter().filter(|(d, _, _)| d.is_some()).count() as f64 / n as f64,
         mean: d.iter().sum::<f64>() / n as f64,
         // The nearest-rank 90th percentile.
         p90: d[((0.9 * n as f64).ceil() as usize).clamp(1, n) - 1],
         max: d[n - 1],
-        warm_up_alarms: delays.iter().filter(|(_, e)| *e).count(),
+        warm_up_alarms: delays.iter().filter(|(_, e, _)| *e).count(),
+        first,
     }
 }
 
@@ -458,7 +468,7 @@ fn main() {
             (false, trials_before, "before"),
             (true, trials_after, "after"),
         ] {
-            let delays: Vec<(Option<usize>, bool)> = (0..trials)
+            let delays: Vec<(Option<usize>, bool, Vec<&'static str>)> = (0..trials)
                 .map(|t| {
                     bench.delay(
                         seq,
@@ -469,7 +479,10 @@ fn main() {
                 })
                 .collect();
             let row = summarize_delays(name, label, &delays);
-            eprintln!("{name} {label}: mean {:.0}", row.mean);
+            eprintln!(
+                "{name} {label}: mean {:.0}, first: {:?}",
+                row.mean, row.first
+            );
             rows.push(row);
         }
     }

@@ -6,9 +6,10 @@
 //! `evaluate_every`, applies hysteresis, updates the metrics and keeps the latest
 //! [`Snapshot`] for `GET /v1/monitor`; it also saves the window so that a restart does not
 //! blind the monitor. Each evaluation first feeds the predictions that arrived since the last
-//! one, in order, to the sequential detectors (`sequential`); a family's status is `alert`
-//! when its window test alerts (after hysteresis) or its sequential detector's evidence is at or
-//! over its threshold, otherwise the window test's status.
+//! one, in order, to the sequential detectors (`sequential`). Where a sequential detector
+//! watches a family, the family is `alert` exactly when that detector's evidence is at or over
+//! its threshold (so every alert carries the run-length guarantee); its window test then says
+//! `warn` at most, and `insufficient_data`/`ok` as before (see [`combined_status`]).
 
 mod config;
 pub mod evaluate;
@@ -172,6 +173,22 @@ pub struct ReferenceInfo {
     pub atc_threshold: Option<f64>,
     /// The calibrated APS threshold of prediction sets, when on.
     pub prediction_set_threshold: Option<f64>,
+}
+
+/// A family's status from its window test (after hysteresis) and the sequential detectors:
+/// where a detector watches the family (its own, or the one watching the same feature), the
+/// detector decides `alert` and a window alert is reported as `warn` (significant and large on
+/// this window, but without the run-length guarantee); without one, the window test decides.
+fn combined_status(kind: TestKind, window: Status, sequential: Option<&SequentialBlock>) -> Status {
+    let family = kind.sequential_family().as_str();
+    let Some(detector) = sequential.and_then(|b| b.tests.iter().find(|t| t.test == family)) else {
+        return window;
+    };
+    if detector.status == Status::Alert {
+        Status::Alert
+    } else {
+        window.min(Status::Warn)
+    }
 }
 
 /// The saved window (JSON), restored at start when the model version matches.
@@ -372,12 +389,7 @@ impl Monitor {
                 .iter()
                 .map(|o| {
                     let window = h[o.kind.index()].update(o.raw, self.config.clear_after);
-                    let alarmed = sequential.as_ref().is_some_and(|b| {
-                        b.tests
-                            .iter()
-                            .any(|t| t.test == o.kind.as_str() && t.status == Status::Alert)
-                    });
-                    if alarmed { Status::Alert } else { window }
+                    combined_status(o.kind, window, sequential.as_ref())
                 })
                 .collect()
         };

@@ -92,6 +92,18 @@ impl TestKind {
         }
     }
 
+    /// The family whose sequential detector decides this family's alert: itself, or for a
+    /// family without a detector the one watching the same feature (class mix, confidence,
+    /// entropy).
+    pub fn sequential_family(self) -> TestKind {
+        match self {
+            TestKind::ClassPsi | TestKind::ClassJs => TestKind::ClassChi2,
+            TestKind::ConfidencePsi => TestKind::ConfidenceKs,
+            TestKind::EntropyPsi => TestKind::EntropyKs,
+            other => other,
+        }
+    }
+
     /// The tolerance of the family's sequential detector by default, `None` for a family
     /// without one (PSI and JS watch what the chi-square and KS families' detectors watch).
     /// Class mix: the χ² divergence of the live mix from the reference's (Cohen's w²: 0.1 is

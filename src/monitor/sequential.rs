@@ -15,11 +15,12 @@
 //! - `bbsd_ks` (each class's probability), `confidence_ks`, `entropy_ks`, `input_ks` (each input
 //!   statistic the reference has), `embedding_mmd` (the distance to the predicted class's
 //!   reference centroid) and `set_size_ks` (the prediction set's size): the mid-rank of the value
-//!   among the reference's (mean ½) in the direction(s) a shift can take, and the indicator of the
-//!   reference's `tail_quantile` tail (mean k/(n + 1)) where a shift sends values out of the
-//!   reference's range (low confidence, high entropy, both ends of an input statistic, far
-//!   embeddings, large sets). Ranks bet beyond the family's tolerance, tails beyond
-//!   `tail_tolerance`.
+//!   among the reference's (mean ½) in the direction(s) a shift can take, and the indicators of
+//!   the reference's `tail_quantile` tail (mean k/(n + 1)) and of its most extreme value (mean
+//!   1/(n + 1)) where a shift sends values out of the reference's range (low confidence, high
+//!   entropy, both ends of an input statistic, far embeddings, large sets). Ranks bet beyond the
+//!   family's tolerance, tails beyond `tail_tolerance`. A feature the reference holds constant
+//!   (an image size) gets its tails only.
 
 use serde::Serialize;
 
@@ -191,13 +192,23 @@ impl Sequential {
                     if values.len() < 2 {
                         return;
                     }
+                    // A feature the reference holds constant (an image size) has no ranks to
+                    // bet on: only its tails, where any other value lands.
+                    let constant = values[0] == values[values.len() - 1];
                     let reference = f.references.len();
                     f.references.push(values.to_vec());
                     for s in scores {
+                        if constant && matches!(*s, "up" | "down") {
+                            continue;
+                        }
                         let (score, detector) = match *s {
                             "up" => (Score::RankUp, BetDetector::new(0.5, tolerance, cap)),
                             "down" => (Score::RankDown, BetDetector::new(0.5, tolerance, cap)),
-                            tail => match Tail::new(values, q, tail == "high") {
+                            tail => match match tail {
+                                "min" => Tail::extreme(values, false),
+                                "max" => Tail::extreme(values, true),
+                                _ => Tail::new(values, q, tail == "high"),
+                            } {
                                 Some(t) => (
                                     Score::Tail(t),
                                     BetDetector::new(t.null_rate, tail_tolerance, cap),
@@ -243,13 +254,13 @@ impl Sequential {
                         &mut f,
                         Feature::Confidence,
                         &reference.confidence_sorted,
-                        &["low", "down", "up"],
+                        &["low", "min", "down", "up"],
                     ),
                     TestKind::EntropyKs => add(
                         &mut f,
                         Feature::Entropy,
                         &reference.entropy_sorted,
-                        &["high", "up", "down"],
+                        &["high", "max", "up", "down"],
                     ),
                     TestKind::InputKs => {
                         for (i, values) in reference.inputs_sorted.iter().enumerate() {
@@ -257,7 +268,7 @@ impl Sequential {
                                 &mut f,
                                 Feature::Input(i),
                                 values,
-                                &["low", "high", "up", "down"],
+                                &["low", "high", "min", "max", "up", "down"],
                             );
                         }
                     }
@@ -265,11 +276,16 @@ impl Sequential {
                         &mut f,
                         Feature::CentroidDistance,
                         &reference.centroid_distances_sorted,
-                        &["high", "up"],
+                        &["high", "max", "up"],
                     ),
                     TestKind::SetSizeKs => {
                         if let Some(c) = &reference.conformal {
-                            add(&mut f, Feature::SetSize, &c.sizes_sorted, &["high", "up"]);
+                            add(
+                                &mut f,
+                                Feature::SetSize,
+                                &c.sizes_sorted,
+                                &["high", "max", "up"],
+                            );
                         }
                     }
                     TestKind::ClassPsi

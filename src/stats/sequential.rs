@@ -118,6 +118,20 @@ impl Tail {
         })
     }
 
+    /// Beyond the reference's most extreme value (k = 1): null rate 1 / (n + 1). `None` for an
+    /// empty reference.
+    pub fn extreme(sorted: &[f64], upper: bool) -> Option<Tail> {
+        let n = sorted.len();
+        if n == 0 {
+            return None;
+        }
+        Some(Tail {
+            cut: if upper { sorted[n - 1] } else { sorted[0] },
+            upper,
+            null_rate: 1.0 / (n + 1) as f64,
+        })
+    }
+
     /// 1 when `x` lies beyond the cut, 0 otherwise, NaN for NaN.
     pub fn indicator(&self, x: f64) -> f64 {
         if x.is_nan() {
@@ -240,6 +254,10 @@ mod tests {
         assert_eq!(hi.cut, 94.0);
         assert_eq!(hi.indicator(94.5), 1.0);
         assert!(Tail::new(&sorted[..5], 0.05, true).is_none());
+        let max = Tail::extreme(&sorted, true).unwrap();
+        assert_eq!((max.cut, max.null_rate), (98.0, 0.01));
+        assert_eq!(Tail::extreme(&sorted, false).unwrap().indicator(-0.5), 1.0);
+        assert!(Tail::extreme(&[], true).is_none());
         assert!(hi.indicator(f64::NAN).is_nan());
     }
 }
