@@ -163,6 +163,8 @@ impl Feed<'_> {
 /// What is being benchmarked: the window tests or the sequential detectors.
 enum Detector<'a> {
     Window {
+        /// The reference without prediction sets: the window tests as they were.
+        reference: &'a Reference,
         settings: &'a Settings,
         clear_after: u32,
         hysteresis: Vec<Hysteresis>,
@@ -182,13 +184,14 @@ impl Detector<'_> {
         let reference = feed.reference;
         match self {
             Detector::Window {
+                reference: before,
                 settings,
                 clear_after,
                 hysteresis,
                 window,
             } => {
                 feed.rows(stream, EVERY, window);
-                let (outcomes, _) = evaluate(reference, &window.snapshot(i64::MIN), settings);
+                let (outcomes, _) = evaluate(before, &window.snapshot(i64::MIN), settings);
                 let mut new = Vec::new();
                 let mut any = false;
                 for o in outcomes {
@@ -218,6 +221,8 @@ impl Detector<'_> {
 
 struct Bench<'a> {
     reference: &'a Reference,
+    /// The same without prediction sets (the window tests before this change).
+    reference_before: &'a Reference,
     settings: &'a Settings,
     sequential: &'a SequentialSettings,
     clear_after: u32,
@@ -235,6 +240,7 @@ impl Bench<'_> {
             }
         } else {
             Detector::Window {
+                reference: self.reference_before,
                 settings: self.settings,
                 clear_after: self.clear_after,
                 hysteresis: vec![Hysteresis::default(); 16],
@@ -379,8 +385,11 @@ fn main() {
         .collect();
     let normal = &pools[0][..];
     let ood = &pools[5][..];
+    let mut reference_before = reference_default.clone();
+    reference_before.conformal = None;
     let bench = Bench {
         reference: &reference_default,
+        reference_before: &reference_before,
         settings: &settings,
         sequential: &sequential,
         clear_after: monitor.clear_after,

@@ -3,11 +3,13 @@
 //! conformal prediction"), which is APS (Romano, Sesia & Candès 2020) with a penalty on deep
 //! ranks; a penalty of 0 is APS.
 //!
-//! Classes are ranked by probability (highest first, ties by class index). The score of class
-//! y at rank o (1-based) is the probability mass ranked before it plus `u · p_y` plus
-//! `λ · max(0, o − k_reg)`, with `u` uniform in [0, 1). The penalty matters for overconfident
-//! models, whose tail probabilities are all nearly zero: without it their scores tie near 1 and
-//! the threshold falls among ties, with it the rank decides. On n
+//! Classes are ranked by probability (highest first, ties by class index); each class adds its
+//! probability plus a penalty λ when its rank is beyond k_reg. The score of class y is what the
+//! classes ranked before it add, plus `u` times what y adds, with `u` uniform in [0, 1) (the
+//! randomized RAPS of the paper's algorithm: the penalty is randomized with the probability,
+//! which is what keeps coverage exact when tail probabilities are all nearly zero). The penalty
+//! matters for overconfident models: without it their scores tie near 1 and the threshold falls
+//! among ties, with it the rank decides. On n
 //! labeled calibration samples the threshold q̂ is the ⌈(n + 1)(1 − α)⌉-th smallest score of the
 //! true class; the set of a new prediction is every class whose score is at most q̂ (a prefix of
 //! the ranking, empty when even the top class's `u · p` is over q̂). When the new sample is
@@ -36,25 +38,29 @@ pub struct Regularization {
 }
 
 impl Regularization {
-    /// The penalty of the class at `rank` (1-based).
+    /// The penalty the class at `rank` (1-based) adds.
     fn at(&self, rank: usize) -> f64 {
-        self.penalty * rank.saturating_sub(self.free_ranks) as f64
+        if rank > self.free_ranks {
+            self.penalty
+        } else {
+            0.0
+        }
     }
 }
 
-/// The RAPS score of `class`: mass ranked before it, plus `u` times its own probability, plus
-/// the rank penalty. NaN for a class out of range.
+/// The RAPS score of `class`: what the classes ranked before it add (probability and penalty),
+/// plus `u` times what it adds. NaN for a class out of range.
 pub fn raps_score(probabilities: &[f32], class: usize, u: f64, reg: Regularization) -> f64 {
     if class >= probabilities.len() {
         return f64::NAN;
     }
     let mut before = 0.0;
     for (i, c) in ranking(probabilities).into_iter().enumerate() {
-        let p = f64::from(probabilities[c]);
+        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
         if c == class {
-            return before + u * p + reg.at(i + 1);
+            return before + u * adds;
         }
-        before += p;
+        before += adds;
     }
     f64::NAN
 }
@@ -98,12 +104,12 @@ pub fn raps_set(probabilities: &[f32], threshold: f64, u: f64, reg: Regularizati
     let mut set = Vec::new();
     let mut before = 0.0;
     for (i, c) in ranking(probabilities).into_iter().enumerate() {
-        let p = f64::from(probabilities[c]);
-        if before + u * p + reg.at(i + 1) > threshold {
+        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
+        if before + u * adds > threshold {
             break;
         }
         set.push(c);
-        before += p;
+        before += adds;
     }
     set
 }
@@ -233,9 +239,9 @@ mod tests {
             penalty: 1.0,
             free_ranks: 1,
         };
-        assert!((raps_score(&p, 1, 0.5, reg) - 1.85).abs() < 1e-7);
+        assert!((raps_score(&p, 1, 0.5, reg) - (0.7 + 0.5 * 1.3)).abs() < 1e-7);
         assert_eq!(
-            raps_set(&p, 1.5, 0.5, reg),
+            raps_set(&p, 1.3, 0.5, reg),
             vec![0],
             "the penalty keeps class 1 out"
         );

@@ -101,10 +101,12 @@ def raps_case(penalty, free_ranks):
     cal, test = p[:n].astype(np.float64), p[n:].astype(np.float64)
     order = np.array([np.lexsort((np.arange(k), -row)) for row in cal])
     sorted_p = np.take_along_axis(cal, order, axis=1)
-    before = np.cumsum(sorted_p, axis=1) - sorted_p
+    # Each class adds its probability plus the penalty when its rank is beyond free_ranks; the
+    # score is what the classes before it add plus u times what it adds (randomized RAPS).
+    adds = sorted_p + penalty * (np.arange(1, k + 1) > free_ranks)
+    before = np.cumsum(adds, axis=1) - adds
     position = np.argmax(order == truth[:n, None], axis=1)
-    scores = (before[np.arange(n), position] + u[:n] * cal[np.arange(n), truth[:n]]
-              + penalty * np.maximum(0, position + 1 - free_ranks))
+    scores = before[np.arange(n), position] + u[:n] * adds[np.arange(n), position]
     coverage = 0.9
     level = math.ceil((n + 1) * coverage) / n
     threshold = float(np.quantile(scores, level, method="inverted_cdf"))
@@ -115,7 +117,8 @@ def raps_case(penalty, free_ranks):
     for row, uu in zip(test, u[n:]):
         o = np.lexsort((np.arange(k), -row))
         sp = row[o]
-        sc = np.cumsum(sp) - sp + uu * sp + penalty * np.maximum(0, np.arange(1, k + 1) - free_ranks)
+        add = sp + penalty * (np.arange(1, k + 1) > free_ranks)
+        sc = np.cumsum(add) - add + uu * add
         sets.append([int(c) for c, s in zip(o, sc) if s <= threshold])
     return {
         "penalty": penalty, "free_ranks": free_ranks, "classes": k, "coverage": coverage,
