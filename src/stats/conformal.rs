@@ -114,6 +114,36 @@ pub fn raps_set(probabilities: &[f32], threshold: f64, u: f64, reg: Regularizati
     set
 }
 
+/// The probability over the draw `u` that `class` is in the set for `threshold`:
+/// `clamp((q̂ − what the classes before it add) / what it adds, 0, 1)`. Averaging it over labeled
+/// predictions gives the coverage given the calibration without the noise of the draws. NaN
+/// for a class out of range.
+pub fn raps_inclusion(
+    probabilities: &[f32],
+    class: usize,
+    threshold: f64,
+    reg: Regularization,
+) -> f64 {
+    if class >= probabilities.len() {
+        return f64::NAN;
+    }
+    let mut before = 0.0;
+    for (i, c) in ranking(probabilities).into_iter().enumerate() {
+        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
+        if c == class {
+            return if adds > 0.0 {
+                ((threshold - before) / adds).clamp(0.0, 1.0)
+            } else if before <= threshold {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        before += adds;
+    }
+    f64::NAN
+}
+
 /// A uniform draw in [0, 1) that a request id determines (FNV-1a of its bytes, mixed with
 /// `seed`): the same prediction always gets the same set, and a set can be recomputed when its
 /// label comes back.
@@ -245,6 +275,17 @@ mod tests {
             vec![0],
             "the penalty keeps class 1 out"
         );
+        // Inclusion over the draw: class 1 is in when 0.7 + 1.3 u <= 1.3, u <= 0.6/1.3.
+        let want = (1.3 - 0.7f32 as f64) / (0.3f32 as f64 + 1.0);
+        assert!((raps_inclusion(&p, 1, 1.3, reg) - want).abs() < 1e-12);
+        assert_eq!(raps_inclusion(&p, 0, 1.3, reg), 1.0);
+        assert_eq!(raps_inclusion(&p, 1, 0.1, reg), 0.0);
+        assert!(raps_inclusion(&p, 2, 0.1, reg).is_nan());
+        let mut rng = SplitMix64::new(3);
+        let hits = (0..100_000)
+            .filter(|_| raps_set(&p, 1.3, rng.unit(), reg).contains(&1))
+            .count();
+        assert!((hits as f64 / 1e5 - want).abs() < 0.01, "{hits}");
         assert_eq!(uniform_for("a", 1), uniform_for("a", 1));
         assert_ne!(uniform_for("a", 1), uniform_for("b", 1));
     }
