@@ -678,3 +678,62 @@ impl Monitor {
         tracing::info!(path = %path.display(), rows = w.len(), "monitor window restored");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(test: &'static str, status: Status) -> SequentialBlock {
+        SequentialBlock {
+            guarantee: String::new(),
+            run_length: 1e6,
+            threshold: 7e6,
+            predictions_seen: 0,
+            predictions_skipped: 0,
+            tests: vec![SequentialReport {
+                test,
+                evidence: 0.0,
+                threshold: 7e6,
+                tolerance: 0.1,
+                status,
+                alarms: 0,
+                alarm_at: None,
+                components: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_sequential_detector_decides_alerts() {
+        let quiet = block("class_chi2", Status::Ok);
+        let alarmed = block("class_chi2", Status::Alert);
+        // A window alert without the detector's alarm is a warning.
+        assert_eq!(
+            combined_status(TestKind::ClassChi2, Status::Alert, Some(&quiet)),
+            Status::Warn
+        );
+        // PSI and JS of the class mix follow the class-mix detector.
+        assert_eq!(
+            combined_status(TestKind::ClassPsi, Status::Ok, Some(&alarmed)),
+            Status::Alert
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassJs, Status::InsufficientData, Some(&alarmed)),
+            Status::Alert,
+            "the detector needs no minimum sample"
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassJs, Status::InsufficientData, Some(&quiet)),
+            Status::InsufficientData
+        );
+        // No detector for the family (or none at all): the window test decides.
+        assert_eq!(
+            combined_status(TestKind::InputKs, Status::Alert, Some(&quiet)),
+            Status::Alert
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassChi2, Status::Alert, None),
+            Status::Alert
+        );
+    }
+}
