@@ -123,6 +123,7 @@ bench: runtime venv
 	$(CARGO) bench --locked --bench pipeline
 	$(CARGO) bench --locked --bench log_writer
 	$(CARGO) bench --locked --bench monitor
+	$(CARGO) bench --locked --bench detection
 	$(CARGO) build --release --locked
 	$(PY) scripts/loadtest.py
 

@@ -49,6 +49,7 @@ fn record(
         content_type: Some("image/png".into()),
         image: Some(image.clone()),
         flags: Vec::new(),
+        prediction_set: Some(vec![3, 5]),
     }
 }
 

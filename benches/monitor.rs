@@ -112,6 +112,7 @@ fn window(
             probabilities: &s.probabilities,
             inputs: s.inputs,
             embedding: (dim > 0).then_some(&s.embedding[..]),
+            set_size: f32::NAN,
         });
     }
     (w, (labeled == size).then(|| correct as f64 / size as f64))
@@ -306,6 +307,7 @@ fn main() {
             probabilities: &s.probabilities,
             inputs: s.inputs,
             embedding: Some(&s.embedding),
+            set_size: f32::NAN,
         });
     }
     let per = t.elapsed().as_nanos() as f64 / n as f64;

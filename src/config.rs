@@ -558,6 +558,39 @@ mod tests {
     }
 
     #[test]
+    fn sequential_and_prediction_set_keys_are_validated() {
+        use crate::monitor::evaluate::TestKind;
+        let c = load_text(
+            "[monitor]\nrun_length = 500.0\nprediction_set_coverage = 0\n[monitor.tolerance]\ninput_ks = 0.25\n",
+            &[],
+        )
+        .unwrap();
+        let m = c.monitor.unwrap();
+        let seq = m.sequential.unwrap();
+        assert_eq!(seq.run_length, 500.0);
+        assert_eq!(seq.tolerance[TestKind::InputKs.index()], Some(0.25));
+        assert_eq!(seq.tolerance[TestKind::ClassPsi.index()], None);
+        assert_eq!(m.prediction_set_coverage, None, "0 is off");
+        let err = load_text(
+            "[monitor]\nrun_length = 0.5\ntail_quantile = 0.7\nprediction_set_coverage = 1.5\n[monitor.tolerance]\nclass_psi = 0.1\nbbsd_ks = 2\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "monitor.run_length",
+            "monitor.tail_quantile",
+            "monitor.prediction_set_coverage",
+            "monitor.tolerance.class_psi",
+            "monitor.tolerance.bbsd_ks",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let c = load_text("[monitor]\nsequential = false\n", &[]).unwrap();
+        assert!(c.monitor.unwrap().sequential.is_none());
+    }
+
+    #[test]
     fn require_cuda_needs_cuda_listed() {
         let err = load_text("[model]\nrequire_cuda = true\n", &[])
             .unwrap_err()

@@ -96,6 +96,8 @@ pub struct PredictionRecord {
     pub content_type: Option<String>,
     pub image: Option<ImageInfo>,
     pub flags: Vec<&'static str>,
+    /// The conformal prediction set (class indices), when sets are on.
+    pub prediction_set: Option<Vec<i32>>,
 }
 
 /// One delayed label.

@@ -80,6 +80,10 @@ pub struct Metrics {
     pub drift_statistic: GaugeVec,
     pub drift_p_value: GaugeVec,
     pub drift_status: IntGaugeVec,
+    pub drift_evidence: GaugeVec,
+    pub drift_evidence_threshold: Gauge,
+    pub drift_alarms: IntCounterVec,
+    pub prediction_set_size: Histogram,
     pub window_predictions: IntGauge,
     pub window_capacity: IntGauge,
     pub estimated_accuracy: GaugeVec,
@@ -400,6 +404,25 @@ impl Metrics {
                 "shiftwatch_drift_status",
                 "Each test family's verdict: -1 insufficient data, 0 ok, 1 warn, 2 alert",
                 &["test"],
+            ),
+            drift_evidence: float_vec(
+                "shiftwatch_drift_evidence",
+                "Each test family's sequential evidence (Shiryaev-Roberts e-detector) against the reference",
+                &["test"],
+            ),
+            drift_evidence_threshold: float(
+                "shiftwatch_drift_evidence_threshold",
+                "Evidence at which a family's sequential detector alarms (monitor.run_length times the families with a detector)",
+            ),
+            drift_alarms: counter_vec(
+                "shiftwatch_drift_alarms_total",
+                "Sequential alarms raised (evidence crossing its threshold), by test family",
+                &["test"],
+            ),
+            prediction_set_size: histogram(
+                "shiftwatch_prediction_set_size",
+                "Classes in each conformal prediction set",
+                vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 20.0, 50.0, 100.0],
             ),
             window_predictions: int(
                 "shiftwatch_window_predictions",

@@ -5,11 +5,16 @@
 //! [`Monitor::flags`]. A background thread ([`Monitor::spawn`]) evaluates every
 //! `evaluate_every`, applies hysteresis, updates the metrics and keeps the latest
 //! [`Snapshot`] for `GET /v1/monitor`; it also saves the window so that a restart does not
-//! blind the monitor.
+//! blind the monitor. Each evaluation first feeds the predictions that arrived since the last
+//! one, in order, to the sequential detectors (`sequential`). Where a sequential detector
+//! watches a family, the family is `alert` exactly when that detector's evidence is at or over
+//! its threshold (so every alert carries the run-length guarantee); its window test then says
+//! `warn` at most, and `insufficient_data`/`ok` as before (see [`combined_status`]).
 
 mod config;
 pub mod evaluate;
 pub mod reference;
+pub mod sequential;
 pub mod window;
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -18,20 +23,25 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::config::{MonitorConfig, RawMinEffect, RawMonitor};
+pub use self::config::{MonitorConfig, RawMinEffect, RawMonitor, RawTolerance};
 use self::evaluate::{Estimates, Hysteresis, Status, TestKind, TestOutcome, evaluate};
 use self::reference::Reference;
+use self::sequential::{Sequential, SequentialReport};
 use self::window::{Observation, Window, WindowData};
 use crate::metrics::Metrics;
 use crate::stats;
 
-/// Labeled predictions: the served probabilities and the true class, last N.
+/// Labeled predictions, last N.
 #[derive(Debug)]
 struct Labeled {
     capacity: usize,
     classes: usize,
-    rows: std::collections::VecDeque<(Box<[f32]>, usize)>,
+    rows: std::collections::VecDeque<LabeledRow>,
 }
+
+/// One labeled prediction: the served probabilities, the true class and, with prediction sets,
+/// the set's size and whether it held the true class.
+type LabeledRow = (Box<[f32]>, usize, Option<(usize, bool)>);
 
 /// What `GET /v1/monitor` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +55,24 @@ pub struct Snapshot {
     pub labeled: Option<LabeledReport>,
     /// `None` when this model version has no reference profile.
     pub reference: Option<ReferenceInfo>,
+    /// The sequential detectors and their guarantee; `None` when off or unreferenced.
+    pub sequential: Option<SequentialBlock>,
+}
+
+/// `/v1/monitor`'s `sequential` block.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequentialBlock {
+    /// What the thresholds guarantee, in words.
+    pub guarantee: String,
+    /// The average run length to a false alarm, in predictions (`monitor.run_length`).
+    pub run_length: f64,
+    /// Every family's threshold: run_length × the number of families with a detector.
+    pub threshold: f64,
+    /// Predictions fed to the detectors so far.
+    pub predictions_seen: u64,
+    /// Predictions that left the window before an evaluation could feed them.
+    pub predictions_skipped: u64,
+    pub tests: Vec<SequentialReport>,
 }
 
 impl Snapshot {
@@ -82,6 +110,7 @@ impl Snapshot {
             estimates: Estimates::default(),
             labeled: None,
             reference: None,
+            sequential: None,
         }
     }
 }
@@ -117,6 +146,11 @@ pub struct LabeledReport {
     pub nll: f64,
     pub reliability: Vec<ReliabilityReport>,
     pub per_class_accuracy: Vec<Option<f64>>,
+    /// Share of labeled predictions whose prediction set held the true class (with sets on).
+    pub prediction_set_coverage: Option<f64>,
+    /// The coverage the sets were calibrated for.
+    pub prediction_set_target: Option<f64>,
+    pub mean_prediction_set_size: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +171,24 @@ pub struct ReferenceInfo {
     pub temperature: Option<f64>,
     pub temperature_applied: bool,
     pub atc_threshold: Option<f64>,
+    /// The calibrated APS threshold of prediction sets, when on.
+    pub prediction_set_threshold: Option<f64>,
+}
+
+/// A family's status from its window test (after hysteresis) and the sequential detectors:
+/// where a detector watches the family (its own, or the one watching the same feature), the
+/// detector decides `alert` and a window alert is reported as `warn` (significant and large on
+/// this window, but without the run-length guarantee); without one, the window test decides.
+fn combined_status(kind: TestKind, window: Status, sequential: Option<&SequentialBlock>) -> Status {
+    let family = kind.sequential_family().as_str();
+    let Some(detector) = sequential.and_then(|b| b.tests.iter().find(|t| t.test == family)) else {
+        return window;
+    };
+    if detector.status == Status::Alert {
+        Status::Alert
+    } else {
+        window.min(Status::Warn)
+    }
 }
 
 /// The saved window (JSON), restored at start when the model version matches.
@@ -154,6 +206,7 @@ pub struct Monitor {
     window: Mutex<Window>,
     labeled: Mutex<Labeled>,
     hysteresis: Mutex<[Hysteresis; TestKind::COUNT]>,
+    sequential: Option<Mutex<Sequential>>,
     latest: RwLock<Option<Arc<Snapshot>>>,
     /// Whether any test family is in alert (after hysteresis) at the last evaluation.
     shifted: std::sync::atomic::AtomicBool,
@@ -190,6 +243,13 @@ impl Monitor {
                 .set(*ratio);
         }
         metrics.window_capacity.set(config.window as i64);
+        let sequential = config
+            .sequential
+            .as_ref()
+            .map(|s| Sequential::new(&reference, s));
+        if let Some(s) = &sequential {
+            metrics.drift_evidence_threshold.set(s.threshold());
+        }
         let dim = if reference.embeddings.is_some() {
             embedding_dim
         } else {
@@ -204,6 +264,7 @@ impl Monitor {
                 rows: std::collections::VecDeque::new(),
             }),
             hysteresis: Mutex::new([Hysteresis::default(); TestKind::COUNT]),
+            sequential: sequential.map(Mutex::new),
             latest: RwLock::new(None),
             shifted: std::sync::atomic::AtomicBool::new(false),
             reference: Arc::new(reference),
@@ -237,8 +298,23 @@ impl Monitor {
         self.reference.flags(class, confidence, embedding)
     }
 
-    /// Records a delayed label for a prediction whose served probabilities are known.
-    pub fn observe_label(&self, probabilities: &[f32], true_class: usize) {
+    /// The conformal prediction set of a prediction (classes, highest probability first), when
+    /// sets are on (request path: a sort of the classes).
+    pub fn prediction_set(&self, probabilities: &[f32], request_id: &str) -> Option<Vec<usize>> {
+        let c = self.reference.conformal.as_ref()?;
+        let set = c.set(probabilities, request_id);
+        self.metrics.prediction_set_size.observe(set.len() as f64);
+        Some(set)
+    }
+
+    /// Records a delayed label for a prediction whose served probabilities are known (its set
+    /// is recomputed from them and the request id: the same set that was served).
+    pub fn observe_label(&self, probabilities: &[f32], true_class: usize, request_id: &str) {
+        let set = self
+            .reference
+            .conformal
+            .as_ref()
+            .map(|c| c.set(probabilities, request_id));
         let mut l = lock(&self.labeled);
         if probabilities.len() != l.classes || true_class >= l.classes {
             return;
@@ -246,7 +322,8 @@ impl Monitor {
         if l.rows.len() == l.capacity {
             l.rows.pop_front();
         }
-        l.rows.push_back((probabilities.into(), true_class));
+        let set = set.map(|s| (s.len(), s.contains(&true_class)));
+        l.rows.push_back((probabilities.into(), true_class, set));
     }
 
     /// Whether the last evaluation found the window shifted (any family in alert).
@@ -271,13 +348,49 @@ impl Monitor {
 
     /// Evaluates now: tests, hysteresis, metrics, snapshot.
     pub fn evaluate_now(&self) -> Arc<Snapshot> {
-        let data = lock(&self.window).snapshot(self.min_ts());
+        let seen = self.sequential.as_ref().map(|s| lock(s).seen());
+        let (data, fresh) = {
+            let w = lock(&self.window);
+            (w.snapshot(self.min_ts()), seen.map(|seen| w.since(seen)))
+        };
+        let sequential = match (&self.sequential, fresh) {
+            (Some(s), Some(fresh)) => {
+                let mut s = lock(s);
+                s.feed(&fresh.data, &self.reference, fresh.pushed, fresh.skipped);
+                let (alarms, reports) = s.check(crate::time::now_us());
+                for a in alarms {
+                    tracing::warn!(model = %self.model, test = a.kind.as_str(), "sequential drift alarm");
+                    self.metrics
+                        .drift_alarms
+                        .with_label_values(&[a.kind.as_str()])
+                        .inc();
+                }
+                Some(SequentialBlock {
+                    guarantee: format!(
+                        "average run length to a false alarm of any family at least {} predictions \
+                         of traffic within the tolerances of the reference (Shiryaev-Roberts \
+                         e-detectors; each family alarms at run_length x {} families)",
+                        s.run_length(),
+                        reports.len()
+                    ),
+                    run_length: s.run_length(),
+                    threshold: s.threshold(),
+                    predictions_seen: s.seen(),
+                    predictions_skipped: s.skipped(),
+                    tests: reports,
+                })
+            }
+            _ => None,
+        };
         let (outcomes, estimates) = evaluate(&self.reference, &data, &self.config.settings);
         let statuses: Vec<Status> = {
             let mut h = lock(&self.hysteresis);
             outcomes
                 .iter()
-                .map(|o| h[o.kind.index()].update(o.raw, self.config.clear_after))
+                .map(|o| {
+                    let window = h[o.kind.index()].update(o.raw, self.config.clear_after);
+                    combined_status(o.kind, window, sequential.as_ref())
+                })
                 .collect()
         };
         self.shifted.store(
@@ -286,6 +399,14 @@ impl Monitor {
         );
         let labeled = self.labeled_report();
         self.export(&data, &outcomes, &statuses, &estimates, labeled.as_ref());
+        if let Some(b) = &sequential {
+            for t in &b.tests {
+                self.metrics
+                    .drift_evidence
+                    .with_label_values(&[t.test])
+                    .set(t.evidence);
+            }
+        }
         let tests = outcomes
             .iter()
             .zip(&statuses)
@@ -343,7 +464,9 @@ impl Monitor {
                 temperature: r.labeled.as_ref().map(|l| l.temperature),
                 temperature_applied: r.temperature_applied.is_some(),
                 atc_threshold: r.labeled.as_ref().map(|l| l.atc_threshold),
+                prediction_set_threshold: r.conformal.as_ref().map(|c| c.threshold),
             }),
+            sequential,
         });
         *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&snapshot));
         snapshot
@@ -358,11 +481,18 @@ impl Monitor {
         let n = l.rows.len();
         let mut probs = Vec::with_capacity(n * k);
         let mut truth = Vec::with_capacity(n);
-        for (p, t) in &l.rows {
+        let (mut with_set, mut covered, mut sizes) = (0usize, 0usize, 0usize);
+        for (p, t, set) in &l.rows {
             probs.extend_from_slice(p);
             truth.push(*t);
+            if let Some((size, hit)) = set {
+                with_set += 1;
+                sizes += size;
+                covered += usize::from(*hit);
+            }
         }
         drop(l);
+        let share = |x: usize| (with_set > 0).then(|| x as f64 / with_set as f64);
         let mut confidence = Vec::with_capacity(n);
         let mut correct = Vec::with_capacity(n);
         let mut per_class = vec![(0usize, 0usize); k];
@@ -395,6 +525,9 @@ impl Monitor {
                 .iter()
                 .map(|(n, ok)| (*n > 0).then(|| *ok as f64 / *n as f64))
                 .collect(),
+            prediction_set_coverage: share(covered),
+            prediction_set_target: self.reference.conformal.as_ref().map(|c| c.coverage),
+            mean_prediction_set_size: share(sizes),
         })
     }
 
@@ -543,5 +676,64 @@ impl Monitor {
         let mut w = lock(&self.window);
         w.restore(&saved.data);
         tracing::info!(path = %path.display(), rows = w.len(), "monitor window restored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(test: &'static str, status: Status) -> SequentialBlock {
+        SequentialBlock {
+            guarantee: String::new(),
+            run_length: 1e6,
+            threshold: 7e6,
+            predictions_seen: 0,
+            predictions_skipped: 0,
+            tests: vec![SequentialReport {
+                test,
+                evidence: 0.0,
+                threshold: 7e6,
+                tolerance: 0.1,
+                status,
+                alarms: 0,
+                alarm_at: None,
+                components: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_sequential_detector_decides_alerts() {
+        let quiet = block("class_chi2", Status::Ok);
+        let alarmed = block("class_chi2", Status::Alert);
+        // A window alert without the detector's alarm is a warning.
+        assert_eq!(
+            combined_status(TestKind::ClassChi2, Status::Alert, Some(&quiet)),
+            Status::Warn
+        );
+        // PSI and JS of the class mix follow the class-mix detector.
+        assert_eq!(
+            combined_status(TestKind::ClassPsi, Status::Ok, Some(&alarmed)),
+            Status::Alert
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassJs, Status::InsufficientData, Some(&alarmed)),
+            Status::Alert,
+            "the detector needs no minimum sample"
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassJs, Status::InsufficientData, Some(&quiet)),
+            Status::InsufficientData
+        );
+        // No detector for the family (or none at all): the window test decides.
+        assert_eq!(
+            combined_status(TestKind::InputKs, Status::Alert, Some(&quiet)),
+            Status::Alert
+        );
+        assert_eq!(
+            combined_status(TestKind::ClassChi2, Status::Alert, None),
+            Status::Alert
+        );
     }
 }

@@ -142,7 +142,7 @@ impl ModelService {
             if current.version == version
                 && let Some(monitor) = &current.monitor
             {
-                monitor.observe_label(&probabilities, class);
+                monitor.observe_label(&probabilities, class, request_id);
             }
         }
         let counted = if outcome == FeedbackOutcome::UnknownId {
@@ -487,8 +487,19 @@ fn start_monitor(
     metrics: &Metrics,
 ) -> anyhow::Result<Arc<Monitor>> {
     let profile = read_reference(path, spec)?;
-    let reference = Reference::prepare(&profile, config.apply_temperature, config.settings.seed)
-        .map_err(|e| anyhow::anyhow!("reference profile {}: {e}", path.display()))?;
+    let mut reference =
+        Reference::prepare(&profile, config.apply_temperature, config.settings.seed)
+            .map_err(|e| anyhow::anyhow!("reference profile {}: {e}", path.display()))?;
+    if let Some(coverage) = config.prediction_set_coverage
+        && let Err(e) = reference.calibrate_prediction_sets(
+            &profile,
+            coverage,
+            config.prediction_set_regularization,
+            config.settings.seed,
+        )
+    {
+        tracing::warn!(model = %spec.name, reference = %path.display(), error = %e, "prediction sets are off");
+    }
     tracing::info!(
         model = %spec.name,
         reference = %path.display(),

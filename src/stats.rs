@@ -20,13 +20,19 @@
 //!   Wasserstein;
 //! - `mmd`: maximum mean discrepancy with a permutation p-value;
 //! - `calibration`: reliability bins, ECE, adaptive ECE, MCE, Brier, NLL, temperature
-//!   scaling, ATC and DoC.
+//!   scaling, ATC and DoC;
+//! - `sequential`: Shiryaev–Roberts e-detectors (sequential change detection by betting),
+//!   mid-ranks and reference tails (checked against `tests/data/sequential_fixture.json`,
+//!   written by `tests/data/make_sequential_fixture.py`);
+//! - `conformal`: randomized APS prediction sets (same fixture).
 
 mod calibration;
+pub mod conformal;
 mod gamma;
 mod kolmogorov;
 mod mmd;
 pub mod random;
+pub mod sequential;
 mod shift;
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ EXPECTED_JSON: {"n": ..., "accuracy": ..., "ece": ..., "brier": ..., "nll": ...}
 
 Joins predictions and feedback on request_id (the first label of each id), then computes with plain
 numpy: accuracy; ECE over 15 equal-width bins (lo, hi] of the top-label confidence; multiclass Brier;
-NLL with probabilities clipped at 1e-12.
+NLL with probabilities clipped at 1e-12; when the sidecar reported prediction sets, their
+coverage (the share of labeled rows whose `prediction_set` column holds the true class) and mean
+size from the log's nullable List(Int32) column.
 """
 
 import json
@@ -30,7 +32,7 @@ def main() -> None:
             select request_id, arg_min(class, ts) as truth
             from read_parquet('{fb}', hive_partitioning = true) group by request_id
         )
-        select p.probabilities, l.truth
+        select p.probabilities, l.truth, p.prediction_set
         from read_parquet('{preds}', hive_partitioning = true) p join labels l using (request_id)
         """
     ).fetchall()
@@ -54,7 +56,16 @@ def main() -> None:
         "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()),
         "nll": float(-np.log(np.clip(probs[np.arange(n), truth], 1e-12, None)).mean()),
     }
-    for key in ("accuracy", "ece", "brier", "nll"):
+    keys = ["accuracy", "ece", "brier", "nll"]
+    if expected.get("prediction_set_coverage") is not None:
+        sets = [r[2] for r in rows]
+        if any(s is None for s in sets):
+            print("check_calibration: a labeled row has no prediction_set", file=sys.stderr)
+            sys.exit(1)
+        got["prediction_set_coverage"] = float(np.mean([t in s for s, t in zip(sets, truth)]))
+        got["mean_prediction_set_size"] = float(np.mean([len(s) for s in sets]))
+        keys += ["prediction_set_coverage", "mean_prediction_set_size"]
+    for key in keys:
         if not math.isclose(got[key], expected[key], rel_tol=1e-6, abs_tol=1e-9):
             print(f"check_calibration: {key} from Parquet {got[key]} vs /v1/monitor {expected[key]}", file=sys.stderr)
             sys.exit(1)

@@ -48,6 +48,7 @@ PREDICTION_COLUMNS = [
     ("sharpness", pa.float32(), True),
     ("saturation", pa.float32(), True),
     ("flags", pa.list_(pa.field("item", pa.string(), nullable=False)), False),
+    ("prediction_set", pa.list_(pa.field("item", pa.int32(), nullable=False)), True),
 ]
 FEEDBACK_COLUMNS = [
     ("request_id", pa.string(), False),

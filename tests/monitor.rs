@@ -119,9 +119,22 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     assert_eq!(snap["window"]["predictions"], 200);
     assert_eq!(snap["window"]["capacity"], 200);
     let statuses = family_status(&snap);
-    assert_eq!(statuses.len(), 10, "every family runs: {statuses:?}");
+    assert_eq!(statuses.len(), 11, "every family runs: {statuses:?}");
     for (test, status) in &statuses {
         assert_eq!(status, "ok", "{test} on normal traffic: {snap}");
+    }
+    // The sequential detectors saw every normal prediction and none alarmed.
+    let seq = &snap["sequential"];
+    assert_eq!(seq["predictions_seen"], normal.len(), "{seq}");
+    assert_eq!(seq["run_length"], 1e6, "{seq}");
+    let threshold = seq["threshold"].as_f64().unwrap();
+    let families = seq["tests"].as_array().unwrap();
+    assert_eq!(families.len(), 7, "{seq}");
+    assert_eq!(threshold, 7e6, "run_length x families: {seq}");
+    for t in families {
+        assert_eq!(t["status"], "ok", "sequential {t} on normal traffic");
+        assert_eq!(t["alarms"], 0, "sequential {t} on normal traffic");
+        assert!(t["evidence"].as_f64().unwrap() < threshold, "{t}");
     }
     for t in snap["tests"].as_array().unwrap() {
         for key in [
@@ -140,9 +153,27 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         assert!(est[key].is_number(), "{key}: {est}");
     }
 
-    // Out-of-distribution traffic: input and embedding tests alert within one window.
+    // Out-of-distribution traffic: input and embedding tests alert within one window, and
+    // the sequential detectors of the input statistics and embeddings alarm.
     replay(&server, "ood", "ood");
     let snap = settled_evaluation(&server);
+    let alarmed: BTreeMap<String, u64> = snap["sequential"]["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["test"].as_str().unwrap().to_string(),
+                t["alarms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for test in ["input_ks", "embedding_mmd"] {
+        assert!(
+            alarmed[test] >= 1,
+            "sequential {test} on ood traffic: {alarmed:?}"
+        );
+    }
     let statuses = family_status(&snap);
     for test in ["input_ks", "embedding_mmd", "bbsd_ks"] {
         assert_eq!(
@@ -167,6 +198,15 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         "{metrics}"
     );
     assert!(metrics.contains("shiftwatch_window_predictions{model=\"digits\"} 200"));
+    assert!(
+        metrics.contains("shiftwatch_drift_evidence_threshold{model=\"digits\"} 7000000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shiftwatch_drift_alarms_total{test=\"input_ks\",model=\"digits\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shiftwatch_prediction_set_size_count{model=\"digits\"}"));
 
     // Delayed labels for the normal traffic: calibration from the labeled window.
     server.send_labels(&normal);
@@ -175,6 +215,10 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     assert_eq!(labeled["n"], normal.len());
     assert!(labeled["accuracy"].as_f64().unwrap() > 0.9, "{labeled}");
     assert_eq!(labeled["reliability"].as_array().unwrap().len(), 15);
+    // Prediction sets: calibrated for 0.9 on the reference, measured on the test split.
+    assert_eq!(labeled["prediction_set_target"], 0.9);
+    let coverage = labeled["prediction_set_coverage"].as_f64().unwrap();
+    assert!((coverage - 0.9).abs() <= 0.02, "{labeled}");
 
     server.terminate();
     assert!(server.wait(Duration::from_secs(30)).success());

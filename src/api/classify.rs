@@ -49,6 +49,10 @@ pub struct ClassifyResponse {
     pub margin: f32,
     pub entropy: f32,
     pub flags: Vec<Flag>,
+    /// The conformal prediction set (class indices, highest probability first), present only
+    /// when `[monitor] prediction_set_coverage` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_set: Option<Vec<usize>>,
 }
 
 /// The caller's id when it is usable (1..=128 visible ASCII characters), else a new UUIDv7.
@@ -234,6 +238,7 @@ pub async fn classify(
         margin: summary.margin,
         entropy: summary.entropy,
         flags,
+        prediction_set: served.prediction_set,
     };
     let mut response = Json(answer).into_response();
     if let Ok(v) = HeaderValue::from_str(&request_id) {

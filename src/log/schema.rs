@@ -49,6 +49,11 @@ pub fn prediction_schema() -> SchemaRef {
         Field::new("sharpness", DataType::Float32, true),
         Field::new("saturation", DataType::Float32, true),
         Field::new("flags", DataType::List(list_item(DataType::Utf8)), false),
+        Field::new(
+            "prediction_set",
+            DataType::List(list_item(DataType::Int32)),
+            true,
+        ),
     ]))
 }
 
@@ -97,6 +102,8 @@ pub fn prediction_batch(rows: &[&PredictionRecord]) -> Result<RecordBatch, Arrow
     let mut saturation = Float32Builder::with_capacity(n);
     let mut flags =
         ListBuilder::with_capacity(StringBuilder::new(), n).with_field(list_item(DataType::Utf8));
+    let mut prediction_set =
+        ListBuilder::with_capacity(Int32Builder::new(), n).with_field(list_item(DataType::Int32));
 
     for r in rows {
         request_id.append_value(&r.request_id);
@@ -135,6 +142,13 @@ pub fn prediction_batch(rows: &[&PredictionRecord]) -> Result<RecordBatch, Arrow
             flags.values().append_value(flag);
         }
         flags.append(true);
+        match &r.prediction_set {
+            Some(set) => {
+                prediction_set.values().append_slice(set);
+                prediction_set.append(true);
+            }
+            None => prediction_set.append(false),
+        }
     }
 
     let columns: Vec<ArrayRef> = vec![
@@ -163,6 +177,7 @@ pub fn prediction_batch(rows: &[&PredictionRecord]) -> Result<RecordBatch, Arrow
         Arc::new(sharpness.finish()),
         Arc::new(saturation.finish()),
         Arc::new(flags.finish()),
+        Arc::new(prediction_set.finish()),
     ];
     RecordBatch::try_new(prediction_schema(), columns)
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::{Settings, TestKind};
+use super::sequential::SequentialSettings;
+use crate::stats::conformal::Regularization;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +29,14 @@ pub struct RawMonitor {
     pub mmd_max_window: usize,
     pub seed: u64,
     pub min_effect: RawMinEffect,
+    pub sequential: bool,
+    pub run_length: f64,
+    pub tail_quantile: f64,
+    pub tail_tolerance: f64,
+    pub tolerance: RawTolerance,
+    pub prediction_set_coverage: f64,
+    pub prediction_set_penalty: f64,
+    pub prediction_set_free_ranks: usize,
 }
 
 impl Default for RawMonitor {
@@ -48,7 +58,62 @@ impl Default for RawMonitor {
             mmd_max_window: 200,
             seed: 42,
             min_effect: RawMinEffect::default(),
+            sequential: true,
+            run_length: 1e6,
+            tail_quantile: 0.02,
+            tail_tolerance: 0.02,
+            tolerance: RawTolerance::default(),
+            prediction_set_coverage: 0.9,
+            prediction_set_penalty: 0.01,
+            prediction_set_free_ranks: 1,
         }
+    }
+}
+
+/// `[monitor.tolerance]`: the effect size each family's sequential detector does not bet on,
+/// one key per family that has a detector.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct RawTolerance(pub BTreeMap<String, f64>);
+
+impl Default for RawTolerance {
+    fn default() -> Self {
+        RawTolerance(
+            TestKind::ALL
+                .iter()
+                .filter_map(|k| Some((k.as_str().to_string(), k.default_tolerance()?)))
+                .collect(),
+        )
+    }
+}
+
+impl RawTolerance {
+    fn validate(&self, bad: &mut dyn FnMut(&str, String)) -> [Option<f64>; TestKind::COUNT] {
+        let mut out = TestKind::ALL.map(TestKind::default_tolerance);
+        for (name, v) in &self.0 {
+            let key = format!("monitor.tolerance.{name}");
+            let kind = TestKind::parse(name).filter(|k| k.default_tolerance().is_some());
+            let Some(kind) = kind else {
+                let known: Vec<&str> = TestKind::ALL
+                    .iter()
+                    .filter(|k| k.default_tolerance().is_some())
+                    .map(|k| k.as_str())
+                    .collect();
+                bad(
+                    &key,
+                    format!(
+                        "no sequential detector for this family (known: {})",
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if !(v.is_finite() && (0.0..1.0).contains(v)) {
+                bad(&key, "must be a number in [0, 1)".into());
+            }
+            out[kind.index()] = Some(*v);
+        }
+        out
     }
 }
 
@@ -108,6 +173,11 @@ pub struct MonitorConfig {
     /// before the extension (`monitor-window.<model>.json`).
     pub state_file: Option<PathBuf>,
     pub persist_every: Duration,
+    /// `None` when `monitor.sequential` is false.
+    pub sequential: Option<SequentialSettings>,
+    /// The target coverage of prediction sets; `None` when off (0).
+    pub prediction_set_coverage: Option<f64>,
+    pub prediction_set_regularization: Regularization,
 }
 
 impl MonitorConfig {
@@ -166,6 +236,36 @@ impl RawMonitor {
             );
         }
         let min_effect = m.min_effect.validate(bad);
+        let tolerance = m.tolerance.validate(bad);
+        if !(m.run_length.is_finite() && m.run_length >= 1.0) {
+            bad(
+                "monitor.run_length",
+                "must be a number of at least 1".into(),
+            );
+        }
+        if !(m.tail_quantile > 0.0 && m.tail_quantile < 0.5) {
+            bad("monitor.tail_quantile", "must be between 0 and 0.5".into());
+        }
+        if !(m.tail_tolerance.is_finite() && (0.0..1.0).contains(&m.tail_tolerance)) {
+            bad(
+                "monitor.tail_tolerance",
+                "must be a number in [0, 1)".into(),
+            );
+        }
+        if !(m.prediction_set_coverage == 0.0
+            || (m.prediction_set_coverage > 0.0 && m.prediction_set_coverage < 1.0))
+        {
+            bad(
+                "monitor.prediction_set_coverage",
+                "must be 0 (off) or between 0 and 1".into(),
+            );
+        }
+        if !(m.prediction_set_penalty.is_finite() && m.prediction_set_penalty >= 0.0) {
+            bad(
+                "monitor.prediction_set_penalty",
+                "must be a non-negative number".into(),
+            );
+        }
         let seconds =
             |v: f64| Duration::from_secs_f64(if v.is_finite() { v.max(0.0) } else { 0.0 });
         m.enabled.then(|| MonitorConfig {
@@ -186,6 +286,19 @@ impl RawMonitor {
             apply_temperature: m.apply_temperature,
             state_file: (!m.state_file.is_empty()).then(|| PathBuf::from(m.state_file)),
             persist_every: seconds(m.persist_every_seconds),
+            sequential: m.sequential.then(|| SequentialSettings {
+                run_length: m.run_length,
+                tail_quantile: m.tail_quantile,
+                tail_tolerance: m.tail_tolerance,
+                tolerance,
+                ..SequentialSettings::default()
+            }),
+            prediction_set_coverage: (m.prediction_set_coverage > 0.0)
+                .then_some(m.prediction_set_coverage),
+            prediction_set_regularization: Regularization {
+                penalty: m.prediction_set_penalty.max(0.0),
+                free_ranks: m.prediction_set_free_ranks,
+            },
         })
     }
 }

@@ -27,11 +27,12 @@ pub enum TestKind {
     EntropyPsi,
     InputKs,
     EmbeddingMmd,
+    SetSizeKs,
 }
 
 impl TestKind {
     /// How many families there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     pub const ALL: [TestKind; Self::COUNT] = [
         TestKind::ClassChi2,
@@ -44,6 +45,7 @@ impl TestKind {
         TestKind::EntropyPsi,
         TestKind::InputKs,
         TestKind::EmbeddingMmd,
+        TestKind::SetSizeKs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +60,7 @@ impl TestKind {
             TestKind::EntropyPsi => "entropy_psi",
             TestKind::InputKs => "input_ks",
             TestKind::EmbeddingMmd => "embedding_mmd",
+            TestKind::SetSizeKs => "set_size_ks",
         }
     }
 
@@ -84,7 +87,43 @@ impl TestKind {
             | TestKind::ConfidencePsi
             | TestKind::EntropyKs
             | TestKind::EntropyPsi
-            | TestKind::InputKs => 0.2,
+            | TestKind::InputKs
+            | TestKind::SetSizeKs => 0.2,
+        }
+    }
+
+    /// The family whose sequential detector decides this family's alert: itself, or for a
+    /// family without a detector the one watching the same feature (class mix, confidence,
+    /// entropy).
+    pub fn sequential_family(self) -> TestKind {
+        match self {
+            TestKind::ClassPsi | TestKind::ClassJs => TestKind::ClassChi2,
+            TestKind::ConfidencePsi => TestKind::ConfidenceKs,
+            TestKind::EntropyPsi => TestKind::EntropyKs,
+            other => other,
+        }
+    }
+
+    /// The tolerance of the family's sequential detector by default, `None` for a family
+    /// without one (PSI and JS watch what the chi-square and KS families' detectors watch).
+    /// Class mix: the χ² divergence of the live mix from the reference's (Cohen's w²: 0.1 is
+    /// w ≈ 0.32); the others: how far the mean mid-rank of a feature against the reference may
+    /// stray from ½ (0.1 is a probability of superiority of 0.6, a small-to-medium effect).
+    /// Chosen with the detection benchmark (README) on the bundled test split, which differs
+    /// from the reference split by sampling alone.
+    pub fn default_tolerance(self) -> Option<f64> {
+        match self {
+            TestKind::ClassChi2 => Some(0.1),
+            TestKind::BbsdKs
+            | TestKind::ConfidenceKs
+            | TestKind::EntropyKs
+            | TestKind::InputKs
+            | TestKind::EmbeddingMmd
+            | TestKind::SetSizeKs => Some(0.1),
+            TestKind::ClassPsi
+            | TestKind::ClassJs
+            | TestKind::ConfidencePsi
+            | TestKind::EntropyPsi => None,
         }
     }
 }
@@ -207,7 +246,7 @@ pub fn evaluate(
 ) -> (Vec<TestOutcome>, Estimates) {
     let n = window.len;
     let k = reference.labels.len();
-    let mut out = Vec::with_capacity(10);
+    let mut out = Vec::with_capacity(TestKind::COUNT);
     let mut push = |kind: TestKind,
                     overall: FeatureResult,
                     features: Vec<FeatureResult>,
@@ -401,6 +440,21 @@ pub fn evaluate(
         );
     }
     let _ = subsample;
+
+    // Prediction set sizes: KS against the reference's set sizes.
+    if let Some(conformal) = &reference.conformal {
+        let sizes = sorted_f64(window.set_size.iter().copied());
+        if !sizes.is_empty() {
+            let r = stats::ks_2samp_sorted(&sizes, &conformal.sizes_sorted);
+            push(
+                TestKind::SetSizeKs,
+                single("prediction_set_size", r.statistic, r.p_value, r.statistic),
+                vec![],
+                sizes.len(),
+                conformal.sizes_sorted.len(),
+            );
+        }
+    }
 
     // Label-free estimates.
     let confidences: Vec<f64> = window.confidence.iter().map(|c| f64::from(*c)).collect();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::window::INPUT_FEATURES;
 use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
+use crate::stats::conformal::Regularization;
 use crate::stats::random::SplitMix64;
 
 pub const FORMAT: &str = "shiftwatch.reference/v1";
@@ -94,7 +95,40 @@ pub struct Reference {
     pub ood_confidence_threshold: f64,
     /// Per predicted class: the embedding centroid and the 99th percentile of distances to it.
     pub centroids: Option<Vec<(Vec<f32>, f64)>>,
+    /// Every sample's distance to the centroid of the other samples of its predicted class
+    /// (leave-one-out), sorted: the sequential embedding detector ranks live distances among
+    /// them.
+    pub centroid_distances_sorted: Vec<f64>,
     pub temperature_applied: Option<f64>,
+    /// Conformal prediction sets, once calibrated ([`Reference::calibrate_prediction_sets`]).
+    pub conformal: Option<Conformal>,
+}
+
+/// Conformal prediction sets calibrated on the labeled reference (randomized RAPS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conformal {
+    /// The target coverage, 1 − α.
+    pub coverage: f64,
+    /// The APS threshold q̂.
+    pub threshold: f64,
+    /// The set size of every reference sample (with its calibration draw), sorted.
+    pub sizes_sorted: Vec<f64>,
+    pub regularization: Regularization,
+    /// The seed of the calibration draws and of each request's draw.
+    pub seed: u64,
+}
+
+impl Conformal {
+    /// The set of a prediction: its classes, highest probability first. `id` (the request id)
+    /// fixes the randomization, so the same prediction always gets the same set.
+    pub fn set(&self, probabilities: &[f32], id: &str) -> Vec<usize> {
+        stats::conformal::raps_set(
+            probabilities,
+            self.threshold,
+            stats::conformal::uniform_for(id, self.seed),
+            self.regularization,
+        )
+    }
 }
 
 /// Linear-interpolation quantile of sorted values (numpy's default).
@@ -256,6 +290,7 @@ impl Reference {
             .collect();
 
         let confidence_sorted = sorted(confidence);
+        let mut centroid_distances = Vec::new();
         let (embeddings, mmd_sigma, centroids) = match &profile.embeddings {
             None => (None, 1.0, None),
             Some(rows) => {
@@ -280,7 +315,21 @@ impl Reference {
                         }
                     }
                     let d = sorted(members.iter().map(|m| distance(m, &c)).collect());
-                    centroids.push((c, quantile_sorted(&d, 0.99)));
+                    centroids.push((c.clone(), quantile_sorted(&d, 0.99)));
+                    // Leave-one-out: each sample against the centroid of the others, as a new
+                    // prediction stands against a centroid it did not help make (in-sample
+                    // distances are shorter).
+                    let m = members.len() as f32;
+                    if members.len() > 1 {
+                        for x in &members {
+                            let others: Vec<f32> = c
+                                .iter()
+                                .zip(x.iter())
+                                .map(|(c, v)| (m * c - v) / (m - 1.0))
+                                .collect();
+                            centroid_distances.push(distance(x, &others));
+                        }
+                    }
                 }
                 let sample = subsample(rows.len(), MMD_REFERENCE_MAX, seed);
                 let flat_rows: Vec<f32> = sample
@@ -312,8 +361,64 @@ impl Reference {
             mmd_sigma,
             labeled,
             centroids,
+            centroid_distances_sorted: sorted(centroid_distances),
             temperature_applied,
+            conformal: None,
         })
+    }
+
+    /// Calibrates prediction sets at `coverage` on the labeled samples (the probabilities as
+    /// served, so after the temperature when one is applied).
+    pub fn calibrate_prediction_sets(
+        &mut self,
+        profile: &ReferenceProfile,
+        coverage: f64,
+        regularization: Regularization,
+        seed: u64,
+    ) -> Result<(), String> {
+        let truth = profile
+            .true_classes
+            .as_ref()
+            .ok_or("prediction sets need a reference profile built with labels")?;
+        let k = self.labels.len();
+        let mut flat: Vec<f32> = profile.probabilities.iter().flatten().copied().collect();
+        if let Some(t) = self.temperature_applied {
+            stats::apply_temperature(&mut flat, k, t);
+        }
+        let draws = stats::conformal::calibration_draws(truth.len(), seed);
+        let threshold =
+            stats::conformal::raps_threshold(&flat, k, truth, &draws, coverage, regularization)
+                .ok_or_else(|| {
+                    format!(
+                        "{} labeled samples are too few for a coverage of {coverage}",
+                        truth.len()
+                    )
+                })?;
+        let sizes = flat
+            .chunks_exact(k)
+            .zip(&draws)
+            .map(|(row, u)| {
+                stats::conformal::raps_set(row, threshold, *u, regularization).len() as f64
+            })
+            .collect();
+        self.conformal = Some(Conformal {
+            coverage,
+            threshold,
+            sizes_sorted: sorted(sizes),
+            regularization,
+            seed,
+        });
+        Ok(())
+    }
+
+    /// The distance of `embedding` to the centroid of `class` (NaN when unknown).
+    pub fn centroid_distance(&self, class: usize, embedding: &[f32]) -> f64 {
+        match self.centroids.as_ref().and_then(|c| c.get(class)) {
+            Some((centroid, _)) if centroid.len() == embedding.len() => {
+                distance(embedding, centroid)
+            }
+            _ => f64::NAN,
+        }
     }
 
     /// The flags of one prediction against this reference.

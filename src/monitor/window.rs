@@ -25,6 +25,8 @@ pub struct Observation<'a> {
     /// NaN where unknown (tensor inputs have no image).
     pub inputs: [f32; 6],
     pub embedding: Option<&'a [f32]>,
+    /// The size of the conformal prediction set; NaN when sets are off.
+    pub set_size: f32,
 }
 
 /// A copy of the window's contents, oldest first. Serialized as the saved window (JSON, where an
@@ -45,6 +47,10 @@ pub struct WindowData {
     pub inputs: Vec<f32>,
     /// Row-major, `embedding_dim` per prediction; only rows with `has_embedding`.
     pub embeddings: Vec<f32>,
+    /// Prediction set size per prediction, NaN where none (a window saved before sets existed
+    /// has none: empty).
+    #[serde(with = "nan_as_null", default)]
+    pub set_size: Vec<f32>,
 }
 
 /// JSON has no NaN: unknown values are written as `null` and read back as NaN.
@@ -72,7 +78,29 @@ impl WindowData {
             && self.entropy.len() == n
             && self.probabilities.len() == n * self.classes
             && self.inputs.len() == n * 6
+            && (self.set_size.is_empty() || self.set_size.len() == n)
     }
+
+    /// The set size of row `i` (NaN when unknown).
+    pub fn set_size(&self, i: usize) -> f32 {
+        self.set_size.get(i).copied().unwrap_or(f32::NAN)
+    }
+
+    /// Whether every row has an embedding (so row `i`'s is at `i * embedding_dim`).
+    pub fn all_embedded(&self) -> bool {
+        self.embedding_dim > 0 && self.embeddings.len() == self.len * self.embedding_dim
+    }
+}
+
+/// The rows pushed since a reader last looked ([`Window::since`]).
+#[derive(Debug, Clone, Default)]
+pub struct Fresh {
+    /// The new rows still in the window, oldest first.
+    pub data: WindowData,
+    /// Rows pushed so far, ever: the reader's next `seen`.
+    pub pushed: u64,
+    /// New rows that were overwritten before the reader looked.
+    pub skipped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +119,9 @@ pub struct Window {
     inputs: Vec<f32>,
     embeddings: Vec<f32>,
     has_embedding: Vec<bool>,
+    set_size: Vec<f32>,
+    /// Rows pushed since the window was made.
+    pushed: u64,
 }
 
 impl Window {
@@ -110,6 +141,8 @@ impl Window {
             inputs: vec![f32::NAN; capacity * 6],
             embeddings: vec![0.0; capacity * embedding_dim],
             has_embedding: vec![false; capacity],
+            set_size: vec![f32::NAN; capacity],
+            pushed: 0,
         }
     }
 
@@ -146,8 +179,10 @@ impl Window {
             }
             _ => self.has_embedding[i] = false,
         }
+        self.set_size[i] = o.set_size;
         self.head = (self.head + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
+        self.pushed += 1;
     }
 
     /// Slot indices from oldest to newest.
@@ -156,17 +191,35 @@ impl Window {
         (0..self.len).map(move |k| (start + k) % self.capacity)
     }
 
+    /// Copies out the rows pushed after the first `seen`, oldest first (as many as the window
+    /// still holds).
+    pub fn since(&self, seen: u64) -> Fresh {
+        let new = self.pushed.saturating_sub(seen);
+        let kept = new.min(self.len as u64) as usize;
+        let skip = self.len - kept;
+        Fresh {
+            data: self.copy(self.order().skip(skip)),
+            pushed: self.pushed,
+            skipped: new - kept as u64,
+        }
+    }
+
     /// Copies out the predictions not older than `min_ts_us`, oldest first.
     pub fn snapshot(&self, min_ts_us: i64) -> WindowData {
+        let rows: Vec<usize> = self
+            .order()
+            .filter(|&i| self.ts_us[i] >= min_ts_us)
+            .collect();
+        self.copy(rows.into_iter())
+    }
+
+    fn copy(&self, rows: impl Iterator<Item = usize>) -> WindowData {
         let mut d = WindowData {
             classes: self.classes,
             embedding_dim: self.embedding_dim,
             ..WindowData::default()
         };
-        for i in self.order() {
-            if self.ts_us[i] < min_ts_us {
-                continue;
-            }
+        for i in rows {
             d.len += 1;
             d.ts_us.push(self.ts_us[i]);
             d.class.push(self.class[i]);
@@ -180,6 +233,7 @@ impl Window {
                     &self.embeddings[i * self.embedding_dim..(i + 1) * self.embedding_dim],
                 );
             }
+            d.set_size.push(self.set_size[i]);
         }
         d
     }
@@ -204,6 +258,7 @@ impl Window {
                 embedding: all_embedded.then(|| {
                     &data.embeddings[k * self.embedding_dim..(k + 1) * self.embedding_dim]
                 }),
+                set_size: data.set_size(k),
             };
             self.push(&o);
         }
@@ -223,6 +278,7 @@ mod tests {
             probabilities: p,
             inputs: [ts as f32; 6],
             embedding: None,
+            set_size: 1.0,
         }
     }
 
@@ -241,6 +297,25 @@ mod tests {
         // Age limit.
         let d = w.snapshot(4);
         assert_eq!(d.ts_us, vec![4, 5]);
+    }
+
+    #[test]
+    fn since_returns_each_row_once_and_counts_the_overwritten() {
+        let mut w = Window::new(3, 2, 0);
+        let p = [0.2f32, 0.8];
+        w.push(&obs(1, 1, &p));
+        let f = w.since(0);
+        assert_eq!((f.data.ts_us.clone(), f.pushed, f.skipped), (vec![1], 1, 0));
+        assert_eq!(w.since(f.pushed).data.len, 0);
+        for ts in 2..=6 {
+            w.push(&obs(ts, 1, &p));
+        }
+        let f = w.since(1);
+        assert_eq!(
+            (f.data.ts_us.clone(), f.pushed, f.skipped),
+            (vec![4, 5, 6], 6, 2)
+        );
+        assert_eq!(f.data.set_size, vec![1.0; 3]);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Served {
     pub output: RawOutput,
     pub summary: Summary,
     pub flags: Vec<Flag>,
+    /// The conformal prediction set (classes, highest probability first), when sets are on.
+    pub prediction_set: Option<Vec<usize>>,
 }
 
 /// Why a prediction could not be recorded (only with strict durability: otherwise a row that
@@ -64,6 +66,8 @@ impl ModelService {
         }
         let summary = summarize(&output.probabilities);
         let label = &version.labels[summary.class];
+        let prediction_set =
+            monitor.and_then(|m| m.prediction_set(&output.probabilities, &p.request_id));
         if let Some(monitor) = monitor {
             flags.extend(monitor.flags(
                 summary.class,
@@ -81,6 +85,7 @@ impl ModelService {
                     .as_ref()
                     .map_or([f32::NAN; 6], |i| i.info.stats.values()),
                 embedding: output.embedding.as_deref(),
+                set_size: prediction_set.as_ref().map_or(f32::NAN, |s| s.len() as f32),
             });
             if monitor.is_shifted() {
                 flags.push(Flag::ShiftedWindow);
@@ -149,6 +154,9 @@ impl ModelService {
                 content_type,
                 image: p.image.map(|i| i.info),
                 flags: flags.iter().map(|f| f.as_str()).collect(),
+                prediction_set: prediction_set
+                    .as_ref()
+                    .map(|s| s.iter().map(|c| *c as i32).collect()),
             };
             match log.append(record) {
                 Ok(appended) => durable(appended)
@@ -163,6 +171,7 @@ impl ModelService {
             output,
             summary,
             flags,
+            prediction_set,
         })
     }
 }

@@ -16,6 +16,17 @@ pub(super) fn load() -> &'static Value {
     })
 }
 
+/// Another committed fixture of `tests/data/` (read and parsed at each call, numbers quoted as
+/// in [`load`]).
+pub(super) fn load_named(file: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&quote_numbers(&text)).expect("fixture is valid JSON")
+}
+
 /// Wraps every number token of a JSON text in quotes. serde_json, built without its
 /// `float_roundtrip` feature, may parse a float one ulp off, while the fixture's values (bin
 /// edges, values on the edges) must arrive exactly; `str::parse::<f64>` rounds correctly.
