@@ -69,10 +69,8 @@ fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
     let labels: Vec<Arc<str>> = (0..10).map(|i| Arc::from(i.to_string())).collect();
     let version: Arc<str> = Arc::from("0123456789ab");
     let metrics = Metrics::new("bench");
-    let (dir_log, _) = PredictionLog::open(&config, &metrics.shared.log).expect("opening the log");
-    let (log, _) = dir_log
-        .predictions("bench", &metrics.shared.log)
-        .expect("opening the stream");
+    let (dir_log, _) = PredictionLog::open(&config, &metrics.shared.log);
+    let (log, _) = dir_log.predictions("bench", &metrics.shared.log);
     // Build records first so the append timing is the request path's share only.
     let records: Vec<PredictionRecord> = (0..ROWS)
         .map(|i| record(i, image, &version, &labels))

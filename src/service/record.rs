@@ -150,13 +150,18 @@ impl ModelService {
                 image: p.image.map(|i| i.info),
                 flags: flags.iter().map(|f| f.as_str()).collect(),
             };
+            // The answer waits until the row is in the write-ahead log (strict: fsynced). A
+            // row the log cannot take is refused in strict mode; otherwise it is dropped and
+            // counted by the log, and the answer goes out.
+            let strict = log.durability() == Durability::Strict;
             match log.append(record) {
-                Ok(appended) => durable(appended)
-                    .await
-                    .map_err(|e| RecordError::LogUnavailable(e.to_string()))?,
-                // Not strict: the row is dropped and counted; the answer goes out.
-                Err(_) if log.durability() != Durability::Strict => {}
-                Err(e) => return Err(RecordError::LogUnavailable(e.to_string())),
+                Ok(appended) => match durable(appended).await {
+                    Ok(()) => {}
+                    Err(e) if strict => return Err(RecordError::LogUnavailable(e.to_string())),
+                    Err(_) => {}
+                },
+                Err(e) if strict => return Err(RecordError::LogUnavailable(e.to_string())),
+                Err(_) => {}
             }
         }
         Ok(Served {
