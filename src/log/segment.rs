@@ -18,9 +18,12 @@
 //! checksums) are still read: [`decode_segment`] tells the two apart by their first bytes.
 //!
 //! Decoding stops at the first frame that is not valid and says why ([`QuarantineReason`]) and
-//! at which byte offset the bad tail starts. The Arrow IPC reader is third-party code that has
-//! panicked on malformed input before: it only ever sees payloads whose checksum holds, each
-//! decode runs under `catch_unwind`, and a panic counts as a malformed frame.
+//! at which byte offset the bad tail starts. The Arrow IPC reader is third-party code that
+//! panics on some malformed input: it only sees payloads whose checksum holds (legacy messages,
+//! which have none, are split and bounded here first), each message is checked first against
+//! what the reader would assert (flatbuffer verified, buffers inside the body, aligned, whole
+//! values, node and buffer counts of the schema), each decode runs under `catch_unwind`, and a
+//! panic counts as a malformed frame.
 
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};

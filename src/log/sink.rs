@@ -1183,3 +1183,144 @@ fn quarantine<R>(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{FeedbackRecord, feedback_partition, schema};
+    use crate::metrics::Metrics;
+
+    fn spec() -> StreamSpec<FeedbackRecord> {
+        StreamSpec {
+            name: "feedback",
+            schema: schema::feedback_schema(),
+            root: PathBuf::from("feedback"),
+            wal: PathBuf::from("wal/feedback"),
+            partition: Box::new(feedback_partition),
+            to_batch: Box::new(schema::feedback_batch),
+            ts: Box::new(|r| r.ts_us),
+        }
+    }
+
+    /// A segment of `batches` batches of 2 labels; returns its bytes and each batch's offset.
+    fn segment(batches: usize) -> (Vec<u8>, Vec<usize>) {
+        let spec = spec();
+        let (mut encoder, mut bytes) = SegmentEncoder::new(&spec.schema).unwrap();
+        let mut starts = Vec::new();
+        for b in 0..batches {
+            let rows: Vec<FeedbackRecord> = (0..2)
+                .map(|i| FeedbackRecord {
+                    request_id: format!("r-{b}-{i}"),
+                    ts_us: 1_700_000_000_000_000,
+                    label: "3".into(),
+                    class: 3,
+                    source: "test".into(),
+                })
+                .collect();
+            let refs: Vec<&FeedbackRecord> = rows.iter().collect();
+            starts.push(bytes.len());
+            encoder
+                .encode(&(spec.to_batch)(&refs).unwrap(), &mut bytes)
+                .unwrap();
+        }
+        (bytes, starts)
+    }
+
+    fn pass(dir: &Path, metrics: &LogMetrics, health: &LogHealth) -> Pass {
+        recover(dir, &spec(), metrics, health, &DirLock::new(dir), &[])
+    }
+
+    #[test]
+    fn a_damaged_segment_whose_parquet_exists_is_quarantined_not_rewritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = segment(3);
+        bytes[starts[1] + 30] ^= 1;
+        let id = "0190a000-0000-7000-8000-0000000000aa";
+        let wal = tmp.path().join("wal/feedback");
+        fs::create_dir_all(&wal).unwrap();
+        fs::write(wal.join(format!("{id}.wal")), &bytes).unwrap();
+        // The crash came after the Parquet file was complete, before the segment went.
+        let partition = tmp.path().join(feedback_partition(1_700_000_000_000_000));
+        fs::create_dir_all(&partition).unwrap();
+        fs::write(partition.join(format!("{id}.parquet")), b"complete before").unwrap();
+
+        let metrics = Metrics::new("m").shared.log;
+        let health = LogHealth::default();
+        let result = pass(tmp.path(), &metrics, &health);
+        assert_eq!(
+            result,
+            Pass {
+                rows: 0,
+                complete: true
+            }
+        );
+        assert_eq!(
+            fs::read(partition.join(format!("{id}.parquet"))).unwrap(),
+            b"complete before"
+        );
+        let quarantined = tmp.path().join(format!("quarantine/wal/feedback/{id}.wal"));
+        assert_eq!(fs::read(&quarantined).unwrap(), bytes);
+        let note: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                tmp.path()
+                    .join(format!("quarantine/wal/feedback/{id}.wal.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(note["reason"], "checksum");
+        assert_eq!(note["offset"], starts[1]);
+        assert_eq!(note["rows_recovered"], 2);
+        assert_eq!(
+            metrics
+                .segments_quarantined
+                .with_label_values(&["feedback", "checksum"])
+                .get(),
+            1
+        );
+        assert_eq!(health.degraded(), None);
+    }
+
+    #[test]
+    fn a_recovery_that_cannot_write_leaves_the_segment_and_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bytes, _) = segment(2);
+        let wal = tmp.path().join("wal/feedback");
+        fs::create_dir_all(&wal).unwrap();
+        let path = wal.join("0190a000-0000-7000-8000-0000000000bb.wal");
+        fs::write(&path, &bytes).unwrap();
+        // The partition folder cannot be made: a file is in its way.
+        let blocker = tmp.path().join("feedback");
+        fs::write(&blocker, b"in the way").unwrap();
+
+        let metrics = Metrics::new("m").shared.log;
+        let health = LogHealth::default();
+        assert_eq!(
+            pass(tmp.path(), &metrics, &health),
+            Pass {
+                rows: 0,
+                complete: false
+            }
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert!(health.degraded().unwrap().contains("recovery"));
+
+        fs::remove_file(&blocker).unwrap();
+        assert_eq!(
+            pass(tmp.path(), &metrics, &health),
+            Pass {
+                rows: 4,
+                complete: true
+            }
+        );
+        assert!(!path.exists());
+        assert_eq!(health.degraded(), None);
+        assert_eq!(
+            metrics
+                .segments_quarantined
+                .with_label_values(&["feedback", "checksum"])
+                .get(),
+            0
+        );
+    }
+}
