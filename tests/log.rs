@@ -848,3 +848,44 @@ fn an_unusable_log_directory_does_not_stop_the_start() {
     }
     assert_eq!(std::fs::read(&not_a_dir).unwrap(), b"not a folder");
 }
+
+#[test]
+fn a_log_directory_locked_by_another_sidecar_degrades_until_it_is_free() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let dir = log_dir.path().to_str().unwrap().to_string();
+    let env = [("SHIFTWATCH__LOG__DIR", dir.as_str())];
+    let mut first = Server::start(&env);
+    let mut second = Server::start(&env);
+    let ready = second.get("/readyz").json();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert!(
+        ready["log"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("another shiftwatch"),
+        "{ready}"
+    );
+    let png = read("data/traffic/normal/normal-0000.png");
+    assert!(classify(second.addr, "while-locked", &png).is_some());
+    // The first one stops: the second takes the lock and writes.
+    first.terminate();
+    assert!(first.wait(Duration::from_secs(30)).success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while second.get("/readyz").json()["status"] != "ready" {
+        assert!(Instant::now() < deadline, "the lock was not taken again");
+        // Writes retry the lock when a new file opens.
+        assert!(classify(second.addr, &format!("retry-{i}"), &png).is_some());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answered = classify(second.addr, "after-lock", &png).expect("answered");
+    second.terminate();
+    assert!(second.wait(Duration::from_secs(30)).success());
+    let summary = check_log(
+        log_dir.path(),
+        &json!({"model": "digits", "predictions": {"after-lock": answered}, "exact": false,
+                "sent": (0..=i).map(|k| format!("retry-{k}")).chain(["while-locked".to_string()]).collect::<Vec<_>>()}),
+    );
+    assert_eq!(summary["missing"], 0, "{summary}");
+}
