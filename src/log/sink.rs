@@ -6,7 +6,7 @@
 //!   `segment.rs`). A batch goes to the segment first (one `write(2)` of one frame), then to the
 //!   Parquet writer; it counts as written once it is in the segment (or, without a write-ahead
 //!   log, in the Parquet writer). Callers are answered only then: `interval` after the write,
-//!   `strict` after the segment's fsync as well.
+//!   `strict` after the segment's fsync as well, and before the Parquet writer takes the batch.
 //! - A new segment is fsynced with its folder, and every folder the log creates with its parent,
 //!   before any row in it is acknowledged.
 //! - A file is written as `.<uuid>.parquet` and renamed to `<uuid>.parquet` when complete (row
@@ -474,46 +474,99 @@ impl<R> Writer<R> {
                 .or_default()
                 .push(i);
         }
+        let wal = self.config.durability != Durability::None;
         let mut ok = vec![false; rows.len()];
-        let mut touched = Vec::new();
+        // First every batch into its write-ahead segment: that is when its rows count as
+        // written, and their callers are answered before the Parquet writer runs.
+        let mut logged: Vec<(PathBuf, RecordBatch, Vec<usize>)> = Vec::new();
         for (partition, idx) in groups {
             let refs: Vec<&R> = idx.iter().map(|&i| &rows[i]).collect();
-            match self.append_batch(&partition, &refs) {
-                Ok(()) => {
-                    for i in &idx {
-                        ok[*i] = true;
-                    }
-                    touched.push(partition);
-                }
-                Err((e, in_wal)) => {
-                    let kept = self.fail(&partition, &e);
-                    if in_wal && kept {
-                        // In an abandoned segment (fsynced in strict mode): recovered later,
-                        // not lost.
+            match self.log_batch(&partition, &refs) {
+                Ok(batch) => {
+                    if wal {
                         for i in &idx {
                             ok[*i] = true;
                         }
                     }
+                    logged.push((partition, batch, idx));
+                }
+                Err(e) => {
+                    self.fail(&partition, &e);
                 }
             }
         }
         // Durability: strict fsyncs before anyone is answered.
         let mut sync_error = None;
         if self.config.durability == Durability::Strict {
-            for partition in &touched {
+            for (partition, _, _) in &logged {
                 if let Err(e) = self.sync_wal(partition) {
                     sync_error = Some(e.to_string());
                     self.fail(partition, &e.to_string());
                 }
             }
             self.dirty_since = None;
-        } else if self.config.durability == Durability::Interval && !touched.is_empty() {
+        } else if self.config.durability == Durability::Interval && !logged.is_empty() {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
+        let mut acks = Some(acks);
+        if wal {
+            self.answer(
+                &ok,
+                sync_error,
+                acks.take().unwrap_or_default(),
+                !logged.is_empty(),
+            );
+        }
+        // Then Parquet. With a write-ahead log a failure here loses nothing: the rows are in
+        // the abandoned segment, recovered later.
+        for (partition, batch, idx) in logged {
+            if !self.open.contains_key(&partition) {
+                continue; // abandoned above (strict fsync failed)
+            }
+            match self.write_parquet(&partition, &batch) {
+                Ok(()) => {
+                    for i in &idx {
+                        ok[*i] = true;
+                    }
+                }
+                Err(e) => {
+                    self.fail(&partition, &e);
+                }
+            }
+        }
+        if let Some(acks) = acks {
+            let any = ok.iter().any(|o| *o);
+            self.answer(&ok, None, acks, any);
+        }
+        // Size and row-count rotation right away; age rotation in `periodic`.
+        let full: Vec<PathBuf> = self
+            .open
+            .iter()
+            .filter(|(_, f)| {
+                f.rows >= self.config.rotate_rows
+                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
+                        >= self.config.rotate_bytes
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in full {
+            self.finish(&partition);
+        }
+    }
+
+    /// Health, acknowledgements and counters for the rows of one group: `ok[i]` says row `i`
+    /// is written (in its segment, or without a write-ahead log in its Parquet writer).
+    fn answer(
+        &mut self,
+        ok: &[bool],
+        sync_error: Option<String>,
+        acks: Vec<Option<Ack>>,
+        wrote: bool,
+    ) {
         // Health first, so that a caller answered after this write sees it.
-        if ok.iter().any(|o| *o)
+        if wrote
+            && ok.iter().any(|o| *o)
             && sync_error.is_none()
-            && !touched.is_empty()
             && self.health.is_set(&self.write_part)
         {
             // Writes work again: recover what the fault left behind now.
@@ -526,7 +579,7 @@ impl<R> Writer<R> {
         let mut written = 0u64;
         let mut dropped = 0u64;
         for (i, ack) in acks.into_iter().enumerate() {
-            let success = ok[i] && sync_error.is_none();
+            let success = ok.get(i).copied().unwrap_or(false) && sync_error.is_none();
             if success {
                 written += 1;
             } else {
@@ -555,41 +608,30 @@ impl<R> Writer<R> {
             .rows_written
             .with_label_values(&[self.spec.name])
             .inc_by(written);
-        // Size and row-count rotation right away; age rotation in `periodic`.
-        let full: Vec<PathBuf> = self
-            .open
-            .iter()
-            .filter(|(_, f)| {
-                f.rows >= self.config.rotate_rows
-                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
-                        >= self.config.rotate_bytes
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        for partition in full {
-            self.finish(&partition);
-        }
     }
 
-    /// Appends one batch; on error says whether the rows reached the write-ahead segment.
-    fn append_batch(&mut self, partition: &Path, rows: &[&R]) -> Result<(), (String, bool)> {
-        let batch = (self.spec.to_batch)(rows).map_err(|e| (e.to_string(), false))?;
+    /// Builds one batch and writes it to the partition's segment (opening the partition's
+    /// file first when none is open). Without a write-ahead log only the batch is built.
+    fn log_batch(&mut self, partition: &Path, rows: &[&R]) -> Result<RecordBatch, String> {
+        let batch = (self.spec.to_batch)(rows).map_err(|e| e.to_string())?;
         if !self.open.contains_key(partition) {
-            let file = self.open_file(partition).map_err(|e| (e, false))?;
+            let file = self.open_file(partition)?;
             self.open.insert(partition.to_path_buf(), file);
         }
         let Some(file) = self.open.get_mut(partition) else {
-            return Err(("the partition's file is not open".into(), false));
+            return Err("the partition's file is not open".into());
         };
-        let mut in_wal = false;
         if let Some(wal) = &mut file.wal {
-            wal.append(&batch, &mut self.frame)
-                .map_err(|e| (e, false))?;
-            in_wal = true;
+            wal.append(&batch, &mut self.frame)?;
         }
-        file.parquet
-            .write(&batch)
-            .map_err(|e| (e.to_string(), in_wal))?;
+        Ok(batch)
+    }
+
+    fn write_parquet(&mut self, partition: &Path, batch: &RecordBatch) -> Result<(), String> {
+        let Some(file) = self.open.get_mut(partition) else {
+            return Err("the partition's file is not open".into());
+        };
+        file.parquet.write(batch).map_err(|e| e.to_string())?;
         file.rows += batch.num_rows();
         Ok(())
     }
@@ -669,9 +711,9 @@ impl<R> Writer<R> {
         Ok(())
     }
 
-    /// Abandons the file of `partition` after a write error; its segment waits for recovery.
-    /// Returns whether the rows already in that segment are kept (in strict mode: fsynced).
-    fn fail(&mut self, partition: &Path, error: &str) -> bool {
+    /// Abandons the file of `partition` after a write error; its segment (fsynced, best
+    /// effort, so that it outlives a power loss too) waits for recovery.
+    fn fail(&mut self, partition: &Path, error: &str) {
         tracing::debug!(stream = self.spec.name, partition = %partition.display(), error, "log write failed");
         if !self.health.is_set(&self.write_part) {
             tracing::error!(
@@ -685,15 +727,13 @@ impl<R> Writer<R> {
             Some(format!("{}: {error}", self.spec.name)),
         );
         let Some(file) = self.open.remove(partition) else {
-            return false;
+            return;
         };
         let _ = fs::remove_file(&file.temp_path);
-        let Some(wal) = file.wal else {
-            return false;
-        };
-        let kept = self.config.durability != Durability::Strict || wal.file.sync_data().is_ok();
-        self.recovery.get_or_insert_with(Instant::now);
-        kept
+        if let Some(wal) = file.wal {
+            let _ = wal.file.sync_data();
+            self.recovery.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Completes the file of `partition`: footer, fsync, rename, then its segment goes.
