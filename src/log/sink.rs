@@ -334,32 +334,8 @@ struct OpenFile {
     final_path: PathBuf,
     parquet: ArrowWriter<BufWriter<File>>,
     wal: Option<SegmentFile>,
-    /// Rows of the file, staged ones included (row-count rotation).
     rows: usize,
     opened: Instant,
-    /// Batches already in the segment, not yet in the Parquet writer: small batches are
-    /// gathered and written as one (`STAGE_ROWS`, `STAGE_WAIT`), off the answer's path.
-    staged: Vec<RecordBatch>,
-    staged_rows: usize,
-    staged_since: Option<Instant>,
-}
-
-impl OpenFile {
-    /// Hands the staged batches to the Parquet writer, as one batch.
-    fn flush_staged(&mut self) -> Result<(), String> {
-        if self.staged.is_empty() {
-            return Ok(());
-        }
-        let staged = std::mem::take(&mut self.staged);
-        self.staged_rows = 0;
-        self.staged_since = None;
-        let schema = staged[0].schema();
-        let batch = arrow_select::concat::concat_batches(&schema, &staged)
-            .map_err(|e| format!("{}: {e}", self.temp_path.display()))?;
-        self.parquet
-            .write(&batch)
-            .map_err(|e| format!("{}: {e}", self.temp_path.display()))
-    }
 }
 
 /// An open write-ahead segment: one frame per batch, each written with one `write(2)`.
@@ -416,10 +392,6 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a writer gathers rows into one batch when nobody waits for it.
 const GROUP_WAIT: Duration = Duration::from_millis(20);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
-/// Batches in their segment are handed to Parquet together once they hold this many rows or
-/// the oldest waited this long.
-const STAGE_ROWS: usize = 8192;
-const STAGE_WAIT: Duration = Duration::from_millis(50);
 /// Retries of a recovery that could not write: from this, doubling up to the maximum.
 const RECOVERY_RETRY_MIN: Duration = Duration::from_millis(500);
 const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -546,18 +518,12 @@ impl<R> Writer<R> {
             );
         }
         // Then Parquet. With a write-ahead log a failure here loses nothing: the rows are in
-        // the abandoned segment, recovered later; and batches are staged, so that many small
-        // ones (one per group under light load) become one Parquet write.
+        // the abandoned segment, recovered later.
         for (partition, batch, idx) in logged {
             if !self.open.contains_key(&partition) {
                 continue; // abandoned above (strict fsync failed)
             }
-            let result = if wal {
-                self.stage(&partition, batch)
-            } else {
-                self.write_parquet(&partition, &batch)
-            };
-            match result {
+            match self.write_parquet(&partition, &batch) {
                 Ok(()) => {
                     for i in &idx {
                         ok[*i] = true;
@@ -661,41 +627,6 @@ impl<R> Writer<R> {
         Ok(batch)
     }
 
-    /// Stages a batch that is in its segment; writes the staged ones to Parquet once they are
-    /// `STAGE_ROWS` rows or the oldest is `STAGE_WAIT` old.
-    fn stage(&mut self, partition: &Path, batch: RecordBatch) -> Result<(), String> {
-        let Some(file) = self.open.get_mut(partition) else {
-            return Err("the partition's file is not open".into());
-        };
-        file.rows += batch.num_rows();
-        file.staged_rows += batch.num_rows();
-        file.staged.push(batch);
-        let since = *file.staged_since.get_or_insert_with(Instant::now);
-        if file.staged_rows >= STAGE_ROWS || since.elapsed() >= STAGE_WAIT {
-            file.flush_staged()?;
-        }
-        Ok(())
-    }
-
-    /// Writes staged batches older than `STAGE_WAIT` to Parquet.
-    fn flush_stale(&mut self) {
-        let stale: Vec<PathBuf> = self
-            .open
-            .iter()
-            .filter(|(_, f)| f.staged_since.is_some_and(|t| t.elapsed() >= STAGE_WAIT))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for partition in stale {
-            let flushed = match self.open.get_mut(&partition) {
-                Some(f) => f.flush_staged(),
-                None => Ok(()),
-            };
-            if let Err(e) = flushed {
-                self.fail(&partition, &e);
-            }
-        }
-    }
-
     fn write_parquet(&mut self, partition: &Path, batch: &RecordBatch) -> Result<(), String> {
         let Some(file) = self.open.get_mut(partition) else {
             return Err("the partition's file is not open".into());
@@ -768,9 +699,6 @@ impl<R> Writer<R> {
             wal,
             rows: 0,
             opened: Instant::now(),
-            staged: Vec::new(),
-            staged_rows: 0,
-            staged_since: None,
         })
     }
 
@@ -852,7 +780,6 @@ impl<R> Writer<R> {
         if shutdown {
             return;
         }
-        self.flush_stale();
         if let Some(since) = self.dirty_since
             && since.elapsed() >= self.config.fsync_interval
         {
@@ -963,7 +890,6 @@ impl<R> Writer<R> {
 fn close_file(mut file: OpenFile) -> Result<(), (String, Option<PathBuf>)> {
     let segment = file.wal.as_ref().map(|w| w.path.clone());
     let fail = |e: String| (e, segment.clone());
-    file.flush_staged().map_err(fail)?;
     file.parquet
         .finish()
         .map_err(|e| fail(format!("{}: {e}", file.temp_path.display())))?;
