@@ -34,9 +34,11 @@ use crate::time::date_hour;
 /// When a row counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// The request is answered only after its row is fsynced in the write-ahead log.
+    /// The request is answered only after its row is written and fsynced in the write-ahead
+    /// log.
     Strict,
-    /// Rows reach the write-ahead log at once and are fsynced at least every `fsync_interval`.
+    /// The request is answered once its row is written to the write-ahead log (it survives the
+    /// process being killed); segments are fsynced at least every `fsync_interval`.
     Interval,
     /// No write-ahead log: rows live in memory until their Parquet file closes.
     None,
