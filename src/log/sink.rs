@@ -394,7 +394,7 @@ const GROUP_WAIT: Duration = Duration::from_millis(20);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 /// Retries of a recovery that could not write: from this, doubling up to the maximum.
 const RECOVERY_RETRY_MIN: Duration = Duration::from_millis(500);
-const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(5);
+const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(30);
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> Writer<R> {
