@@ -5,7 +5,12 @@
 //! write-ahead batches and zstd Parquet. Throughput = rows / (time from first append until every
 //! file is closed). The request-side cost is the time `append` takes (building the record's
 //! vectors included), and separately the input statistics, dHash and sha256 computed for the log
-//! on a bundled 32×32 PNG. Prints one line per measurement and a JSON summary under runs/.
+//! on a bundled 32×32 PNG. Then what answering after the write-ahead log costs: producers that
+//! each wait for their row's acknowledgement before the next (as a request waits before its
+//! answer), in `interval` (written to the segment) and `strict` (fsynced) mode, against `none`
+//! (nothing to wait for); and the size of write-ahead frames (the schema is written once per
+//! segment, a batch of one row is one small frame). Prints one line per measurement and a JSON
+//! summary under runs/.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +18,10 @@ use sha2::{Digest, Sha256};
 use shiftwatch::image_stats::{dhash, input_stats};
 use std::sync::Arc;
 
+use shiftwatch::log::schema::{prediction_batch, prediction_schema};
+use shiftwatch::log::segment::SegmentEncoder;
 use shiftwatch::log::{
-    Durability, Endpoint, ImageInfo, LogConfig, PredictionLog, PredictionRecord,
+    Appended, Durability, Endpoint, ImageInfo, LogConfig, PredictionLog, PredictionRecord,
 };
 use shiftwatch::metrics::Metrics;
 use shiftwatch::time::now_us;
@@ -53,10 +60,9 @@ fn record(
     }
 }
 
-fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = LogConfig {
-        dir: dir.path().to_path_buf(),
+fn config(dir: &std::path::Path, durability: Durability) -> LogConfig {
+    LogConfig {
+        dir: dir.to_path_buf(),
         durability,
         fsync_interval: Duration::from_millis(1000),
         queue_capacity: ROWS,
@@ -66,14 +72,98 @@ fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
         row_group_rows: 65_536,
         retention: None,
         max_disk_bytes: None,
-    };
+    }
+}
+
+/// `producers` threads, each appending a row and (with `wait`) waiting for its
+/// acknowledgement before the next, for `per_producer` rows each; the clock stops when every
+/// row is written. Without `wait` this is how interval mode answered before it waited for the
+/// segment write. Returns rows/s.
+fn acknowledged(
+    durability: Durability,
+    image: &ImageInfo,
+    producers: usize,
+    per_producer: usize,
+    wait: bool,
+) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
     let labels: Vec<Arc<str>> = (0..10).map(|i| Arc::from(i.to_string())).collect();
     let version: Arc<str> = Arc::from("0123456789ab");
     let metrics = Metrics::new("bench");
-    let (dir_log, _) = PredictionLog::open(&config, &metrics.shared.log).expect("opening the log");
-    let (log, _) = dir_log
-        .predictions("bench", &metrics.shared.log)
-        .expect("opening the stream");
+    let (dir_log, _) = PredictionLog::open(&config(dir.path(), durability), &metrics.shared.log);
+    let (log, _) = dir_log.predictions("bench", &metrics.shared.log);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for p in 0..producers {
+            let (log, labels, version) = (&log, &labels, &version);
+            scope.spawn(move || {
+                for i in 0..per_producer {
+                    let r = record(p * per_producer + i, image, version, labels);
+                    match log.append(r).expect("the queue holds every row") {
+                        Appended::Pending(rx) if wait => rx
+                            .blocking_recv()
+                            .expect("the writer answers")
+                            .expect("the row is written"),
+                        Appended::Pending(_) | Appended::Queued => {}
+                    }
+                }
+            });
+        }
+    });
+    log.close();
+    let elapsed = started.elapsed().as_secs_f64();
+    dir_log.close();
+    let rows = producers * per_producer;
+    let rows_per_second = rows as f64 / elapsed;
+    let how = if wait {
+        "each waiting for its row's acknowledgement"
+    } else {
+        "not waiting"
+    };
+    println!(
+        "log {durability:?}, {producers} producers {how}: \
+         {rows} rows in {elapsed:.3} s = {rows_per_second:.0} rows/s ({:.1} µs per row per producer)",
+        elapsed * 1e6 / per_producer as f64
+    );
+    rows_per_second
+}
+
+/// Bytes of write-ahead frames: the schema frame, and batch frames of 1 and 1000 rows.
+fn frame_sizes(image: &ImageInfo) -> (usize, usize, f64) {
+    let labels: Vec<Arc<str>> = (0..10).map(|i| Arc::from(i.to_string())).collect();
+    let version: Arc<str> = Arc::from("0123456789ab");
+    let rows: Vec<PredictionRecord> = (0..1000)
+        .map(|i| record(i, image, &version, &labels))
+        .collect();
+    let (mut encoder, schema_frame) = SegmentEncoder::new(&prediction_schema()).expect("schema");
+    let mut one = Vec::new();
+    encoder
+        .encode(&prediction_batch(&[&rows[0]]).expect("batch"), &mut one)
+        .expect("frame");
+    let mut many = Vec::new();
+    let refs: Vec<&PredictionRecord> = rows.iter().collect();
+    encoder
+        .encode(&prediction_batch(&refs).expect("batch"), &mut many)
+        .expect("frame");
+    let per_row = many.len() as f64 / 1000.0;
+    println!(
+        "write-ahead frames: schema {} bytes (once per segment), a 1-row batch {} bytes, \
+         a 1000-row batch {per_row:.0} bytes/row; a schema in every frame would make a 1-row frame {:.1}x larger",
+        schema_frame.len(),
+        one.len(),
+        (one.len() + schema_frame.len()) as f64 / one.len() as f64
+    );
+    (schema_frame.len(), one.len(), per_row)
+}
+
+fn run(durability: Durability, image: &ImageInfo) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path(), durability);
+    let labels: Vec<Arc<str>> = (0..10).map(|i| Arc::from(i.to_string())).collect();
+    let version: Arc<str> = Arc::from("0123456789ab");
+    let metrics = Metrics::new("bench");
+    let (dir_log, _) = PredictionLog::open(&config, &metrics.shared.log);
+    let (log, _) = dir_log.predictions("bench", &metrics.shared.log);
     // Build records first so the append timing is the request path's share only.
     let records: Vec<PredictionRecord> = (0..ROWS)
         .map(|i| record(i, image, &version, &labels))
@@ -172,6 +262,25 @@ fn main() {
     };
     let (interval_rps, interval_append) = run(Durability::Interval, &image);
     let (none_rps, none_append) = run(Durability::None, &image);
+    let (schema_bytes, one_row_frame_bytes, frame_bytes_per_row) = frame_sizes(&image);
+    // Acknowledged rows: 64 producers stand for 64 requests in flight.
+    let mut waiting = serde_json::Map::new();
+    for (durability, producers, per, wait) in [
+        (Durability::None, 64, 2_000, false),
+        (Durability::Interval, 64, 2_000, false),
+        (Durability::Interval, 64, 2_000, true),
+        (Durability::Strict, 64, 200, true),
+        (Durability::Interval, 1, 20_000, false),
+        (Durability::Interval, 1, 20_000, true),
+        (Durability::Strict, 1, 500, true),
+    ] {
+        let rps = acknowledged(durability, &image, producers, per, wait);
+        let key = format!(
+            "{durability:?}_{producers}_{}",
+            if wait { "waiting" } else { "not_waiting" }
+        );
+        waiting.insert(key.to_lowercase(), serde_json::json!(rps));
+    }
     let summary = serde_json::json!({
         "rows": ROWS,
         "interval_rows_per_second": interval_rps,
@@ -180,6 +289,10 @@ fn main() {
         "interval_append_ns": interval_append,
         "none_append_ns": none_append,
         "image_extras_ns": extras_ns,
+        "acknowledged_rows_per_second": waiting,
+        "schema_frame_bytes": schema_bytes,
+        "one_row_frame_bytes": one_row_frame_bytes,
+        "frame_bytes_per_row": frame_bytes_per_row,
     });
     let out = root.join("runs");
     let _ = std::fs::create_dir_all(&out);

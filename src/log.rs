@@ -1,10 +1,13 @@
 //! The prediction log: every prediction and every delayed label in Parquet, crash-safe.
 //!
-//! Requests hand a compact record to a bounded queue ([`PredictionLog::append_prediction`]); one
-//! writer thread per stream (predictions, feedback) turns them into record batches, appends each
-//! batch to a write-ahead segment (Arrow IPC stream) and to the open Parquet file of its
-//! partition, and makes a file visible under its final name only once it is complete. On start,
-//! leftover segments become Parquet ([`recover`]). See `sink.rs` for the writer's rules.
+//! Requests hand a compact record to a bounded queue ([`PredictionStream::append`]); one
+//! writer thread per stream (each model's predictions, feedback) turns them into record batches,
+//! appends each batch to a write-ahead segment (one checksummed frame per batch: `segment.rs`)
+//! and to the open Parquet file of its partition, and makes a file visible under its final name
+//! only once it is complete. On start, leftover segments become Parquet as far as they are
+//! valid, the rest goes to `quarantine/` ([`recover`]). Opening the log never fails: a
+//! directory that cannot be used now makes the log degraded (rows dropped and counted) until it
+//! can. See `sink.rs` for the writer's rules.
 //!
 //! Layout (Hive partitions, by arrival time in UTC):
 //! `<dir>/predictions/model=<name>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`,
@@ -13,6 +16,7 @@
 mod config;
 mod retention;
 pub mod schema;
+pub mod segment;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +26,7 @@ use tokio::sync::oneshot;
 
 pub use self::config::{LogConfig, RawLog};
 pub use self::sink::{Appended, LogHealth};
-use self::sink::{Sink, StreamSpec};
+use self::sink::{DirLock, Sink, StreamSpec};
 use crate::image_stats::InputStats;
 use crate::metrics::LogMetrics;
 use crate::time::date_hour;
@@ -30,9 +34,11 @@ use crate::time::date_hour;
 /// When a row counts as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// The request is answered only after its row is fsynced in the write-ahead log.
+    /// The request is answered only after its row is written and fsynced in the write-ahead
+    /// log.
     Strict,
-    /// Rows reach the write-ahead log at once and are fsynced at least every `fsync_interval`.
+    /// The request is answered once its row is written to the write-ahead log (it survives the
+    /// process being killed); segments are fsynced at least every `fsync_interval`.
     Interval,
     /// No write-ahead log: rows live in memory until their Parquet file closes.
     None,
@@ -152,7 +158,7 @@ pub struct PredictionLog {
     feedback: Sink<FeedbackRecord>,
     config: LogConfig,
     health: Arc<LogHealth>,
-    _lock: std::fs::File,
+    lock: Arc<DirLock>,
 }
 
 impl std::fmt::Debug for PredictionLog {
@@ -171,13 +177,6 @@ pub struct PredictionStream {
 impl std::fmt::Debug for PredictionStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PredictionStream").finish()
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -208,50 +207,57 @@ fn feedback_stream() -> StreamSpec<FeedbackRecord> {
 
 impl PredictionLog {
     /// Takes the directory's lock, recovers the feedback stream's leftover write-ahead
-    /// segments into Parquet, and starts its writer. Returns the rows recovered.
-    pub fn open(config: &LogConfig, metrics: &LogMetrics) -> Result<(Self, usize), LogError> {
-        std::fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
-        let lock_path = config.dir.join(".shiftwatch.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(LogError::Locked(config.dir.clone()));
-        }
+    /// segments into Parquet, and starts its writer. Returns the rows recovered. Never fails:
+    /// when the directory cannot be used now (unwritable, full, locked by another process),
+    /// the log is degraded, rows are dropped and counted, and the writers retry.
+    pub fn open(config: &LogConfig, metrics: &LogMetrics) -> (Self, usize) {
         let health = Arc::new(LogHealth::default());
+        let lock = Arc::new(DirLock::new(&config.dir));
+        if let Err(e) = lock.ensure() {
+            tracing::error!(error = %e, "the log directory cannot be used now; serving goes on without it, rows are dropped and counted, and the log retries");
+        }
         let spec = feedback_stream();
-        let recovered = sink::recover(&config.dir, &spec, metrics)?;
-        let feedback = Sink::start(config, spec, metrics.clone(), Arc::clone(&health));
-        Ok((
+        let pass = sink::recover(&config.dir, &spec, metrics, &health, &lock, &[]);
+        let feedback = Sink::start(
+            config,
+            spec,
+            metrics.clone(),
+            Arc::clone(&health),
+            Arc::clone(&lock),
+            pass.complete,
+        );
+        (
             PredictionLog {
                 feedback,
                 config: config.clone(),
                 health,
-                _lock: lock,
+                lock,
             },
-            recovered,
-        ))
+            pass.rows,
+        )
     }
 
     /// Recovers `model`'s leftover segments and starts its prediction writer. Returns the
-    /// stream and the rows recovered.
-    pub fn predictions(
-        &self,
-        model: &str,
-        metrics: &LogMetrics,
-    ) -> Result<(PredictionStream, usize), LogError> {
+    /// stream and the rows recovered (never fails: see [`PredictionLog::open`]).
+    pub fn predictions(&self, model: &str, metrics: &LogMetrics) -> (PredictionStream, usize) {
         let spec = prediction_stream(model);
-        let recovered = sink::recover(&self.config.dir, &spec, metrics)?;
+        let pass = sink::recover(
+            &self.config.dir,
+            &spec,
+            metrics,
+            &self.health,
+            &self.lock,
+            &[],
+        );
         let sink = Sink::start(
             &self.config,
             spec,
             metrics.clone(),
             Arc::clone(&self.health),
+            Arc::clone(&self.lock),
+            pass.complete,
         );
-        Ok((PredictionStream { sink }, recovered))
+        (PredictionStream { sink }, pass.rows)
     }
 
     pub fn append_feedback(&self, record: FeedbackRecord) -> Result<Appended, LogError> {
@@ -279,8 +285,9 @@ impl PredictionLog {
 }
 
 impl PredictionStream {
-    /// Queues a prediction row. In strict mode the returned [`Appended::Pending`] resolves once
-    /// the row is durable; the caller answers only then.
+    /// Queues a prediction row. With a write-ahead log the returned [`Appended::Pending`]
+    /// resolves once the row is in its segment (`strict`: and fsynced); the caller answers
+    /// only then.
     pub fn append(&self, record: PredictionRecord) -> Result<Appended, LogError> {
         self.sink.append(record)
     }
@@ -295,7 +302,8 @@ impl PredictionStream {
     }
 }
 
-/// Waits for a strict-mode acknowledgement.
+/// Waits until an appended row is in the write-ahead log (`interval`: written; `strict`:
+/// fsynced); `Err` when it could not be written (the writer counted it as dropped).
 pub async fn durable(appended: Appended) -> Result<(), LogError> {
     match appended {
         Appended::Queued => Ok(()),
@@ -306,12 +314,21 @@ pub async fn durable(appended: Appended) -> Result<(), LogError> {
 }
 
 /// Recovers leftover write-ahead segments of `model` and of the feedback stream without
-/// starting writers (for offline tools).
+/// starting writers (for offline tools). `Err` names what could not be recovered now (the
+/// segments stay for the next start).
 pub fn recover(dir: &Path, model: &str, metrics: &LogMetrics) -> Result<Recovered, LogError> {
-    Ok(Recovered {
-        predictions: sink::recover(dir, &prediction_stream(model), metrics)?,
-        feedback: sink::recover(dir, &feedback_stream(), metrics)?,
-    })
+    let health = LogHealth::default();
+    let lock = DirLock::new(dir);
+    lock.ensure()?;
+    let predictions = sink::recover(dir, &prediction_stream(model), metrics, &health, &lock, &[]);
+    let feedback = sink::recover(dir, &feedback_stream(), metrics, &health, &lock, &[]);
+    match health.degraded() {
+        Some(e) => Err(LogError::Unavailable(e)),
+        None => Ok(Recovered {
+            predictions: predictions.rows,
+            feedback: feedback.rows,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,42 @@ impl DropReason {
     }
 }
 
+/// Why a write-ahead segment (or its tail) was set aside in `quarantine/` at recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuarantineReason {
+    /// The file ends inside a frame: a write cut short by a crash.
+    Torn,
+    /// A frame's magic, length or CRC-32 does not match: the bytes changed after they were written.
+    Checksum,
+    /// The checksum holds but the payload is not one Arrow record batch of the segment's schema.
+    Malformed,
+    /// The segment's columns cannot become the current schema (a required column missing, a
+    /// type changed).
+    Schema,
+    /// The segment cannot be read at all (an I/O error, a directory or a broken link in its place).
+    Unreadable,
+}
+
+impl QuarantineReason {
+    pub const ALL: [QuarantineReason; 5] = [
+        QuarantineReason::Torn,
+        QuarantineReason::Checksum,
+        QuarantineReason::Malformed,
+        QuarantineReason::Schema,
+        QuarantineReason::Unreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineReason::Torn => "torn",
+            QuarantineReason::Checksum => "checksum",
+            QuarantineReason::Malformed => "malformed",
+            QuarantineReason::Schema => "schema",
+            QuarantineReason::Unreadable => "unreadable",
+        }
+    }
+}
+
 /// What became of one feedback item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,6 +99,8 @@ pub struct LogMetrics {
     pub queue_depth: IntGaugeVec,
     pub files_written: IntCounterVec,
     pub files_deleted: IntCounterVec,
+    /// Write-ahead segments set aside in `quarantine/` at recovery, by [`QuarantineReason`].
+    pub segments_quarantined: IntCounterVec,
 }
 
 /// Every metric family of the sidecar.
@@ -181,6 +219,11 @@ impl SharedFamilies {
                     "Parquet files deleted by retention or the disk quota",
                     &["stream"],
                 ),
+                segments_quarantined: counter_vec(
+                    "shiftwatch_log_segments_quarantined_total",
+                    "Write-ahead segments (or their damaged tails) set aside in quarantine/ at recovery, by reason",
+                    &["stream", "reason"],
+                ),
             },
         }
     }
@@ -198,6 +241,10 @@ impl SharedFamilies {
         log.queue_depth.with_label_values(&[stream]);
         for reason in DropReason::ALL {
             log.rows_dropped
+                .with_label_values(&[stream, reason.as_str()]);
+        }
+        for reason in QuarantineReason::ALL {
+            log.segments_quarantined
                 .with_label_values(&[stream, reason.as_str()]);
         }
     }

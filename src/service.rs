@@ -193,8 +193,8 @@ impl Services {
         let log = match &config.log {
             None => None,
             Some(log_config) => {
-                let (log, recovered) = PredictionLog::open(log_config, &process_metrics.shared.log)
-                    .context("cannot open the prediction log (log.dir)")?;
+                // Never fails: a log that cannot write now is degraded, not a failed start.
+                let (log, recovered) = PredictionLog::open(log_config, &process_metrics.shared.log);
                 tracing::info!(
                     dir = %log_config.dir.display(),
                     durability = ?log.durability(),
@@ -327,9 +327,7 @@ impl ModelService {
         let stream = match log {
             None => None,
             Some(log) => {
-                let (stream, recovered) = log
-                    .predictions(&name, &metrics.shared.log)
-                    .with_context(|| format!("cannot open the prediction log of model `{name}`"))?;
+                let (stream, recovered) = log.predictions(&name, &metrics.shared.log);
                 if recovered > 0 {
                     tracing::info!(model = %name, recovered_predictions = recovered, "recovered logged predictions");
                 }

@@ -108,15 +108,19 @@ pub fn enforce(
     deleted
 }
 
-/// Removes `.<uuid>.parquet` files left by a crash (their rows are in the write-ahead log).
-pub fn remove_stale_temp_files(root: &Path) {
+/// Removes `.<uuid>.parquet` files left by a crash (their rows are in the write-ahead log),
+/// except `busy` ones (files being written now).
+pub fn remove_stale_temp_files(root: &Path, busy: &[PathBuf]) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
+        if busy.contains(&path) {
+            continue;
+        }
         if path.is_dir() {
-            remove_stale_temp_files(&path);
+            remove_stale_temp_files(&path, busy);
         } else if path
             .file_name()
             .and_then(|n| n.to_str())

@@ -2,13 +2,25 @@
 //!
 //! Rules:
 //! - Each open Parquet file belongs to one partition and has one write-ahead segment with the
-//!   same uuid (`wal/<stream>[/model=<name>]/<uuid>.arrows`). A batch goes to the segment first, then to the
+//!   same uuid (`wal/<stream>[/model=<name>]/<uuid>.wal`, framed with a CRC-32 per batch: see
+//!   `segment.rs`). A batch goes to the segment first (one `write(2)` of one frame), then to the
 //!   Parquet writer; it counts as written once it is in the segment (or, without a write-ahead
-//!   log, in the Parquet writer).
+//!   log, in the Parquet writer). Callers are answered only then: `interval` after the write,
+//!   `strict` after the segment's fsync as well, and before the Parquet writer takes the batch.
+//! - A new segment is fsynced with its folder, and every folder the log creates with its parent,
+//!   before any row in it is acknowledged.
 //! - A file is written as `.<uuid>.parquet` and renamed to `<uuid>.parquet` when complete (row
 //!   count, size or age reached, or shutdown), after an fsync; only then is its segment deleted.
 //! - Recovery turns each leftover segment into `<partition>/<uuid>.parquet` unless that file
-//!   exists already (the crash came between rename and delete), so no row is written twice.
+//!   exists already (the crash came between rename and delete), so no row is written twice. It
+//!   keeps the valid frames; a segment with a damaged tail (torn, checksum, malformed), columns
+//!   the current schema cannot take, or that cannot be read at all is moved whole, after its
+//!   valid rows are in Parquet, to `quarantine/<wal folder>/` with a `.json` note (reason, offset
+//!   of the bad tail, rows kept), counted in `shiftwatch_log_segments_quarantined_total`. Its
+//!   bytes are never deleted.
+//! - Recovery never fails the start. What it cannot write now (disk full, a partition folder it
+//!   cannot create, the directory's lock held elsewhere) stays in place, readiness says
+//!   degraded, and the writer retries it from its periodic maintenance.
 //! - A write error abandons the open file: its segment is kept for recovery once writes work
 //!   again; the rows of the failed batch that reached no segment are counted as dropped (or
 //!   failed back to strict-mode callers). Health says degraded until a write succeeds.
@@ -22,8 +34,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::{RecordBatch, TimestampMicrosecondArray};
-use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, SchemaRef};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parquet::arrow::ArrowWriter;
@@ -32,8 +42,9 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tokio::sync::oneshot;
 
+use super::segment::{self, SegmentEncoder, SegmentReader, Stop};
 use super::{Durability, LogConfig, LogError, retention};
-use crate::metrics::{DropReason, LogMetrics};
+use crate::metrics::{DropReason, LogMetrics, QuarantineReason};
 
 type Ack = oneshot::Sender<Result<(), LogError>>;
 /// Builds one record batch from rows of a stream.
@@ -55,28 +66,113 @@ pub struct StreamSpec<R> {
 /// What `append` did with a row.
 #[derive(Debug)]
 pub enum Appended {
-    /// Queued; it will be written (or counted as dropped).
+    /// Queued (durability `none`); it will be written (or counted as dropped).
     Queued,
-    /// Strict mode: resolves once the row is durable, or with the reason it is not.
+    /// Resolves once the row is in its write-ahead segment (`interval`: written; `strict`:
+    /// written and fsynced), or with the reason it is not.
     Pending(oneshot::Receiver<Result<(), LogError>>),
 }
 
-/// Whether the log can write, shared by the writers and readiness.
+/// Whether the log can write, shared by the writers and readiness: each part (the directory,
+/// each stream's writes, each stream's recovery) sets and clears its own error, so one
+/// stream's success does not hide another's failure.
 #[derive(Debug, Default)]
 pub struct LogHealth {
-    error: Mutex<Option<String>>,
+    errors: Mutex<BTreeMap<String, String>>,
 }
 
 impl LogHealth {
+    /// `None` while every part works; else every error, `; `-separated.
     pub fn degraded(&self) -> Option<String> {
-        self.error
+        let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        (!errors.is_empty()).then(|| errors.values().cloned().collect::<Vec<_>>().join("; "))
+    }
+    pub(super) fn set(&self, part: &str, error: Option<String>) {
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        match error {
+            Some(e) => errors.insert(part.to_string(), e),
+            None => errors.remove(part),
+        };
+    }
+    fn is_set(&self, part: &str) -> bool {
+        self.errors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .contains_key(part)
     }
-    fn set(&self, error: Option<String>) {
-        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = error;
+}
+
+/// The log directory's lock file, taken at open or, when another process held it or the
+/// directory was unusable then, by the first writer that needs it later. Nothing is written
+/// under the directory without it.
+#[derive(Debug)]
+pub struct DirLock {
+    path: PathBuf,
+    held: Mutex<Option<File>>,
+}
+
+impl DirLock {
+    pub fn new(dir: &Path) -> Self {
+        DirLock {
+            path: dir.join(".shiftwatch.lock"),
+            held: Mutex::new(None),
+        }
     }
+
+    /// Takes the lock unless held already.
+    pub fn ensure(&self) -> Result<(), LogError> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.is_some() {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        create_dirs(dir).map_err(|source| LogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .map_err(|source| LogError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(LogError::Locked(dir.to_path_buf()));
+        }
+        *held = Some(lock);
+        Ok(())
+    }
+}
+
+/// Creates `dir` and every missing folder above it, each fsynced with its parent, so a folder
+/// the log made survives a power loss with what is in it.
+pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_dirs(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_dir(
+        dir.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+/// fsyncs a folder (its entries: files created, renamed or removed in it).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 enum Message<R> {
@@ -94,26 +190,35 @@ pub struct Sink<R> {
 }
 
 impl<R: Send + 'static> Sink<R> {
+    /// Starts the stream's writer. `recovered`: whether its leftover segments were all
+    /// recovered already (else the writer retries them from its maintenance).
     pub fn start(
         config: &LogConfig,
         spec: StreamSpec<R>,
         metrics: LogMetrics,
         health: Arc<LogHealth>,
+        lock: Arc<DirLock>,
+        recovered: bool,
     ) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let name = spec.name;
+        let part = spec.wal.display().to_string();
         let writer = Writer {
             properties: writer_properties(config.row_group_rows),
             config: config.clone(),
+            write_part: format!("{part} write"),
             spec,
             open: BTreeMap::new(),
             metrics: metrics.clone(),
             health: Arc::clone(&health),
+            lock,
             dirty_since: None,
-            orphans: Vec::new(),
+            recovery: (!recovered).then(Instant::now),
+            recovery_backoff: RECOVERY_RETRY_MIN,
             last_maintenance: Instant::now(),
             drops_reported: 0,
             last_drop_report: Instant::now(),
+            frame: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("log-{name}"))
@@ -140,7 +245,9 @@ impl<R: Send + 'static> Sink<R> {
     }
 
     pub fn append(&self, row: R) -> Result<Appended, LogError> {
-        let (ack, appended) = if self.durability == Durability::Strict {
+        // With a write-ahead log the caller waits for the row to be in it (DESIGN.md: a row
+        // reaches the write-ahead log before its answer); `none` has nothing to wait for.
+        let (ack, appended) = if self.durability != Durability::None {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Appended::Pending(rx))
         } else {
@@ -226,9 +333,34 @@ struct OpenFile {
     temp_path: PathBuf,
     final_path: PathBuf,
     parquet: ArrowWriter<BufWriter<File>>,
-    wal: Option<(PathBuf, StreamWriter<BufWriter<File>>)>,
+    wal: Option<SegmentFile>,
     rows: usize,
     opened: Instant,
+}
+
+/// An open write-ahead segment: one frame per batch, each written with one `write(2)`.
+struct SegmentFile {
+    path: PathBuf,
+    file: File,
+    encoder: SegmentEncoder,
+    /// Bytes written so far (a failed write is cut back to this).
+    len: u64,
+}
+
+impl SegmentFile {
+    fn append(&mut self, batch: &RecordBatch, frame: &mut Vec<u8>) -> Result<(), String> {
+        frame.clear();
+        self.encoder
+            .encode(batch, frame)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(frame) {
+            // No torn frame left behind when the disk refused part of it.
+            let _ = self.file.set_len(self.len);
+            return Err(format!("{}: {e}", self.path.display()));
+        }
+        self.len += frame.len() as u64;
+        Ok(())
+    }
 }
 
 struct Writer<R> {
@@ -238,13 +370,20 @@ struct Writer<R> {
     open: BTreeMap<PathBuf, OpenFile>,
     metrics: LogMetrics,
     health: Arc<LogHealth>,
+    /// This stream's part of the health: its writes (`recover` keeps its own).
+    write_part: String,
+    lock: Arc<DirLock>,
     /// When the oldest write-ahead data not yet fsynced was written.
     dirty_since: Option<Instant>,
-    /// Segments of abandoned files, to recover once writes work again.
-    orphans: Vec<PathBuf>,
+    /// When to try recovering leftover segments again (segments of abandoned files, or of a
+    /// start whose recovery could not write); `None` when nothing waits.
+    recovery: Option<Instant>,
+    recovery_backoff: Duration,
     last_maintenance: Instant,
     drops_reported: u64,
     last_drop_report: Instant,
+    /// Reused buffer of one frame.
+    frame: Vec<u8>,
 }
 
 /// Rows taken from the queue in one go at most (one write-ahead batch).
@@ -253,6 +392,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a writer gathers rows into one batch when nobody waits for it.
 const GROUP_WAIT: Duration = Duration::from_millis(20);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// Retries of a recovery that could not write: from this, doubling up to the maximum.
+const RECOVERY_RETRY_MIN: Duration = Duration::from_millis(500);
+const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(30);
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> Writer<R> {
@@ -332,49 +474,112 @@ impl<R> Writer<R> {
                 .or_default()
                 .push(i);
         }
+        let wal = self.config.durability != Durability::None;
         let mut ok = vec![false; rows.len()];
-        let mut touched = Vec::new();
+        // First every batch into its write-ahead segment: that is when its rows count as
+        // written, and their callers are answered before the Parquet writer runs.
+        let mut logged: Vec<(PathBuf, RecordBatch, Vec<usize>)> = Vec::new();
         for (partition, idx) in groups {
             let refs: Vec<&R> = idx.iter().map(|&i| &rows[i]).collect();
-            match self.append_batch(&partition, &refs) {
-                Ok(()) => {
-                    for i in &idx {
-                        ok[*i] = true;
-                    }
-                    touched.push(partition);
-                }
-                Err((e, in_wal)) => {
-                    self.fail(&partition, &e);
-                    if in_wal {
-                        // In an orphaned segment: recovered later, not lost.
+            match self.log_batch(&partition, &refs) {
+                Ok(batch) => {
+                    if wal {
                         for i in &idx {
                             ok[*i] = true;
                         }
                     }
+                    logged.push((partition, batch, idx));
+                }
+                Err(e) => {
+                    self.fail(&partition, &e);
                 }
             }
         }
         // Durability: strict fsyncs before anyone is answered.
         let mut sync_error = None;
         if self.config.durability == Durability::Strict {
-            for partition in &touched {
+            for (partition, _, _) in &logged {
                 if let Err(e) = self.sync_wal(partition) {
                     sync_error = Some(e.to_string());
                     self.fail(partition, &e.to_string());
                 }
             }
             self.dirty_since = None;
-        } else if self.config.durability == Durability::Interval && !touched.is_empty() {
+        } else if self.config.durability == Durability::Interval && !logged.is_empty() {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
+        let mut acks = Some(acks);
+        if wal {
+            self.answer(
+                &ok,
+                sync_error,
+                acks.take().unwrap_or_default(),
+                !logged.is_empty(),
+            );
+        }
+        // Then Parquet. With a write-ahead log a failure here loses nothing: the rows are in
+        // the abandoned segment, recovered later.
+        for (partition, batch, idx) in logged {
+            if !self.open.contains_key(&partition) {
+                continue; // abandoned above (strict fsync failed)
+            }
+            match self.write_parquet(&partition, &batch) {
+                Ok(()) => {
+                    for i in &idx {
+                        ok[*i] = true;
+                    }
+                }
+                Err(e) => {
+                    self.fail(&partition, &e);
+                }
+            }
+        }
+        if let Some(acks) = acks {
+            let any = ok.iter().any(|o| *o);
+            self.answer(&ok, None, acks, any);
+        }
+        // Size and row-count rotation right away; age rotation in `periodic`.
+        let full: Vec<PathBuf> = self
+            .open
+            .iter()
+            .filter(|(_, f)| {
+                f.rows >= self.config.rotate_rows
+                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
+                        >= self.config.rotate_bytes
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in full {
+            self.finish(&partition);
+        }
+    }
+
+    /// Health, acknowledgements and counters for the rows of one group: `ok[i]` says row `i`
+    /// is written (in its segment, or without a write-ahead log in its Parquet writer).
+    fn answer(
+        &mut self,
+        ok: &[bool],
+        sync_error: Option<String>,
+        acks: Vec<Option<Ack>>,
+        wrote: bool,
+    ) {
         // Health first, so that a caller answered after this write sees it.
-        if ok.iter().any(|o| *o) && sync_error.is_none() && !touched.is_empty() {
-            self.health.set(None);
+        if wrote
+            && ok.iter().any(|o| *o)
+            && sync_error.is_none()
+            && self.health.is_set(&self.write_part)
+        {
+            // Writes work again: recover what the fault left behind now.
+            if self.recovery.is_some() {
+                self.recovery = Some(Instant::now());
+                self.recovery_backoff = RECOVERY_RETRY_MIN;
+            }
+            self.health.set(&self.write_part, None);
         }
         let mut written = 0u64;
         let mut dropped = 0u64;
         for (i, ack) in acks.into_iter().enumerate() {
-            let success = ok[i] && sync_error.is_none();
+            let success = ok.get(i).copied().unwrap_or(false) && sync_error.is_none();
             if success {
                 written += 1;
             } else {
@@ -403,65 +608,82 @@ impl<R> Writer<R> {
             .rows_written
             .with_label_values(&[self.spec.name])
             .inc_by(written);
-        // Size and row-count rotation right away; age rotation in `periodic`.
-        let full: Vec<PathBuf> = self
-            .open
-            .iter()
-            .filter(|(_, f)| {
-                f.rows >= self.config.rotate_rows
-                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
-                        >= self.config.rotate_bytes
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        for partition in full {
-            self.finish(&partition);
-        }
     }
 
-    /// Appends one batch; on error says whether the rows reached the write-ahead segment.
-    fn append_batch(&mut self, partition: &Path, rows: &[&R]) -> Result<(), (String, bool)> {
-        let batch = (self.spec.to_batch)(rows).map_err(|e| (e.to_string(), false))?;
+    /// Builds one batch and writes it to the partition's segment (opening the partition's
+    /// file first when none is open). Without a write-ahead log only the batch is built.
+    fn log_batch(&mut self, partition: &Path, rows: &[&R]) -> Result<RecordBatch, String> {
+        let batch = (self.spec.to_batch)(rows).map_err(|e| e.to_string())?;
         if !self.open.contains_key(partition) {
-            let file = self.open_file(partition).map_err(|e| (e, false))?;
+            let file = self.open_file(partition)?;
             self.open.insert(partition.to_path_buf(), file);
         }
-        let file = self.open.get_mut(partition).expect("opened above");
-        let mut in_wal = false;
-        if let Some((_, wal)) = &mut file.wal {
-            wal.write(&batch)
-                .and_then(|()| wal.flush())
-                .map_err(|e| (e.to_string(), false))?;
-            in_wal = true;
+        let Some(file) = self.open.get_mut(partition) else {
+            return Err("the partition's file is not open".into());
+        };
+        if let Some(wal) = &mut file.wal {
+            wal.append(&batch, &mut self.frame)?;
         }
-        file.parquet
-            .write(&batch)
-            .map_err(|e| (e.to_string(), in_wal))?;
+        Ok(batch)
+    }
+
+    fn write_parquet(&mut self, partition: &Path, batch: &RecordBatch) -> Result<(), String> {
+        let Some(file) = self.open.get_mut(partition) else {
+            return Err("the partition's file is not open".into());
+        };
+        file.parquet.write(batch).map_err(|e| e.to_string())?;
         file.rows += batch.num_rows();
         Ok(())
     }
 
     fn open_file(&self, partition: &Path) -> Result<OpenFile, String> {
+        self.lock.ensure().map_err(|e| e.to_string())?;
         let id = uuid::Uuid::now_v7();
         let dir = self.config.dir.join(partition);
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_dirs(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let temp_path = dir.join(format!(".{id}.parquet"));
         let final_path = dir.join(format!("{id}.parquet"));
         let wal = if self.config.durability == Durability::None {
             None
         } else {
             let wal_dir = self.config.dir.join(&self.spec.wal);
-            fs::create_dir_all(&wal_dir).map_err(|e| format!("{}: {e}", wal_dir.display()))?;
-            let path = wal_dir.join(format!("{id}.arrows"));
-            let file = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.spec.schema)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            writer
-                .flush()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Some((path, writer))
+            create_dirs(&wal_dir).map_err(|e| format!("{}: {e}", wal_dir.display()))?;
+            let path = wal_dir.join(format!("{id}.{}", segment::EXTENSION));
+            let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            let (encoder, first) = SegmentEncoder::new(&self.spec.schema).map_err(|e| err(&e))?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| err(&e))?;
+            // The segment and its name are durable before any row in it is acknowledged.
+            let created = file
+                .write_all(&first)
+                .and_then(|()| file.sync_all())
+                .and_then(|()| sync_dir(&wal_dir));
+            if let Err(e) = created {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(err(&e));
+            }
+            Some(SegmentFile {
+                path,
+                file,
+                encoder,
+                len: first.len() as u64,
+            })
         };
-        let file = File::create(&temp_path).map_err(|e| format!("{}: {e}", temp_path.display()))?;
+        let file = File::create(&temp_path).map_err(|e| format!("{}: {e}", temp_path.display()));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(w) = wal {
+                    drop(w.file);
+                    let _ = fs::remove_file(&w.path);
+                }
+                return Err(e);
+            }
+        };
         let parquet = ArrowWriter::try_new(
             BufWriter::new(file),
             Arc::clone(&self.spec.schema),
@@ -482,30 +704,35 @@ impl<R> Writer<R> {
 
     fn sync_wal(&mut self, partition: &Path) -> std::io::Result<()> {
         if let Some(file) = self.open.get_mut(partition)
-            && let Some((_, wal)) = &mut file.wal
+            && let Some(wal) = &mut file.wal
         {
-            wal.get_mut().flush()?;
-            wal.get_ref().get_ref().sync_data()?;
+            wal.file.sync_data()?;
         }
         Ok(())
     }
 
-    /// Abandons the file of `partition` after a write error.
+    /// Abandons the file of `partition` after a write error; its segment (fsynced, best
+    /// effort, so that it outlives a power loss too) waits for recovery.
     fn fail(&mut self, partition: &Path, error: &str) {
         tracing::debug!(stream = self.spec.name, partition = %partition.display(), error, "log write failed");
-        if self.health.degraded().is_none() {
+        if !self.health.is_set(&self.write_part) {
             tracing::error!(
                 stream = self.spec.name,
                 error,
                 "the log cannot write; rows are dropped and counted until it can"
             );
         }
-        self.health.set(Some(error.to_string()));
-        if let Some(file) = self.open.remove(partition) {
-            let _ = fs::remove_file(&file.temp_path);
-            if let Some((path, _)) = file.wal {
-                self.orphans.push(path);
-            }
+        self.health.set(
+            &self.write_part,
+            Some(format!("{}: {error}", self.spec.name)),
+        );
+        let Some(file) = self.open.remove(partition) else {
+            return;
+        };
+        let _ = fs::remove_file(&file.temp_path);
+        if let Some(wal) = file.wal {
+            let _ = wal.file.sync_data();
+            self.recovery.get_or_insert_with(Instant::now);
         }
     }
 
@@ -524,10 +751,11 @@ impl<R> Writer<R> {
                 tracing::debug!(stream = self.spec.name, %id, rows, "log file complete");
             }
             Err((e, segment)) => {
-                self.health.set(Some(e.clone()));
+                self.health
+                    .set(&self.write_part, Some(format!("{}: {e}", self.spec.name)));
                 tracing::error!(stream = self.spec.name, error = %e, "cannot complete a log file; its rows stay in the write-ahead log");
-                if let Some(segment) = segment {
-                    self.orphans.push(segment);
+                if segment.is_some() {
+                    self.recovery.get_or_insert_with(Instant::now);
                 } else {
                     self.metrics
                         .rows_dropped
@@ -543,7 +771,9 @@ impl<R> Writer<R> {
         for p in partitions {
             self.finish(&p);
         }
-        self.retry_orphans();
+        if self.recovery.is_some() {
+            self.recover_leftovers();
+        }
     }
 
     fn periodic(&mut self, shutdown: bool) {
@@ -570,14 +800,11 @@ impl<R> Writer<R> {
         for p in aged {
             self.finish(&p);
         }
-        if !self.orphans.is_empty() && self.health.degraded().is_none() {
-            self.retry_orphans();
+        if self.recovery.is_some_and(|due| Instant::now() >= due) {
+            self.recover_leftovers();
         }
         if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             self.last_maintenance = Instant::now();
-            if !self.orphans.is_empty() {
-                self.retry_orphans();
-            }
             let deleted = retention::enforce(
                 &self.config.dir,
                 &self.spec.root,
@@ -599,22 +826,30 @@ impl<R> Writer<R> {
         self.report_drops(false);
     }
 
-    fn retry_orphans(&mut self) {
-        let orphans = std::mem::take(&mut self.orphans);
-        for segment in orphans {
-            match recover_segment(&self.config.dir, &self.spec, &segment) {
-                Ok(n) => {
-                    tracing::info!(
-                        stream = self.spec.name,
-                        rows = n,
-                        "recovered an abandoned log file from its write-ahead segment"
-                    );
-                }
-                Err(e) => {
-                    tracing::debug!(stream = self.spec.name, error = %e, "orphan segment not recovered yet");
-                    self.orphans.push(segment);
-                }
+    /// Recovers the stream's segments that no open file writes (abandoned files, a start whose
+    /// recovery could not write); retried with a growing pause while it cannot write.
+    fn recover_leftovers(&mut self) {
+        let mut busy: Vec<PathBuf> = Vec::new();
+        for f in self.open.values() {
+            busy.push(f.temp_path.clone());
+            if let Some(wal) = &f.wal {
+                busy.push(wal.path.clone());
             }
+        }
+        let pass = recover(
+            &self.config.dir,
+            &self.spec,
+            &self.metrics,
+            &self.health,
+            &self.lock,
+            &busy,
+        );
+        if pass.complete {
+            self.recovery = None;
+            self.recovery_backoff = RECOVERY_RETRY_MIN;
+        } else {
+            self.recovery = Some(Instant::now() + self.recovery_backoff);
+            self.recovery_backoff = (self.recovery_backoff * 2).min(RECOVERY_RETRY_MAX);
         }
     }
 
@@ -653,7 +888,7 @@ impl<R> Writer<R> {
 /// Footer, fsync, rename, directory fsync, then the segment is deleted. On error returns the
 /// segment that still holds the rows.
 fn close_file(mut file: OpenFile) -> Result<(), (String, Option<PathBuf>)> {
-    let segment = file.wal.as_ref().map(|(p, _)| p.clone());
+    let segment = file.wal.as_ref().map(|w| w.path.clone());
     let fail = |e: String| (e, segment.clone());
     file.parquet
         .finish()
@@ -666,115 +901,70 @@ fn close_file(mut file: OpenFile) -> Result<(), (String, Option<PathBuf>)> {
     drop(file.parquet);
     fs::rename(&file.temp_path, &file.final_path)
         .map_err(|e| fail(format!("{}: {e}", file.final_path.display())))?;
-    if let Some(dir) = file.final_path.parent()
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
+    if let Some(dir) = file.final_path.parent() {
+        let _ = sync_dir(dir);
     }
-    if let Some((path, wal)) = file.wal {
-        drop(wal);
-        let _ = fs::remove_file(path);
+    if let Some(wal) = file.wal {
+        drop(wal.file);
+        let _ = fs::remove_file(&wal.path);
     }
     Ok(())
 }
 
-/// Turns one leftover segment into Parquet; returns the rows recovered.
-pub fn recover_segment<R>(
-    dir: &Path,
-    spec: &StreamSpec<R>,
-    segment: &Path,
-) -> Result<usize, LogError> {
-    let io = |e: std::io::Error| LogError::Io {
-        path: segment.to_path_buf(),
-        source: e,
-    };
-    let id = segment
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let reader = match File::open(segment).map_err(io) {
-        Ok(f) => StreamReader::try_new(BufReader::new(f), None),
-        Err(e) => return Err(e),
-    };
-    let mut batches = Vec::new();
-    if let Ok(reader) = reader {
-        // A crash can cut the last message short: keep every complete batch before it.
-        for batch in reader {
-            match batch {
-                Ok(b) => batches.push(b),
-                Err(_) => break,
-            }
-        }
-    }
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows == 0 {
-        fs::remove_file(segment).map_err(io)?;
-        return Ok(0);
-    }
-    let first_ts = batches[0]
-        .column_by_name("ts")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .map(|a| a.value(0))
-        .ok_or_else(|| LogError::Format(format!("{}: no ts column", segment.display())))?;
-    let partition_dir = dir.join((spec.partition)(first_ts));
-    let final_path = partition_dir.join(format!("{id}.parquet"));
-    let temp_path = partition_dir.join(format!(".{id}.parquet"));
-    if final_path.exists() {
-        // Completed before the crash; only the segment's deletion was missed.
-        let _ = fs::remove_file(&temp_path);
-        fs::remove_file(segment).map_err(io)?;
-        return Ok(0);
-    }
-    fs::create_dir_all(&partition_dir).map_err(io)?;
-    let out = File::create(&temp_path).map_err(io)?;
-    let mut writer = ArrowWriter::try_new(
-        BufWriter::new(out),
-        Arc::clone(&spec.schema),
-        Some(writer_properties(65_536)),
-    )
-    .map_err(|e| LogError::Format(e.to_string()))?;
-    for b in &batches {
-        writer
-            .write(b)
-            .map_err(|e| LogError::Format(e.to_string()))?;
-    }
-    writer
-        .finish()
-        .map_err(|e| LogError::Format(e.to_string()))?;
-    let inner = writer.inner_mut();
-    inner.flush().map_err(io)?;
-    inner.get_ref().sync_all().map_err(io)?;
-    drop(writer);
-    fs::rename(&temp_path, &final_path).map_err(io)?;
-    if let Ok(d) = File::open(&partition_dir) {
-        let _ = d.sync_all();
-    }
-    fs::remove_file(segment).map_err(io)?;
-    Ok(rows)
+/// What one recovery pass over a stream's segments did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Rows that reached Parquet.
+    pub rows: usize,
+    /// Whether every segment was dealt with (recovered, quarantined or removed); otherwise
+    /// some wait for a retry.
+    pub complete: bool,
 }
 
-/// Recovers every leftover segment of a stream and removes stale temporary files.
+/// Recovers every leftover segment of a stream except `busy` ones (the writer's open files),
+/// removes stale temporary Parquet files, and reports through `health` what it could not
+/// write. Never fails: what it cannot do now waits in place for the next pass.
 pub fn recover<R>(
     dir: &Path,
     spec: &StreamSpec<R>,
     metrics: &LogMetrics,
-) -> Result<usize, LogError> {
-    let wal = dir.join(&spec.wal);
+    health: &LogHealth,
+    lock: &DirLock,
+    busy: &[PathBuf],
+) -> Pass {
+    let part = format!("{} recovery", spec.wal.display());
+    let mut errors: Vec<String> = Vec::new();
     let mut total = 0;
-    if let Ok(entries) = fs::read_dir(&wal) {
-        let mut segments: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "arrows"))
-            .collect();
-        segments.sort();
-        for segment in segments {
-            let n = recover_segment(dir, spec, &segment)?;
-            total += n;
+    match lock.ensure() {
+        Err(e) => errors.push(e.to_string()),
+        Ok(()) => {
+            let wal = dir.join(&spec.wal);
+            match fs::read_dir(&wal) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("{}: {e}", wal.display())),
+                Ok(entries) => {
+                    let mut segments: Vec<PathBuf> = entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.extension().is_some_and(|x| {
+                                x == segment::EXTENSION || x == segment::LEGACY_EXTENSION
+                            })
+                        })
+                        .filter(|p| !busy.contains(p))
+                        .collect();
+                    segments.sort();
+                    for s in segments {
+                        match recover_segment(dir, spec, metrics, &s) {
+                            Ok(n) => total += n,
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                }
+            }
+            retention::remove_stale_temp_files(&dir.join(&spec.root), busy);
         }
     }
-    retention::remove_stale_temp_files(&dir.join(&spec.root));
     if total > 0 {
         tracing::info!(
             stream = spec.name,
@@ -786,5 +976,391 @@ pub fn recover<R>(
             .with_label_values(&[spec.name])
             .inc_by(total as u64);
     }
-    Ok(total)
+    let complete = errors.is_empty();
+    if complete {
+        health.set(&part, None);
+    } else {
+        let error = format!(
+            "{}: write-ahead segments wait for recovery: {}",
+            spec.name,
+            errors.join("; ")
+        );
+        if !health.is_set(&part) {
+            tracing::error!(
+                stream = spec.name,
+                error,
+                "cannot recover the write-ahead log now; serving goes on, and recovery is retried"
+            );
+        }
+        health.set(&part, Some(error));
+    }
+    Pass {
+        rows: total,
+        complete,
+    }
+}
+
+/// A recovered Parquet file being written: `.<uuid>.parquet`, renamed when complete.
+struct Recovering {
+    temp_path: PathBuf,
+    final_path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+}
+
+/// Turns one leftover segment into Parquet, as far as it is valid, and sets the rest aside
+/// (see the module's rules). Returns the rows written to Parquet; `Err` only when something
+/// could not be written (the segment then stays where it is, for a retry).
+fn recover_segment<R>(
+    dir: &Path,
+    spec: &StreamSpec<R>,
+    metrics: &LogMetrics,
+    segment: &Path,
+) -> Result<usize, LogError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LogError::Io { path, source }
+    };
+    let opened = File::open(segment).and_then(|f| {
+        let meta = f.metadata()?;
+        if meta.is_file() {
+            Ok((f, meta.len()))
+        } else {
+            Err(std::io::Error::other("not a regular file"))
+        }
+    });
+    let (file, len) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let stop = Stop {
+                reason: QuarantineReason::Unreadable,
+                offset: 0,
+                detail: format!("opening it: {e}"),
+            };
+            quarantine(dir, spec, metrics, segment, &stop, 0)?;
+            return Ok(0);
+        }
+    };
+    let id = segment
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let mut reader = SegmentReader::new(BufReader::new(file), len, &spec.schema);
+    let mut out: Option<Recovering> = None;
+    // The Parquet file of this segment was completed before the crash: nothing to rewrite.
+    let mut done_already = false;
+    let mut rows = 0usize;
+    let stop = loop {
+        let batch = match reader.next_batch() {
+            Ok(Some(b)) if b.num_rows() == 0 => continue,
+            Ok(Some(b)) => b,
+            Ok(None) => break None,
+            Err(stop) => break Some(stop),
+        };
+        if out.is_none() && !done_already {
+            let Some(first_ts) = batch
+                .column_by_name("ts")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+                .map(|a| a.value(0))
+            else {
+                break Some(Stop {
+                    reason: QuarantineReason::Schema,
+                    offset: 0,
+                    detail: "no `ts` column of microseconds".into(),
+                });
+            };
+            let partition_dir = dir.join((spec.partition)(first_ts));
+            let final_path = partition_dir.join(format!("{id}.parquet"));
+            let temp_path = partition_dir.join(format!(".{id}.parquet"));
+            if final_path.exists() {
+                done_already = true;
+            } else {
+                create_dirs(&partition_dir).map_err(io(&partition_dir))?;
+                let file = File::create(&temp_path).map_err(io(&temp_path))?;
+                let writer = ArrowWriter::try_new(
+                    BufWriter::new(file),
+                    Arc::clone(&spec.schema),
+                    Some(writer_properties(65_536)),
+                );
+                let writer = match writer {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = fs::remove_file(&temp_path);
+                        return Err(LogError::Format(e.to_string()));
+                    }
+                };
+                out = Some(Recovering {
+                    temp_path,
+                    final_path,
+                    writer,
+                });
+            }
+        }
+        if let Some(r) = &mut out
+            && let Err(e) = r.writer.write(&batch)
+        {
+            let _ = fs::remove_file(&r.temp_path);
+            return Err(LogError::Io {
+                path: r.temp_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+        rows += batch.num_rows();
+    };
+    if !reader.dropped_columns().is_empty() {
+        tracing::warn!(
+            stream = spec.name,
+            segment = %segment.display(),
+            columns = ?reader.dropped_columns(),
+            "recovered a segment with columns the current schema does not have; they are left out"
+        );
+    }
+    drop(reader);
+    let written = match out {
+        None => 0,
+        Some(r) => {
+            complete_recovered(r)?;
+            rows
+        }
+    };
+    match stop {
+        None => fs::remove_file(segment).map_err(io(segment))?,
+        Some(stop) => quarantine(dir, spec, metrics, segment, &stop, rows)?,
+    }
+    Ok(written)
+}
+
+/// Footer, fsync, rename, folder fsync; the temporary file is removed on failure.
+fn complete_recovered(mut r: Recovering) -> Result<(), LogError> {
+    let temp = r.temp_path.clone();
+    let result = (|| {
+        r.writer.finish().map_err(|e| LogError::Io {
+            path: temp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let inner = r.writer.inner_mut();
+        inner
+            .flush()
+            .and_then(|()| inner.get_ref().sync_all())
+            .map_err(|source| LogError::Io {
+                path: temp.clone(),
+                source,
+            })?;
+        fs::rename(&r.temp_path, &r.final_path).map_err(|source| LogError::Io {
+            path: r.final_path.clone(),
+            source,
+        })?;
+        if let Some(d) = r.final_path.parent() {
+            let _ = sync_dir(d);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Moves a segment (whatever it is: file, folder, link) whole into
+/// `quarantine/<wal folder>/`, with a `.json` note beside it, counts and logs it.
+fn quarantine<R>(
+    dir: &Path,
+    spec: &StreamSpec<R>,
+    metrics: &LogMetrics,
+    segment: &Path,
+    stop: &Stop,
+    rows_kept: usize,
+) -> Result<(), LogError> {
+    let folder = dir.join("quarantine").join(&spec.wal);
+    create_dirs(&folder).map_err(|source| LogError::Io {
+        path: folder.clone(),
+        source,
+    })?;
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "segment".into());
+    let mut target = folder.join(&name);
+    let mut n = 1;
+    while fs::symlink_metadata(&target).is_ok() {
+        target = folder.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    fs::rename(segment, &target).map_err(|source| LogError::Io {
+        path: segment.to_path_buf(),
+        source,
+    })?;
+    let note = serde_json::json!({
+        "segment": segment.display().to_string(),
+        "reason": stop.reason.as_str(),
+        "offset": stop.offset,
+        "detail": stop.detail,
+        "rows_recovered": rows_kept,
+        "quarantined_at": crate::time::rfc3339(crate::time::now_us()),
+    });
+    let mut note_path = target.clone().into_os_string();
+    note_path.push(".json");
+    if let Err(e) = fs::write(&note_path, format!("{note:#}\n")) {
+        tracing::warn!(note = ?note_path, error = %e, "cannot write the quarantine note");
+    }
+    let _ = sync_dir(&folder);
+    if let Some(parent) = segment.parent() {
+        let _ = sync_dir(parent);
+    }
+    metrics
+        .segments_quarantined
+        .with_label_values(&[spec.name, stop.reason.as_str()])
+        .inc();
+    tracing::warn!(
+        stream = spec.name,
+        segment = %segment.display(),
+        quarantined = %target.display(),
+        reason = stop.reason.as_str(),
+        offset = stop.offset,
+        detail = %stop.detail,
+        rows_recovered = rows_kept,
+        "write-ahead segment set aside: its valid rows are in Parquet, its bytes in quarantine"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{FeedbackRecord, feedback_partition, schema};
+    use crate::metrics::Metrics;
+
+    fn spec() -> StreamSpec<FeedbackRecord> {
+        StreamSpec {
+            name: "feedback",
+            schema: schema::feedback_schema(),
+            root: PathBuf::from("feedback"),
+            wal: PathBuf::from("wal/feedback"),
+            partition: Box::new(feedback_partition),
+            to_batch: Box::new(schema::feedback_batch),
+            ts: Box::new(|r| r.ts_us),
+        }
+    }
+
+    /// A segment of `batches` batches of 2 labels; returns its bytes and each batch's offset.
+    fn segment(batches: usize) -> (Vec<u8>, Vec<usize>) {
+        let spec = spec();
+        let (mut encoder, mut bytes) = SegmentEncoder::new(&spec.schema).unwrap();
+        let mut starts = Vec::new();
+        for b in 0..batches {
+            let rows: Vec<FeedbackRecord> = (0..2)
+                .map(|i| FeedbackRecord {
+                    request_id: format!("r-{b}-{i}"),
+                    ts_us: 1_700_000_000_000_000,
+                    label: "3".into(),
+                    class: 3,
+                    source: "test".into(),
+                })
+                .collect();
+            let refs: Vec<&FeedbackRecord> = rows.iter().collect();
+            starts.push(bytes.len());
+            encoder
+                .encode(&(spec.to_batch)(&refs).unwrap(), &mut bytes)
+                .unwrap();
+        }
+        (bytes, starts)
+    }
+
+    fn pass(dir: &Path, metrics: &LogMetrics, health: &LogHealth) -> Pass {
+        recover(dir, &spec(), metrics, health, &DirLock::new(dir), &[])
+    }
+
+    #[test]
+    fn a_damaged_segment_whose_parquet_exists_is_quarantined_not_rewritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut bytes, starts) = segment(3);
+        bytes[starts[1] + 30] ^= 1;
+        let id = "0190a000-0000-7000-8000-0000000000aa";
+        let wal = tmp.path().join("wal/feedback");
+        fs::create_dir_all(&wal).unwrap();
+        fs::write(wal.join(format!("{id}.wal")), &bytes).unwrap();
+        // The crash came after the Parquet file was complete, before the segment went.
+        let partition = tmp.path().join(feedback_partition(1_700_000_000_000_000));
+        fs::create_dir_all(&partition).unwrap();
+        fs::write(partition.join(format!("{id}.parquet")), b"complete before").unwrap();
+
+        let metrics = Metrics::new("m").shared.log;
+        let health = LogHealth::default();
+        let result = pass(tmp.path(), &metrics, &health);
+        assert_eq!(
+            result,
+            Pass {
+                rows: 0,
+                complete: true
+            }
+        );
+        assert_eq!(
+            fs::read(partition.join(format!("{id}.parquet"))).unwrap(),
+            b"complete before"
+        );
+        let quarantined = tmp.path().join(format!("quarantine/wal/feedback/{id}.wal"));
+        assert_eq!(fs::read(&quarantined).unwrap(), bytes);
+        let note: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                tmp.path()
+                    .join(format!("quarantine/wal/feedback/{id}.wal.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(note["reason"], "checksum");
+        assert_eq!(note["offset"], starts[1]);
+        assert_eq!(note["rows_recovered"], 2);
+        assert_eq!(
+            metrics
+                .segments_quarantined
+                .with_label_values(&["feedback", "checksum"])
+                .get(),
+            1
+        );
+        assert_eq!(health.degraded(), None);
+    }
+
+    #[test]
+    fn a_recovery_that_cannot_write_leaves_the_segment_and_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (bytes, _) = segment(2);
+        let wal = tmp.path().join("wal/feedback");
+        fs::create_dir_all(&wal).unwrap();
+        let path = wal.join("0190a000-0000-7000-8000-0000000000bb.wal");
+        fs::write(&path, &bytes).unwrap();
+        // The partition folder cannot be made: a file is in its way.
+        let blocker = tmp.path().join("feedback");
+        fs::write(&blocker, b"in the way").unwrap();
+
+        let metrics = Metrics::new("m").shared.log;
+        let health = LogHealth::default();
+        assert_eq!(
+            pass(tmp.path(), &metrics, &health),
+            Pass {
+                rows: 0,
+                complete: false
+            }
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert!(health.degraded().unwrap().contains("recovery"));
+
+        fs::remove_file(&blocker).unwrap();
+        assert_eq!(
+            pass(tmp.path(), &metrics, &health),
+            Pass {
+                rows: 4,
+                complete: true
+            }
+        );
+        assert!(!path.exists());
+        assert_eq!(health.degraded(), None);
+        assert_eq!(
+            metrics
+                .segments_quarantined
+                .with_label_values(&["feedback", "checksum"])
+                .get(),
+            0
+        );
+    }
 }

@@ -158,13 +158,18 @@ impl ModelService {
                     .as_ref()
                     .map(|s| s.iter().map(|c| *c as i32).collect()),
             };
+            // The answer waits until the row is in the write-ahead log (strict: fsynced). A
+            // row the log cannot take is refused in strict mode; otherwise it is dropped and
+            // counted by the log, and the answer goes out.
+            let strict = log.durability() == Durability::Strict;
             match log.append(record) {
-                Ok(appended) => durable(appended)
-                    .await
-                    .map_err(|e| RecordError::LogUnavailable(e.to_string()))?,
-                // Not strict: the row is dropped and counted; the answer goes out.
-                Err(_) if log.durability() != Durability::Strict => {}
-                Err(e) => return Err(RecordError::LogUnavailable(e.to_string())),
+                Ok(appended) => match durable(appended).await {
+                    Ok(()) => {}
+                    Err(e) if strict => return Err(RecordError::LogUnavailable(e.to_string())),
+                    Err(_) => {}
+                },
+                Err(e) if strict => return Err(RecordError::LogUnavailable(e.to_string())),
+                Err(_) => {}
             }
         }
         Ok(Served {
