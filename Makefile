@@ -133,7 +133,7 @@ bench: runtime venv
 ## lets the stable toolchain take them. Release build with AddressSanitizer (-O: without debug
 ## assertions, one 20-minute build on 2 cores; the replay in `make test` runs with them).
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= image v2_request config
+FUZZ_TARGETS ?= image v2_request config wal_segment
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
 	set -e; for t in $(FUZZ_TARGETS); do \

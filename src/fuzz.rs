@@ -4,12 +4,15 @@
 //! panic, whatever the bytes. A crash input found by a fuzzer is committed under
 //! `fuzz/regressions/<target>/` and replayed by `make test`.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use image::ImageFormat;
 
 use crate::api::v2::{self, Encoding, ModelPorts};
 use crate::image_stats;
+use crate::log::schema::{feedback_schema, prediction_schema};
+use crate::log::segment::{self, decode_segment};
 use crate::preprocess::{self, Color, DecodeLimits, Layout, Preprocess, Resize};
 
 /// A target's entry point.
@@ -20,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("image", image),
     ("v2_request", v2_request),
     ("config", config),
+    ("wal_segment", wal_segment),
 ];
 
 /// Limits small enough that a fuzzer's many iterations stay fast, the same checks as served.
@@ -162,4 +166,60 @@ pub fn config(data: &[u8]) {
         // Every refusal has something to say.
         assert!(!e.to_string().is_empty());
     }
+}
+
+/// Between two payloads of a re-framed `wal_segment` input.
+pub const WAL_SEPARATOR: &[u8] = b"\nSWFS\n";
+
+/// Write-ahead segment recovery, as a restart reads a segment left on disk. The first byte picks
+/// the stream (predictions or feedback) and how the rest is taken: as the segment's bytes, or
+/// (bit 1) as payloads separated by [`WAL_SEPARATOR`], each wrapped in a frame with a valid
+/// header and checksum, so that mutated payloads get past the checksum to the message checks
+/// and the Arrow IPC decoder behind them.
+pub fn wal_segment(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let schema = if selector & 0x01 == 0 {
+        prediction_schema()
+    } else {
+        feedback_schema()
+    };
+    let bytes: Cow<'_, [u8]> = if selector & 0x02 == 0 {
+        Cow::Borrowed(rest)
+    } else {
+        let mut out = Vec::with_capacity(rest.len() + 64);
+        for payload in split(rest, WAL_SEPARATOR) {
+            if segment::push_frame(payload, &mut out).is_err() {
+                return;
+            }
+        }
+        Cow::Owned(out)
+    };
+    let decoded = decode_segment(&bytes, &schema);
+    // What recovery writes to Parquet is in the current schema, whatever the segment held.
+    for batch in &decoded.batches {
+        assert_eq!(batch.schema().fields(), schema.fields());
+    }
+    if let Some(stop) = &decoded.stop {
+        assert!(stop.offset <= bytes.len() as u64, "{stop:?}");
+    }
+}
+
+/// `data` cut at every `separator`.
+pub fn split<'a>(data: &'a [u8], separator: &[u8]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + separator.len() <= data.len() {
+        if &data[i..i + separator.len()] == separator {
+            parts.push(&data[start..i]);
+            i += separator.len();
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    parts.push(&data[start..]);
+    parts
 }
