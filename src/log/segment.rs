@@ -270,6 +270,8 @@ pub struct SegmentReader<'a> {
     offset: u64,
     want: SchemaRef,
     state: State,
+    /// Columns of the segment's schema that the wanted one lacks (kept after the end).
+    dropped: Vec<String>,
 }
 
 fn io_stop(offset: u64, what: &str, e: &std::io::Error) -> Stop {
@@ -306,15 +308,14 @@ impl<'a> SegmentReader<'a> {
             offset: 0,
             want: Arc::clone(want),
             state: State::Start,
+            dropped: Vec::new(),
         }
     }
 
-    /// Columns the segment holds that the wanted schema does not have (they are left out).
+    /// Columns the segment holds that the wanted schema does not have (they are left out);
+    /// known once its schema frame is read, and still after the last batch.
     pub fn dropped_columns(&self) -> &[String] {
-        match &self.state {
-            State::Reading { adapter, .. } => &adapter.dropped,
-            State::Start | State::Done => &[],
-        }
+        &self.dropped
     }
 
     /// The next valid batch; `Ok(None)` at a clean end; `Err` where the segment stops being
@@ -422,6 +423,7 @@ impl<'a> SegmentReader<'a> {
             Adapter::new(&found, &self.want).map_err(|e| bad(QuarantineReason::Schema, e))?;
         self.offset = size as u64;
         self.src = Some(src);
+        self.dropped.clone_from(&adapter.dropped);
         self.state = State::Reading {
             legacy,
             schema_payload,
@@ -786,6 +788,23 @@ mod tests {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    #[test]
+    fn columns_left_out_are_still_known_after_the_last_batch() {
+        let (bytes, _) = segment(&schema(), 2);
+        let want: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int32, false),
+        ]));
+        let mut reader = SegmentReader::new(&bytes[..], bytes.len() as u64, &want);
+        let mut rows = 0;
+        while let Some(b) = reader.next_batch().unwrap() {
+            assert_eq!(b.schema(), want);
+            rows += b.num_rows();
+        }
+        assert_eq!(rows, 6);
+        assert_eq!(reader.dropped_columns(), ["note".to_string()]);
     }
 
     #[test]

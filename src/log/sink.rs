@@ -220,9 +220,16 @@ impl<R: Send + 'static> Sink<R> {
             last_drop_report: Instant::now(),
             frame: Vec::new(),
         };
+        let queue = Queue {
+            receiver,
+            name,
+            metrics: metrics.clone(),
+            health: Arc::clone(&health),
+            part: format!("{part} writer"),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("log-{name}"))
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run(&queue.receiver))
             .expect("spawning the log writer");
         Sink {
             name,
@@ -279,6 +286,51 @@ impl<R: Send + 'static> Sink<R> {
         let _ = self.sender.send(Message::Shutdown);
         if thread.join().is_err() {
             tracing::error!(stream = self.name, "the log writer panicked");
+        }
+    }
+}
+
+/// The writer's end of the queue, owned by its thread. However the writer ends (shutdown, or a
+/// panic in a third-party encoder), every row still queued is answered with an error and counted
+/// as dropped when this goes: a crossbeam channel whose receiver is gone keeps the messages
+/// already in it until the last sender goes (process exit), and their callers would wait on
+/// their acknowledgements until then. Rows sent after the receiver is gone are refused by
+/// `append` (`Closed`).
+struct Queue<R> {
+    receiver: Receiver<Message<R>>,
+    name: &'static str,
+    metrics: LogMetrics,
+    health: Arc<LogHealth>,
+    part: String,
+}
+
+impl<R> Drop for Queue<R> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                stream = self.name,
+                "the log writer panicked; rows are dropped"
+            );
+            self.health.set(
+                &self.part,
+                Some(format!(
+                    "the {} log writer stopped after a panic",
+                    self.name
+                )),
+            );
+        }
+        for message in self.receiver.try_iter() {
+            if let Message::Row(_, ack) = message {
+                self.metrics
+                    .rows_dropped
+                    .with_label_values(&[self.name, DropReason::Closed.as_str()])
+                    .inc();
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(LogError::Unavailable(
+                        "the log writer has stopped".into(),
+                    )));
+                }
+            }
         }
     }
 }
@@ -398,7 +450,7 @@ const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(30);
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl<R> Writer<R> {
-    fn run(mut self, receiver: Receiver<Message<R>>) {
+    fn run(mut self, receiver: &Receiver<Message<R>>) {
         let mut rows: Vec<R> = Vec::new();
         let mut acks: Vec<Option<Ack>> = Vec::new();
         let mut shutdown = false;
@@ -901,8 +953,10 @@ fn close_file(mut file: OpenFile) -> Result<(), (String, Option<PathBuf>)> {
     drop(file.parquet);
     fs::rename(&file.temp_path, &file.final_path)
         .map_err(|e| fail(format!("{}: {e}", file.final_path.display())))?;
+    // The new name must be on disk before the segment goes; if it is not, the segment stays
+    // and recovery finds the file complete (and only removes the segment).
     if let Some(dir) = file.final_path.parent() {
-        let _ = sync_dir(dir);
+        sync_dir(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     }
     if let Some(wal) = file.wal {
         drop(wal.file);
@@ -1008,8 +1062,9 @@ struct Recovering {
 }
 
 /// Turns one leftover segment into Parquet, as far as it is valid, and sets the rest aside
-/// (see the module's rules). Returns the rows written to Parquet; `Err` only when something
-/// could not be written (the segment then stays where it is, for a retry).
+/// (see the module's rules). Returns the rows written to Parquet; `Err` when something could
+/// not be written, or a regular segment file could not be opened (the segment then stays where
+/// it is, for a retry).
 fn recover_segment<R>(
     dir: &Path,
     spec: &StreamSpec<R>,
@@ -1020,26 +1075,34 @@ fn recover_segment<R>(
         let path = path.to_path_buf();
         move |source| LogError::Io { path, source }
     };
-    let opened = File::open(segment).and_then(|f| {
-        let meta = f.metadata()?;
-        if meta.is_file() {
-            Ok((f, meta.len()))
-        } else {
-            Err(std::io::Error::other("not a regular file"))
-        }
-    });
-    let (file, len) = match opened {
-        Ok(x) => x,
-        Err(e) => {
-            let stop = Stop {
-                reason: QuarantineReason::Unreadable,
-                offset: 0,
-                detail: format!("opening it: {e}"),
-            };
+    // What is not a regular file (a folder, a FIFO, which opening would block on, a broken
+    // link) can never be read: set aside. A regular file that cannot be opened now (no file
+    // descriptors left, a permission fixed later) stays for the next try.
+    let unreadable = |detail: String| Stop {
+        reason: QuarantineReason::Unreadable,
+        offset: 0,
+        detail,
+    };
+    match fs::metadata(segment) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            let stop = unreadable("not a regular file".into());
             quarantine(dir, spec, metrics, segment, &stop, 0)?;
             return Ok(0);
         }
-    };
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let stop = unreadable(format!("a link to nothing: {e}"));
+            quarantine(dir, spec, metrics, segment, &stop, 0)?;
+            return Ok(0);
+        }
+        Err(e) => return Err(io(segment)(e)),
+    }
+    let (file, len) = File::open(segment)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            Ok((f, len))
+        })
+        .map_err(io(segment))?;
     let id = segment
         .file_stem()
         .and_then(|s| s.to_str())
@@ -1151,7 +1214,10 @@ fn complete_recovered(mut r: Recovering) -> Result<(), LogError> {
             source,
         })?;
         if let Some(d) = r.final_path.parent() {
-            let _ = sync_dir(d);
+            sync_dir(d).map_err(|source| LogError::Io {
+                path: d.to_path_buf(),
+                source,
+            })?;
         }
         Ok(())
     })();
@@ -1268,6 +1334,52 @@ mod tests {
 
     fn pass(dir: &Path, metrics: &LogMetrics, health: &LogHealth) -> Pass {
         recover(dir, &spec(), metrics, health, &DirLock::new(dir), &[])
+    }
+
+    #[test]
+    fn rows_left_in_the_queue_of_a_writer_that_panicked_are_answered_and_counted() {
+        let metrics = Metrics::new("m").shared.log;
+        let health = Arc::new(LogHealth::default());
+        let (sender, receiver) = crossbeam_channel::bounded(4);
+        let mut waiting = Vec::new();
+        for i in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            let row = FeedbackRecord {
+                request_id: format!("r-{i}"),
+                ts_us: 1,
+                label: "3".into(),
+                class: 3,
+                source: "test".into(),
+            };
+            sender.send(Message::Row(row, Some(tx))).unwrap();
+            waiting.push(rx);
+        }
+        let queue = Queue {
+            receiver,
+            name: "feedback",
+            metrics: metrics.clone(),
+            health: Arc::clone(&health),
+            part: "wal/feedback writer".into(),
+        };
+        let writer = std::thread::spawn(move || {
+            let _queue = queue;
+            panic!("a third-party encoder panicked");
+        });
+        assert!(writer.join().is_err());
+        for mut rx in waiting {
+            assert!(matches!(rx.try_recv(), Ok(Err(LogError::Unavailable(_)))));
+        }
+        let dropped = metrics
+            .rows_dropped
+            .with_label_values(&["feedback", DropReason::Closed.as_str()])
+            .get();
+        assert_eq!(dropped, 3);
+        assert!(health.degraded().unwrap().contains("panic"));
+        // And the sender now sees a closed queue, so `append` refuses at once.
+        assert!(matches!(
+            sender.try_send(Message::Shutdown),
+            Err(TrySendError::Disconnected(_))
+        ));
     }
 
     #[test]
