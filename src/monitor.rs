@@ -9,7 +9,7 @@
 //! one, in order, to the sequential detectors (`sequential`). Where a sequential detector
 //! watches a family, the family is `alert` exactly when that detector's evidence is at or over
 //! its threshold (so every alert carries the run-length guarantee); its window test then says
-//! `warn` at most, and `insufficient_data`/`ok` as before (see [`combined_status`]).
+//! `warn` at most, and `insufficient_data`/`ok` as before (see `combined_status`).
 
 mod config;
 pub mod evaluate;

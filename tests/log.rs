@@ -603,7 +603,7 @@ fn stop_and_check(mut server: Server, rows: &HashMap<String, Vec<f64>>) -> Value
 }
 
 #[test]
-fn a_segment_overwritten_in_the_middle_keeps_its_valid_frames_and_quarantines_the_rest() {
+fn a_segment_overwritten_in_the_middle_keeps_every_valid_frame_and_quarantines_its_bytes() {
     let log_dir = tempfile::tempdir().unwrap();
     let ts = shiftwatch::time::now_us();
     let batches = logged_batches("mid", 4, 5, ts);
@@ -621,7 +621,7 @@ fn a_segment_overwritten_in_the_middle_keeps_its_valid_frames_and_quarantines_th
     assert_eq!(quarantined(&server, "checksum"), 1.0);
     assert_eq!(
         server.metric("shiftwatch_log_rows_recovered_total{stream=\"predictions\""),
-        10.0
+        15.0
     );
     assert_eq!(server.get("/readyz").json()["status"], "ready");
     assert!(
@@ -629,7 +629,7 @@ fn a_segment_overwritten_in_the_middle_keeps_its_valid_frames_and_quarantines_th
         "{:?}",
         wal_left(log_dir.path())
     );
-    // The original bytes, whole, beside a note saying where the bad tail starts.
+    // The original bytes, whole, beside a note saying which frame was passed over.
     assert_eq!(
         std::fs::read(log_dir.path().join(QUARANTINE).join(name)).unwrap(),
         bytes
@@ -637,9 +637,15 @@ fn a_segment_overwritten_in_the_middle_keeps_its_valid_frames_and_quarantines_th
     let note = quarantine_note(log_dir.path(), name);
     assert_eq!(note["reason"], "checksum", "{note}");
     assert_eq!(note["offset"], starts[2], "{note}");
-    assert_eq!(note["rows_recovered"], 10, "{note}");
-    // Only the two frames before the damage reach Parquet.
-    stop_and_check(server, &expected(&[&batches[..2]]));
+    assert_eq!(
+        note["skipped_frames"].as_array().unwrap().len(),
+        1,
+        "{note}"
+    );
+    assert_eq!(note["skipped_frames"][0]["offset"], starts[2], "{note}");
+    assert_eq!(note["rows_recovered"], 15, "{note}");
+    // The frames before and after the damaged one reach Parquet; its rows do not.
+    stop_and_check(server, &expected(&[&batches[..2], &batches[3..]]));
 }
 
 #[test]

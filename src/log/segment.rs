@@ -17,8 +17,10 @@
 //! Segments of versions before the framing (`<uuid>.arrows`, a plain Arrow IPC stream without
 //! checksums) are still read: [`decode_segment`] tells the two apart by their first bytes.
 //!
-//! Decoding stops at the first frame that is not valid and says why ([`QuarantineReason`]) and
-//! at which byte offset the bad tail starts. The Arrow IPC reader is third-party code that
+//! A batch frame whose header is sound (its own CRC-32 vouches for the length) but whose payload
+//! fails its CRC or is not a batch is passed over ([`SegmentReader::skipped`]) and reading goes
+//! on after it; anything else that is not valid (the schema frame, a header, a torn end) stops
+//! the decoding there, saying why ([`QuarantineReason`]) and at which byte offset. The Arrow IPC reader is third-party code that
 //! panics on some malformed input: it only sees payloads whose checksum holds (legacy messages,
 //! which have none, are split and bounded here first), each message is checked first against
 //! what the reader would assert (flatbuffer verified, buffers inside the body, aligned, whole
@@ -127,6 +129,8 @@ impl Stop {
 #[derive(Debug)]
 pub struct DecodedSegment {
     pub batches: Vec<RecordBatch>,
+    /// Damaged frames passed over (the batches around them are kept).
+    pub skipped: Vec<Stop>,
     pub stop: Option<Stop>,
 }
 
@@ -147,12 +151,14 @@ pub fn decode_segment(bytes: &[u8], schema: &SchemaRef) -> DecodedSegment {
             Ok(None) => {
                 return DecodedSegment {
                     batches,
+                    skipped: reader.skipped,
                     stop: None,
                 };
             }
             Err(stop) => {
                 return DecodedSegment {
                     batches,
+                    skipped: reader.skipped,
                     stop: Some(stop),
                 };
             }
@@ -272,6 +278,8 @@ pub struct SegmentReader<'a> {
     state: State,
     /// Columns of the segment's schema that the wanted one lacks (kept after the end).
     dropped: Vec<String>,
+    /// Damaged frames passed over (their payload's CRC or content is bad, their header sound).
+    skipped: Vec<Stop>,
 }
 
 fn io_stop(offset: u64, what: &str, e: &std::io::Error) -> Stop {
@@ -309,7 +317,14 @@ impl<'a> SegmentReader<'a> {
             want: Arc::clone(want),
             state: State::Start,
             dropped: Vec::new(),
+            skipped: Vec::new(),
         }
+    }
+
+    /// The damaged frames passed over so far, in order: a frame whose header (with its own
+    /// CRC) is sound but whose payload is not is skipped, and reading goes on after it.
+    pub fn skipped(&self) -> &[Stop] {
+        &self.skipped
     }
 
     /// Columns the segment holds that the wanted schema does not have (they are left out);
@@ -354,16 +369,37 @@ impl<'a> SegmentReader<'a> {
                         }
                     } else {
                         match read_frame(src, self.len, at)? {
-                            Some(p) => {
+                            Some((p, intact)) => {
                                 let size = HEADER_LEN + p.len();
+                                if !intact {
+                                    // The header's own CRC vouches for the length: skip this
+                                    // frame, keep reading the ones after it.
+                                    self.skipped.push(Stop::new(
+                                        QuarantineReason::Checksum,
+                                        at,
+                                        "the frame payload's CRC-32 does not match",
+                                    ));
+                                    self.offset = at + size as u64;
+                                    continue;
+                                }
                                 (p, size)
                             }
                             None => return Ok(None),
                         }
                     };
                     let bad = |reason, detail: String| Stop::new(reason, at, detail);
-                    let batch = decode_batch(schema_payload, found, &payload)
-                        .map_err(|e| bad(QuarantineReason::Malformed, e))?;
+                    let batch = match decode_batch(schema_payload, found, &payload) {
+                        Ok(b) => b,
+                        // A framed payload that is not a batch: its length is known, so the
+                        // frames after it can still be read. A legacy stream has no such
+                        // boundary to trust.
+                        Err(e) if !*legacy => {
+                            self.skipped.push(bad(QuarantineReason::Malformed, e));
+                            self.offset = at + size as u64;
+                            continue;
+                        }
+                        Err(e) => return Err(bad(QuarantineReason::Malformed, e)),
+                    };
                     let batch = adapter.apply(&batch).map_err(|(r, d)| bad(r, d))?;
                     self.offset = at + size as u64;
                     return Ok(Some(batch));
@@ -409,7 +445,17 @@ impl<'a> SegmentReader<'a> {
             let size = m.as_ref().map_or(0, Vec::len);
             (m, size)
         } else {
-            let p = read_frame(&mut src, self.len, 0)?;
+            let p = match read_frame(&mut src, self.len, 0)? {
+                Some((_, false)) => {
+                    return Err(Stop::new(
+                        QuarantineReason::Checksum,
+                        0,
+                        "the schema frame's payload CRC-32 does not match",
+                    ));
+                }
+                Some((p, true)) => Some(p),
+                None => None,
+            };
             let size = p.as_ref().map_or(0, |p| HEADER_LEN + p.len());
             (p, size)
         };
@@ -508,7 +554,10 @@ fn read_ipc_message(src: &mut dyn Read, len: u64, offset: u64) -> Result<Option<
 
 /// Reads one frame at `offset`; `Ok(None)` when no bytes are left. The payload's length is
 /// checked against the bytes left before anything is allocated for it.
-fn read_frame(src: &mut dyn Read, len: u64, offset: u64) -> Result<Option<Vec<u8>>, Stop> {
+/// The next frame: its payload, and whether the payload's CRC-32 matches. A payload that does
+/// not match is still returned (whole: its length is vouched for by the header's own CRC), so
+/// that the frames after it can be read.
+fn read_frame(src: &mut dyn Read, len: u64, offset: u64) -> Result<Option<(Vec<u8>, bool)>, Stop> {
     let left = len.saturating_sub(offset);
     if left == 0 {
         return Ok(None);
@@ -552,14 +601,8 @@ fn read_frame(src: &mut dyn Read, len: u64, offset: u64) -> Result<Option<Vec<u8
     let mut payload = vec![0u8; payload_len as usize];
     src.read_exact(&mut payload)
         .map_err(|e| io_stop(offset, "a frame payload", &e))?;
-    if crc32fast::hash(&payload) != word(8) {
-        return Err(Stop::new(
-            QuarantineReason::Checksum,
-            offset,
-            "the frame payload's CRC-32 does not match",
-        ));
-    }
-    Ok(Some(payload))
+    let intact = crc32fast::hash(&payload) == word(8);
+    Ok(Some((payload, intact)))
 }
 
 /// One record batch from a frame's payload, with the segment's schema message before it.
@@ -850,7 +893,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_byte_anywhere_stops_at_its_frame() {
+    fn a_flipped_byte_anywhere_is_noticed_at_its_frame() {
         let s = schema();
         let (bytes, starts) = segment(&s, 3);
         let mut frame_starts = vec![0];
@@ -860,21 +903,32 @@ mod tests {
             damaged[at] ^= 0x20;
             let decoded = decode_segment(&damaged, &s);
             let frame = frame_starts.iter().rposition(|&f| f <= at).unwrap();
-            let stop = decoded
-                .stop
-                .clone()
-                .unwrap_or_else(|| panic!("byte {at} flipped and nothing noticed"));
-            assert_eq!(
-                stop.offset, frame_starts[frame] as u64,
-                "byte {at}: {stop:?}"
-            );
-            // Frames before the damaged one are kept, nothing from it or after.
-            assert_eq!(decoded.rows(), frame.saturating_sub(1) * 3, "byte {at}");
-            assert_ne!(
-                stop.reason,
-                QuarantineReason::Malformed,
-                "byte {at}: {stop:?}"
-            );
+            let in_payload = frame > 0 && at >= frame_starts[frame] + HEADER_LEN;
+            if in_payload {
+                // A batch frame whose header is sound: skipped, the frames around it kept.
+                assert!(decoded.stop.is_none(), "byte {at}: {:?}", decoded.stop);
+                assert_eq!(decoded.skipped.len(), 1, "byte {at}");
+                let skipped = &decoded.skipped[0];
+                assert_eq!(skipped.offset, frame_starts[frame] as u64, "byte {at}");
+                assert_eq!(skipped.reason, QuarantineReason::Checksum, "byte {at}");
+                assert_eq!(decoded.rows(), 6, "byte {at}");
+            } else {
+                // The schema frame, or a frame header: nothing after it can be trusted.
+                let stop = decoded
+                    .stop
+                    .clone()
+                    .unwrap_or_else(|| panic!("byte {at} flipped and nothing noticed"));
+                assert_eq!(
+                    stop.offset, frame_starts[frame] as u64,
+                    "byte {at}: {stop:?}"
+                );
+                assert_eq!(decoded.rows(), frame.saturating_sub(1) * 3, "byte {at}");
+                assert_ne!(
+                    stop.reason,
+                    QuarantineReason::Malformed,
+                    "byte {at}: {stop:?}"
+                );
+            }
         }
     }
 
@@ -904,11 +958,20 @@ mod tests {
         ] {
             push_frame(payload, &mut bytes).unwrap();
         }
+        // A good batch after them is still read.
+        let (mut encoder, _) = SegmentEncoder::new(&s).unwrap();
+        encoder.encode(&batch(&s, 3, 3), &mut bytes).unwrap();
         let decoded = decode_segment(&bytes, &s);
-        assert_eq!(decoded.rows(), 3);
-        let stop = decoded.stop.unwrap();
-        assert_eq!(stop.reason, QuarantineReason::Malformed, "{stop:?}");
-        assert!(stop.offset > starts[0] as u64);
+        assert_eq!(
+            ids(&decoded),
+            ["row-0", "row-1", "row-2", "row-3", "row-4", "row-5"]
+        );
+        assert!(decoded.stop.is_none(), "{:?}", decoded.stop);
+        assert_eq!(decoded.skipped.len(), 3, "{:?}", decoded.skipped);
+        for skipped in &decoded.skipped {
+            assert_eq!(skipped.reason, QuarantineReason::Malformed, "{skipped:?}");
+            assert!(skipped.offset > starts[0] as u64);
+        }
     }
 
     #[test]

@@ -13,10 +13,11 @@
 //!   count, size or age reached, or shutdown), after an fsync; only then is its segment deleted.
 //! - Recovery turns each leftover segment into `<partition>/<uuid>.parquet` unless that file
 //!   exists already (the crash came between rename and delete), so no row is written twice. It
-//!   keeps the valid frames; a segment with a damaged tail (torn, checksum, malformed), columns
-//!   the current schema cannot take, or that cannot be read at all is moved whole, after its
-//!   valid rows are in Parquet, to `quarantine/<wal folder>/` with a `.json` note (reason, offset
-//!   of the bad tail, rows kept), counted in `shiftwatch_log_segments_quarantined_total`. Its
+//!   keeps every valid frame (a damaged frame with a sound header is passed over); a segment
+//!   with damage (torn, checksum, malformed), columns the current schema cannot take, or that
+//!   cannot be read at all is moved whole, after its valid rows are in Parquet, to
+//!   `quarantine/<wal folder>/` with a `.json` note (reason, offset of the first damage, the
+//!   frames passed over, rows kept), counted in `shiftwatch_log_segments_quarantined_total`. Its
 //!   bytes are never deleted.
 //! - Recovery never fails the start. What it cannot write now (disk full, a partition folder it
 //!   cannot create, the directory's lock held elsewhere) stays in place, readiness says
@@ -1087,12 +1088,12 @@ fn recover_segment<R>(
         Ok(meta) if meta.is_file() => {}
         Ok(_) => {
             let stop = unreadable("not a regular file".into());
-            quarantine(dir, spec, metrics, segment, &stop, 0)?;
+            quarantine(dir, spec, metrics, segment, &stop, &[], 0)?;
             return Ok(0);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let stop = unreadable(format!("a link to nothing: {e}"));
-            quarantine(dir, spec, metrics, segment, &stop, 0)?;
+            quarantine(dir, spec, metrics, segment, &stop, &[], 0)?;
             return Ok(0);
         }
         Err(e) => return Err(io(segment)(e)),
@@ -1178,6 +1179,7 @@ fn recover_segment<R>(
             "recovered a segment with columns the current schema does not have; they are left out"
         );
     }
+    let skipped = reader.skipped().to_vec();
     drop(reader);
     let written = match out {
         None => 0,
@@ -1186,9 +1188,15 @@ fn recover_segment<R>(
             rows
         }
     };
-    match stop {
-        None => fs::remove_file(segment).map_err(io(segment))?,
-        Some(stop) => quarantine(dir, spec, metrics, segment, &stop, rows)?,
+    // A segment with damaged frames is set aside whole (its bytes as found), after every frame
+    // that could be read reached Parquet; the note lists what was passed over.
+    match (stop, skipped.first()) {
+        (None, None) => fs::remove_file(segment).map_err(io(segment))?,
+        (Some(stop), _) => quarantine(dir, spec, metrics, segment, &stop, &skipped, rows)?,
+        (None, Some(first)) => {
+            let first = first.clone();
+            quarantine(dir, spec, metrics, segment, &first, &skipped, rows)?;
+        }
     }
     Ok(written)
 }
@@ -1235,6 +1243,7 @@ fn quarantine<R>(
     metrics: &LogMetrics,
     segment: &Path,
     stop: &Stop,
+    skipped: &[Stop],
     rows_kept: usize,
 ) -> Result<(), LogError> {
     let folder = dir.join("quarantine").join(&spec.wal);
@@ -1261,6 +1270,14 @@ fn quarantine<R>(
         "reason": stop.reason.as_str(),
         "offset": stop.offset,
         "detail": stop.detail,
+        "skipped_frames": skipped
+            .iter()
+            .map(|f| serde_json::json!({
+                "reason": f.reason.as_str(),
+                "offset": f.offset,
+                "detail": f.detail,
+            }))
+            .collect::<Vec<_>>(),
         "rows_recovered": rows_kept,
         "quarantined_at": crate::time::rfc3339(crate::time::now_us()),
     });
@@ -1422,7 +1439,9 @@ mod tests {
         .unwrap();
         assert_eq!(note["reason"], "checksum");
         assert_eq!(note["offset"], starts[1]);
-        assert_eq!(note["rows_recovered"], 2);
+        // Batches 0 and 2 read (not rewritten: the Parquet file was complete), 1 passed over.
+        assert_eq!(note["rows_recovered"], 4);
+        assert_eq!(note["skipped_frames"][0]["offset"], starts[1]);
         assert_eq!(
             metrics
                 .segments_quarantined
