@@ -398,6 +398,8 @@ struct SegmentFile {
     encoder: SegmentEncoder,
     /// Bytes written so far (a failed write is cut back to this).
     len: u64,
+    /// Bytes known to be on disk (fsynced); a strict fsync that fails is cut back to this.
+    synced: u64,
 }
 
 impl SegmentFile {
@@ -548,13 +550,18 @@ impl<R> Writer<R> {
                 }
             }
         }
-        // Durability: strict fsyncs before anyone is answered.
+        // Durability: strict fsyncs before anyone is answered; the rows of a partition whose
+        // fsync fails are answered as failed (and taken out of its segment), the others not.
         let mut sync_error = None;
         if self.config.durability == Durability::Strict {
-            for (partition, _, _) in &logged {
+            for (partition, _, idx) in &logged {
                 if let Err(e) = self.sync_wal(partition) {
                     sync_error = Some(e.to_string());
+                    self.cut_unsynced(partition);
                     self.fail(partition, &e.to_string());
+                    for i in idx {
+                        ok[*i] = false;
+                    }
                 }
             }
             self.dirty_since = None;
@@ -632,7 +639,7 @@ impl<R> Writer<R> {
         let mut written = 0u64;
         let mut dropped = 0u64;
         for (i, ack) in acks.into_iter().enumerate() {
-            let success = ok.get(i).copied().unwrap_or(false) && sync_error.is_none();
+            let success = ok.get(i).copied().unwrap_or(false);
             if success {
                 written += 1;
             } else {
@@ -724,6 +731,7 @@ impl<R> Writer<R> {
                 file,
                 encoder,
                 len: first.len() as u64,
+                synced: first.len() as u64,
             })
         };
         let file = File::create(&temp_path).map_err(|e| format!("{}: {e}", temp_path.display()));
@@ -760,8 +768,25 @@ impl<R> Writer<R> {
             && let Some(wal) = &mut file.wal
         {
             wal.file.sync_data()?;
+            wal.synced = wal.len;
         }
         Ok(())
+    }
+
+    /// After a strict fsync failed: the frames written since the last good fsync belong to
+    /// rows about to be answered as failed, so they leave the segment, and recovery cannot
+    /// bring them back beside the client's retry (best effort: the file is abandoned next).
+    fn cut_unsynced(&mut self, partition: &Path) {
+        if let Some(file) = self.open.get_mut(partition)
+            && let Some(wal) = &mut file.wal
+            && wal.len > wal.synced
+        {
+            if let Err(e) = wal.file.set_len(wal.synced) {
+                tracing::warn!(segment = %wal.path.display(), error = %e, "cannot cut the unsynced frames off a segment");
+            } else {
+                wal.len = wal.synced;
+            }
+        }
     }
 
     /// Abandons the file of `partition` after a write error; its segment (fsynced, best
