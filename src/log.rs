@@ -193,7 +193,7 @@ fn prediction_stream(model: &str) -> StreamSpec<PredictionRecord> {
     }
 }
 
-fn feedback_stream() -> StreamSpec<FeedbackRecord> {
+pub(crate) fn feedback_stream() -> StreamSpec<FeedbackRecord> {
     StreamSpec {
         name: "feedback",
         schema: schema::feedback_schema(),

@@ -1335,19 +1335,11 @@ fn quarantine<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::{FeedbackRecord, feedback_partition, schema};
+    use crate::log::{FeedbackRecord, feedback_partition};
     use crate::metrics::Metrics;
 
     fn spec() -> StreamSpec<FeedbackRecord> {
-        StreamSpec {
-            name: "feedback",
-            schema: schema::feedback_schema(),
-            root: PathBuf::from("feedback"),
-            wal: PathBuf::from("wal/feedback"),
-            partition: Box::new(feedback_partition),
-            to_batch: Box::new(schema::feedback_batch),
-            ts: Box::new(|r| r.ts_us),
-        }
+        crate::log::feedback_stream()
     }
 
     /// A segment of `batches` batches of 2 labels; returns its bytes and each batch's offset.
