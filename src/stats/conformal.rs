@@ -48,21 +48,27 @@ impl Regularization {
     }
 }
 
+/// The ranking walked once: each class with what the classes ranked before it add
+/// (probability and penalty) and what it adds itself.
+fn steps(probabilities: &[f32], reg: Regularization) -> impl Iterator<Item = (usize, f64, f64)> {
+    let mut before = 0.0;
+    ranking(probabilities)
+        .into_iter()
+        .enumerate()
+        .map(move |(i, c)| {
+            let adds = f64::from(probabilities[c]) + reg.at(i + 1);
+            let step = (c, before, adds);
+            before += adds;
+            step
+        })
+}
+
 /// The RAPS score of `class`: what the classes ranked before it add (probability and penalty),
 /// plus `u` times what it adds. NaN for a class out of range.
 pub fn raps_score(probabilities: &[f32], class: usize, u: f64, reg: Regularization) -> f64 {
-    if class >= probabilities.len() {
-        return f64::NAN;
-    }
-    let mut before = 0.0;
-    for (i, c) in ranking(probabilities).into_iter().enumerate() {
-        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
-        if c == class {
-            return before + u * adds;
-        }
-        before += adds;
-    }
-    f64::NAN
+    steps(probabilities, reg)
+        .find(|&(c, _, _)| c == class)
+        .map_or(f64::NAN, |(_, before, adds)| before + u * adds)
 }
 
 /// The calibrated threshold q̂ for `coverage` (1 − α) from row-major `probabilities` (`classes`
@@ -101,17 +107,10 @@ pub fn raps_threshold(
 /// The prediction set for `threshold`: the classes whose score is at most it, highest
 /// probability first (scores grow along the ranking, so the set is a prefix of it).
 pub fn raps_set(probabilities: &[f32], threshold: f64, u: f64, reg: Regularization) -> Vec<usize> {
-    let mut set = Vec::new();
-    let mut before = 0.0;
-    for (i, c) in ranking(probabilities).into_iter().enumerate() {
-        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
-        if before + u * adds > threshold {
-            break;
-        }
-        set.push(c);
-        before += adds;
-    }
-    set
+    steps(probabilities, reg)
+        .take_while(|&(_, before, adds)| before + u * adds <= threshold)
+        .map(|(c, _, _)| c)
+        .collect()
 }
 
 /// The probability over the draw `u` that `class` is in the set for `threshold`:
@@ -124,24 +123,17 @@ pub fn raps_inclusion(
     threshold: f64,
     reg: Regularization,
 ) -> f64 {
-    if class >= probabilities.len() {
-        return f64::NAN;
-    }
-    let mut before = 0.0;
-    for (i, c) in ranking(probabilities).into_iter().enumerate() {
-        let adds = f64::from(probabilities[c]) + reg.at(i + 1);
-        if c == class {
-            return if adds > 0.0 {
+    steps(probabilities, reg)
+        .find(|&(c, _, _)| c == class)
+        .map_or(f64::NAN, |(_, before, adds)| {
+            if adds > 0.0 {
                 ((threshold - before) / adds).clamp(0.0, 1.0)
             } else if before <= threshold {
                 1.0
             } else {
                 0.0
-            };
-        }
-        before += adds;
-    }
-    f64::NAN
+            }
+        })
 }
 
 /// A uniform draw in [0, 1) that a request id determines (FNV-1a of its bytes, mixed with
