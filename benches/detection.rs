@@ -26,34 +26,23 @@ use std::path::Path;
 
 #[path = "support/traffic.rs"]
 mod traffic;
-use traffic::{Sample, samples};
+use traffic::{FOLDERS, Sample, samples};
 
 use shiftwatch::config;
 use shiftwatch::monitor::evaluate::{Hysteresis, Settings, Status, evaluate};
-use shiftwatch::monitor::reference::{Reference, ReferenceProfile};
+use shiftwatch::monitor::reference::Reference;
 use shiftwatch::monitor::sequential::{Sequential, SequentialSettings};
 use shiftwatch::monitor::window::{Observation, Window};
 use shiftwatch::prediction::summarize;
 use shiftwatch::stats::conformal::{Regularization, raps_inclusion};
 use shiftwatch::stats::random::SplitMix64;
 
-const FOLDERS: [&str; 6] = [
-    "normal",
-    "blur",
-    "brightness",
-    "rotation",
-    "class_prior",
-    "ood",
-];
 const EVERY: usize = 50;
 const WARM_UP: usize = 1000;
 const MAX_DELAY: usize = 3000;
 
 fn reference(root: &Path, path: &str, settings: &Settings, reg: Regularization) -> Reference {
-    let profile: ReferenceProfile = serde_json::from_slice(
-        &std::fs::read(root.join(path)).expect("reference profile (make reference)"),
-    )
-    .expect("profile");
+    let profile = traffic::profile(root, path);
     let mut r = Reference::prepare(&profile, false, settings.seed).expect("prepared");
     r.calibrate_prediction_sets(&profile, 0.9, reg, settings.seed)
         .expect("a labeled reference");

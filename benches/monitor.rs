@@ -17,30 +17,17 @@ use std::time::Instant;
 
 #[path = "support/traffic.rs"]
 mod traffic;
-use traffic::{Sample, samples};
+use traffic::{FOLDERS, Sample, samples};
 
 use shiftwatch::config;
 use shiftwatch::monitor::evaluate::{Settings, Status, TestKind, evaluate};
-use shiftwatch::monitor::reference::{Reference, ReferenceProfile};
+use shiftwatch::monitor::reference::Reference;
 use shiftwatch::monitor::window::{Observation, Window};
 use shiftwatch::prediction::summarize;
 use shiftwatch::stats::random::SplitMix64;
 
-const SHIFTS: [&str; 6] = [
-    "normal",
-    "blur",
-    "brightness",
-    "rotation",
-    "class_prior",
-    "ood",
-];
-
 fn reference(root: &Path, path: &str, settings: &Settings) -> Reference {
-    let profile: ReferenceProfile = serde_json::from_slice(
-        &std::fs::read(root.join(path)).expect("reference profile (make reference)"),
-    )
-    .expect("profile");
-    Reference::prepare(&profile, false, settings.seed).expect("prepared")
+    Reference::prepare(&traffic::profile(root, path), false, settings.seed).expect("prepared")
 }
 
 /// A window of `size` draws (with replacement); returns it and the true accuracy when labeled.
@@ -95,7 +82,7 @@ fn main() {
     let reference_default = reference(root, "models/digits.reference.json", &settings);
     let classes = reference_default.labels.len();
     let dim = reference_default.embeddings.as_ref().map_or(0, |(_, d)| *d);
-    let pools: Vec<Vec<Sample>> = SHIFTS
+    let pools: Vec<Vec<Sample>> = FOLDERS
         .iter()
         .map(|s| samples(root, "models/digits.onnx", s))
         .collect();
@@ -103,10 +90,10 @@ fn main() {
     // 1 + 2: detection and estimation.
     let mut rng = SplitMix64::new(settings.seed);
     let mut detection = Vec::new();
-    let mut family_hits = vec![vec![0usize; TestKind::ALL.len()]; SHIFTS.len()];
-    let mut abs_err = vec![[0f64; 3]; SHIFTS.len()];
-    let mut est_count = vec![0usize; SHIFTS.len()];
-    let mut gap_default = vec![0f64; SHIFTS.len()];
+    let mut family_hits = vec![vec![0usize; TestKind::ALL.len()]; FOLDERS.len()];
+    let mut abs_err = vec![[0f64; 3]; FOLDERS.len()];
+    let mut est_count = vec![0usize; FOLDERS.len()];
+    let mut gap_default = vec![0f64; FOLDERS.len()];
     for (si, pool) in pools.iter().enumerate() {
         let mut row = Vec::new();
         for &size in &sizes {
@@ -150,7 +137,7 @@ fn main() {
         print!(" {s} |");
     }
     println!("\n|---|{}", "---:|".repeat(sizes.len()));
-    for (si, name) in SHIFTS.iter().enumerate() {
+    for (si, name) in FOLDERS.iter().enumerate() {
         print!("| {name} |");
         for r in &detection[si] {
             print!(" {:.0}% |", r * 100.0);
@@ -164,7 +151,7 @@ fn main() {
             print!(" {} |", k.as_str());
         }
         println!("\n|---|{}", "---:|".repeat(TestKind::ALL.len()));
-        for (si, name) in SHIFTS.iter().enumerate() {
+        for (si, name) in FOLDERS.iter().enumerate() {
             print!("| {name} |");
             for h in &family_hits[si] {
                 print!(" {:.0}% |", *h as f64 * 100.0 / trials as f64);
@@ -175,7 +162,7 @@ fn main() {
         println!("| traffic | AC | DoC | ATC |\n|---|---:|---:|---:|");
         let mut total = [0f64; 3];
         let mut n_total = 0;
-        for (si, name) in SHIFTS.iter().enumerate() {
+        for (si, name) in FOLDERS.iter().enumerate() {
             if est_count[si] == 0 {
                 continue;
             }
@@ -205,8 +192,8 @@ fn main() {
             "models/digits-overconfident.reference.json",
             &settings,
         );
-        let mut gap_over = vec![0f64; SHIFTS.len()];
-        for (si, name) in SHIFTS.iter().enumerate() {
+        let mut gap_over = vec![0f64; FOLDERS.len()];
+        for (si, name) in FOLDERS.iter().enumerate() {
             let pool = samples(root, "models/digits-overconfident.onnx", name);
             for _ in 0..trials {
                 let (w, _) = window(&pool, 500, &mut rng, classes, dim);
@@ -216,14 +203,14 @@ fn main() {
         }
         println!("\nOverconfidence gap (AC − ATC), mean over windows of 500\n");
         println!("| traffic | default model | overconfident model |\n|---|---:|---:|");
-        for (si, name) in SHIFTS.iter().enumerate() {
+        for (si, name) in FOLDERS.iter().enumerate() {
             println!(
                 "| {name} | {:+.3} | {:+.3} |",
                 gap_default[si], gap_over[si]
             );
         }
         let json = serde_json::json!({
-            "sizes": sizes, "trials": trials, "shifts": SHIFTS, "detection": detection,
+            "sizes": sizes, "trials": trials, "shifts": FOLDERS, "detection": detection,
             "mae": {"ac": total[0] / n, "doc": total[1] / n, "atc": total[2] / n},
             "gap_default": gap_default, "gap_overconfident": gap_over,
         });

@@ -6,7 +6,26 @@ use std::path::Path;
 use shiftwatch::config;
 use shiftwatch::image_stats::input_stats;
 use shiftwatch::model;
+use shiftwatch::monitor::reference::ReferenceProfile;
 use shiftwatch::preprocess;
+
+/// The bundled traffic folders, unshifted first.
+pub const FOLDERS: [&str; 6] = [
+    "normal",
+    "blur",
+    "brightness",
+    "rotation",
+    "class_prior",
+    "ood",
+];
+
+/// A bundled reference profile (`make reference` writes them).
+pub fn profile(root: &Path, path: &str) -> ReferenceProfile {
+    serde_json::from_slice(
+        &std::fs::read(root.join(path)).expect("reference profile (make reference)"),
+    )
+    .expect("profile")
+}
 
 /// One served prediction of a bundled image, with what the monitor sees of it.
 #[derive(Clone)]
