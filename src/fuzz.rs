@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use arrow_schema::SchemaRef;
+
 use image::ImageFormat;
 
 use crate::api::v2::{self, Encoding, ModelPorts};
@@ -27,7 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// Limits small enough that a fuzzer's many iterations stay fast, the same checks as served.
-const LIMITS: DecodeLimits = DecodeLimits {
+pub const LIMITS: DecodeLimits = DecodeLimits {
     max_width: 4096,
     max_height: 4096,
     max_pixels: 4_000_000,
@@ -177,24 +179,8 @@ pub const WAL_SEPARATOR: &[u8] = b"\nSWFS\n";
 /// header and checksum, so that mutated payloads get past the checksum to the message checks
 /// and the Arrow IPC decoder behind them.
 pub fn wal_segment(data: &[u8]) {
-    let Some((&selector, rest)) = data.split_first() else {
+    let Some((schema, bytes)) = wal_input(data) else {
         return;
-    };
-    let schema = if selector & 0x01 == 0 {
-        prediction_schema()
-    } else {
-        feedback_schema()
-    };
-    let bytes: Cow<'_, [u8]> = if selector & 0x02 == 0 {
-        Cow::Borrowed(rest)
-    } else {
-        let mut out = Vec::with_capacity(rest.len() + 64);
-        for payload in split(rest, WAL_SEPARATOR) {
-            if segment::push_frame(payload, &mut out).is_err() {
-                return;
-            }
-        }
-        Cow::Owned(out)
     };
     let decoded = decode_segment(&bytes, &schema);
     // What recovery writes to Parquet is in the current schema, whatever the segment held.
@@ -206,8 +192,27 @@ pub fn wal_segment(data: &[u8]) {
     }
 }
 
+/// What a `wal_segment` input stands for: the stream's schema and the segment's bytes (as
+/// given, or the payloads framed). `None` for an empty input or a payload too large to frame.
+pub fn wal_input(data: &[u8]) -> Option<(SchemaRef, Cow<'_, [u8]>)> {
+    let (&selector, rest) = data.split_first()?;
+    let schema = if selector & 0x01 == 0 {
+        prediction_schema()
+    } else {
+        feedback_schema()
+    };
+    if selector & 0x02 == 0 {
+        return Some((schema, Cow::Borrowed(rest)));
+    }
+    let mut out = Vec::with_capacity(rest.len() + 64);
+    for payload in split(rest, WAL_SEPARATOR) {
+        segment::push_frame(payload, &mut out).ok()?;
+    }
+    Some((schema, Cow::Owned(out)))
+}
+
 /// `data` cut at every `separator`.
-pub fn split<'a>(data: &'a [u8], separator: &[u8]) -> Vec<&'a [u8]> {
+fn split<'a>(data: &'a [u8], separator: &[u8]) -> Vec<&'a [u8]> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut i = 0;

@@ -46,17 +46,9 @@ fn every_seed_and_past_crash_passes_through_its_target() {
 
 #[test]
 fn the_image_seeds_decode_so_the_fuzzer_starts_from_real_images() {
-    let limits = shiftwatch::preprocess::DecodeLimits {
-        max_width: 4096,
-        max_height: 4096,
-        max_pixels: 4_000_000,
-        max_alloc_bytes: 64 << 20,
-        decode_budget_bytes: 256 << 20,
-        decode_wait: std::time::Duration::ZERO,
-    };
     for file in inputs("seeds", "image") {
         let data = std::fs::read(&file).unwrap();
-        let decoded = shiftwatch::preprocess::decode(&data[1..], None, &limits);
+        let decoded = shiftwatch::preprocess::decode(&data[1..], None, &shiftwatch::fuzz::LIMITS);
         assert!(decoded.is_ok(), "{}: {:?}", file.display(), decoded.err());
     }
 }
@@ -180,22 +172,9 @@ fn wal_seeds_are_segments_the_writer_makes_today() {
             "fuzz/seeds/wal_segment/{name} is not what the writer makes today: rewrite it with \
              SHIFTWATCH_WRITE_FUZZ_SEEDS=1 cargo test --test tests fuzz::wal_seeds"
         );
-        // Either form, framed as the target frames it, is a whole segment.
+        // Either form, taken as the target takes it, is a whole segment.
         let predictions = bytes[0] & 1 == 0;
-        let schema = if predictions {
-            shiftwatch::log::schema::prediction_schema()
-        } else {
-            shiftwatch::log::schema::feedback_schema()
-        };
-        let segment = if bytes[0] & 2 == 0 {
-            bytes[1..].to_vec()
-        } else {
-            let mut framed = Vec::new();
-            for payload in shiftwatch::fuzz::split(&bytes[1..], shiftwatch::fuzz::WAL_SEPARATOR) {
-                shiftwatch::log::segment::push_frame(payload, &mut framed).unwrap();
-            }
-            framed
-        };
+        let (schema, segment) = shiftwatch::fuzz::wal_input(bytes).unwrap();
         let decoded = shiftwatch::log::segment::decode_segment(&segment, &schema);
         assert!(decoded.stop.is_none(), "{name}: {:?}", decoded.stop);
         assert_eq!(decoded.rows(), if predictions { 5 } else { 3 }, "{name}");
