@@ -34,17 +34,23 @@ use shiftwatch::monitor::reference::Reference;
 use shiftwatch::monitor::sequential::{Sequential, SequentialSettings};
 use shiftwatch::monitor::window::{Observation, Window};
 use shiftwatch::prediction::summarize;
-use shiftwatch::stats::conformal::{Regularization, raps_inclusion};
+use shiftwatch::stats::conformal::Regularization;
 use shiftwatch::stats::random::SplitMix64;
 
 const EVERY: usize = 50;
 const WARM_UP: usize = 1000;
 const MAX_DELAY: usize = 3000;
 
-fn reference(root: &Path, path: &str, settings: &Settings, reg: Regularization) -> Reference {
+fn reference(
+    root: &Path,
+    path: &str,
+    settings: &Settings,
+    reg: Regularization,
+    temperature: bool,
+) -> Reference {
     let profile = traffic::profile(root, path);
     let mut r = Reference::prepare(&profile, false, settings.seed).expect("prepared");
-    r.calibrate_prediction_sets(&profile, 0.9, reg, settings.seed)
+    r.calibrate_prediction_sets(&profile, 0.9, reg, temperature, settings.seed)
         .expect("a labeled reference");
     r
 }
@@ -324,7 +330,14 @@ fn main() {
         (20_000, 2_000, 3, 0)
     };
 
-    let reference_default = reference(root, "models/digits.reference.json", &settings, reg);
+    let temperature = monitor.prediction_set_temperature;
+    let reference_default = reference(
+        root,
+        "models/digits.reference.json",
+        &settings,
+        reg,
+        temperature,
+    );
     let classes = reference_default.labels.len();
     let dim = reference_default.embeddings.as_ref().map_or(0, |(_, d)| *d);
     let pools: Vec<Vec<Sample>> = FOLDERS
@@ -501,6 +514,7 @@ fn main() {
         "| model | traffic | images | coverage | coverage over the draws | mean set size | empty sets |\n|---|---|---:|---:|---:|---:|---:|"
     );
     let mut sets = Vec::new();
+    let mut temperatures = Vec::new();
     for (model, path, profile) in [
         (
             "digits",
@@ -513,8 +527,9 @@ fn main() {
             "models/digits-overconfident.reference.json",
         ),
     ] {
-        let r = reference(root, profile, &settings, reg);
+        let r = reference(root, profile, &settings, reg, temperature);
         let conformal = r.conformal.as_ref().expect("calibrated");
+        temperatures.push(format!("{model} {:.2}", conformal.temperature));
         for (fi, folder) in FOLDERS.iter().enumerate() {
             let pool = if model == "digits" {
                 pools[fi].clone()
@@ -530,12 +545,7 @@ fn main() {
                 if let Some(t) = s.truth {
                     labeled += 1;
                     covered += usize::from(set.contains(&t));
-                    inclusion += raps_inclusion(
-                        &s.probabilities,
-                        t,
-                        conformal.threshold,
-                        conformal.regularization,
-                    );
+                    inclusion += conformal.inclusion(&s.probabilities, t);
                 }
             }
             let n = pool.len() as f64;
@@ -552,11 +562,16 @@ fn main() {
             );
             sets.push(serde_json::json!({
                 "model": model, "traffic": folder, "images": pool.len(), "coverage": coverage,
+                "temperature": conformal.temperature,
                 "coverage_over_draws": expected,
                 "mean_size": size as f64 / n, "empty": empty as f64 / n,
             }));
         }
     }
+    println!(
+        "\nThe set scores' fitted temperatures: {}",
+        temperatures.join(", ")
+    );
     let json = serde_json::json!({
         "every": EVERY, "warm_up": WARM_UP,
         "false_alarms": {"before": {"predictions": fa_before, "alarms": fa_win, "by_family": by_family_win},

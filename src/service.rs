@@ -493,6 +493,7 @@ fn start_monitor(
             &profile,
             coverage,
             config.prediction_set_regularization,
+            config.prediction_set_temperature,
             config.settings.seed,
         )
     {

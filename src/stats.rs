@@ -36,7 +36,7 @@ pub mod sequential;
 mod shift;
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 
 pub use calibration::{
     PROBABILITY_FLOOR, ReliabilityBin, TEMPERATURE_RANGE, adaptive_ece, apply_temperature,

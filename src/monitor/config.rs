@@ -33,10 +33,12 @@ pub struct RawMonitor {
     pub run_length: f64,
     pub tail_quantile: f64,
     pub tail_tolerance: f64,
+    pub extreme_tolerance: f64,
     pub tolerance: RawTolerance,
     pub prediction_set_coverage: f64,
     pub prediction_set_penalty: f64,
     pub prediction_set_free_ranks: usize,
+    pub prediction_set_temperature: bool,
 }
 
 impl Default for RawMonitor {
@@ -62,10 +64,12 @@ impl Default for RawMonitor {
             run_length: 1e6,
             tail_quantile: 0.02,
             tail_tolerance: 0.02,
+            extreme_tolerance: 0.01,
             tolerance: RawTolerance::default(),
             prediction_set_coverage: 0.9,
             prediction_set_penalty: 0.01,
             prediction_set_free_ranks: 1,
+            prediction_set_temperature: true,
         }
     }
 }
@@ -178,6 +182,9 @@ pub struct MonitorConfig {
     /// The target coverage of prediction sets; `None` when off (0).
     pub prediction_set_coverage: Option<f64>,
     pub prediction_set_regularization: Regularization,
+    /// Whether the set scores see the probabilities after a temperature fitted on the labeled
+    /// reference.
+    pub prediction_set_temperature: bool,
 }
 
 impl MonitorConfig {
@@ -246,11 +253,13 @@ impl RawMonitor {
         if !(m.tail_quantile > 0.0 && m.tail_quantile < 0.5) {
             bad("monitor.tail_quantile", "must be between 0 and 0.5".into());
         }
-        if !(m.tail_tolerance.is_finite() && (0.0..1.0).contains(&m.tail_tolerance)) {
-            bad(
-                "monitor.tail_tolerance",
-                "must be a number in [0, 1)".into(),
-            );
+        for (key, v) in [
+            ("monitor.tail_tolerance", m.tail_tolerance),
+            ("monitor.extreme_tolerance", m.extreme_tolerance),
+        ] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                bad(key, "must be a number in [0, 1)".into());
+            }
         }
         if !(m.prediction_set_coverage == 0.0
             || (m.prediction_set_coverage > 0.0 && m.prediction_set_coverage < 1.0))
@@ -290,6 +299,7 @@ impl RawMonitor {
                 run_length: m.run_length,
                 tail_quantile: m.tail_quantile,
                 tail_tolerance: m.tail_tolerance,
+                extreme_tolerance: m.extreme_tolerance,
                 tolerance,
                 ..SequentialSettings::default()
             }),
@@ -299,6 +309,7 @@ impl RawMonitor {
                 penalty: m.prediction_set_penalty.max(0.0),
                 free_ranks: m.prediction_set_free_ranks,
             },
+            prediction_set_temperature: m.prediction_set_temperature,
         })
     }
 }

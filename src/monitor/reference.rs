@@ -99,6 +99,13 @@ pub struct Reference {
     /// (leave-one-out), sorted: the sequential embedding detector ranks live distances among
     /// them.
     pub centroid_distances_sorted: Vec<f64>,
+    /// The embeddings the neighbour distance searches (a bounded, seeded subsample, row-major)
+    /// and their dimension.
+    pub neighbors: Option<(Vec<f32>, usize)>,
+    /// Every searched sample's distance to its [`NEIGHBORS`]-th nearest other sample
+    /// (leave-one-out), sorted: the sequential embedding detector ranks live distances among
+    /// them.
+    pub neighbor_distances_sorted: Vec<f64>,
     pub temperature_applied: Option<f64>,
     /// Conformal prediction sets, once calibrated ([`Reference::calibrate_prediction_sets`]).
     pub conformal: Option<Conformal>,
@@ -114,6 +121,9 @@ pub struct Conformal {
     /// The set size of every reference sample (with its calibration draw), sorted.
     pub sizes_sorted: Vec<f64>,
     pub regularization: Regularization,
+    /// The temperature the scores see: p ← softmax(ln p / T), fitted by NLL on the labeled
+    /// reference (1: the probabilities as served).
+    pub temperature: f64,
     /// The seed of the calibration draws and of each request's draw.
     pub seed: u64,
 }
@@ -123,11 +133,33 @@ impl Conformal {
     /// fixes the randomization, so the same prediction always gets the same set.
     pub fn set(&self, probabilities: &[f32], id: &str) -> Vec<usize> {
         stats::conformal::raps_set(
-            probabilities,
+            &self.scored(probabilities),
             self.threshold,
             stats::conformal::uniform_for(id, self.seed),
             self.regularization,
         )
+    }
+
+    /// The probability over the draw that `class` is in the set of a prediction (see
+    /// [`stats::conformal::raps_inclusion`]).
+    pub fn inclusion(&self, probabilities: &[f32], class: usize) -> f64 {
+        stats::conformal::raps_inclusion(
+            &self.scored(probabilities),
+            class,
+            self.threshold,
+            self.regularization,
+        )
+    }
+
+    /// The probabilities the scores are computed on: after the temperature.
+    fn scored<'a>(&self, probabilities: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.temperature == 1.0 {
+            std::borrow::Cow::Borrowed(probabilities)
+        } else {
+            let mut p = probabilities.to_vec();
+            stats::apply_temperature(&mut p, probabilities.len(), self.temperature);
+            std::borrow::Cow::Owned(p)
+        }
     }
 }
 
@@ -291,6 +323,8 @@ impl Reference {
 
         let confidence_sorted = sorted(confidence);
         let mut centroid_distances = Vec::new();
+        let mut neighbor_distances = Vec::new();
+        let mut neighbors = None;
         let (embeddings, mmd_sigma, centroids) = match &profile.embeddings {
             None => (None, 1.0, None),
             Some(rows) => {
@@ -331,6 +365,15 @@ impl Reference {
                         }
                     }
                 }
+                let searched = subsample(rows.len(), NEIGHBOR_REFERENCE_MAX, seed);
+                let flat: Vec<f32> = searched
+                    .iter()
+                    .flat_map(|&i| rows[i].iter().copied())
+                    .collect();
+                neighbor_distances = (0..searched.len())
+                    .map(|i| kth_nearest(&flat, dim, &flat[i * dim..(i + 1) * dim], Some(i)))
+                    .collect();
+                neighbors = Some((flat, dim));
                 let sample = subsample(rows.len(), MMD_REFERENCE_MAX, seed);
                 let flat_rows: Vec<f32> = sample
                     .iter()
@@ -362,18 +405,22 @@ impl Reference {
             labeled,
             centroids,
             centroid_distances_sorted: sorted(centroid_distances),
+            neighbors,
+            neighbor_distances_sorted: sorted(neighbor_distances),
             temperature_applied,
             conformal: None,
         })
     }
 
     /// Calibrates prediction sets at `coverage` on the labeled samples (the probabilities as
-    /// served, so after the temperature when one is applied).
+    /// served, so after the temperature when one is applied). With `temperature`, the scores
+    /// see the probabilities after a temperature fitted on the same samples.
     pub fn calibrate_prediction_sets(
         &mut self,
         profile: &ReferenceProfile,
         coverage: f64,
         regularization: Regularization,
+        temperature: bool,
         seed: u64,
     ) -> Result<(), String> {
         let truth = profile
@@ -384,6 +431,14 @@ impl Reference {
         let mut flat: Vec<f32> = profile.probabilities.iter().flatten().copied().collect();
         if let Some(t) = self.temperature_applied {
             stats::apply_temperature(&mut flat, k, t);
+        }
+        let temperature = if temperature {
+            stats::fit_temperature(&flat, k, truth)
+        } else {
+            1.0
+        };
+        if temperature != 1.0 {
+            stats::apply_temperature(&mut flat, k, temperature);
         }
         let draws = stats::conformal::calibration_draws(truth.len(), seed);
         let threshold =
@@ -406,6 +461,7 @@ impl Reference {
             threshold,
             sizes_sorted: sorted(sizes),
             regularization,
+            temperature,
             seed,
         });
         Ok(())
@@ -416,6 +472,17 @@ impl Reference {
         match self.centroids.as_ref().and_then(|c| c.get(class)) {
             Some((centroid, _)) if centroid.len() == embedding.len() => {
                 distance(embedding, centroid)
+            }
+            _ => f64::NAN,
+        }
+    }
+
+    /// The distance from `embedding` to its [`NEIGHBORS`]-th nearest reference embedding (NaN
+    /// without reference embeddings or for another dimension).
+    pub fn neighbor_distance(&self, embedding: &[f32]) -> f64 {
+        match &self.neighbors {
+            Some((rows, dim)) if *dim == embedding.len() => {
+                kth_nearest(rows, *dim, embedding, None)
             }
             _ => f64::NAN,
         }
@@ -439,6 +506,41 @@ impl Reference {
         }
         flags
     }
+}
+
+/// Most reference embeddings the neighbour distance searches: an exact search costs this many
+/// distances per prediction on the monitor thread (and its square once, at load).
+pub const NEIGHBOR_REFERENCE_MAX: usize = 2048;
+
+/// Which nearest neighbour the neighbour distance is to: the 5th, so that one stray reference
+/// sample near an unfamiliar input does not hide it.
+pub const NEIGHBORS: usize = 5;
+
+/// The distance from `query` to its `NEIGHBORS`-th nearest row of `rows` (row-major, `dim`
+/// wide), leaving out row `skip`; with fewer rows, to the farthest one. NaN without rows.
+fn kth_nearest(rows: &[f32], dim: usize, query: &[f32], skip: Option<usize>) -> f64 {
+    // The k smallest squared distances so far, ascending.
+    let mut best: Vec<f64> = Vec::with_capacity(NEIGHBORS + 1);
+    for (i, row) in rows.chunks_exact(dim.max(1)).enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        let d: f64 = row
+            .iter()
+            .zip(query)
+            .map(|(x, y)| {
+                let d = f64::from(*x - *y);
+                d * d
+            })
+            .sum();
+        if best.len() == NEIGHBORS && d >= best[NEIGHBORS - 1] {
+            continue;
+        }
+        let at = best.partition_point(|&b| b <= d);
+        best.insert(at, d);
+        best.truncate(NEIGHBORS);
+    }
+    best.last().map_or(f64::NAN, |d| d.sqrt())
 }
 
 /// Most reference embeddings used by the MMD test.
@@ -534,6 +636,81 @@ mod tests {
         let mut p = toy_profile();
         p.true_classes = None;
         assert!(Reference::prepare(&p, true, 1).is_err());
+    }
+
+    #[test]
+    fn neighbor_distances_match_scipy() {
+        let f = crate::stats::fixture::load_named("sequential_fixture.json");
+        let case = &f["neighbors"];
+        assert_eq!(crate::stats::fixture::count(&case["k"]), NEIGHBORS);
+        let dim = crate::stats::fixture::count(&case["dim"]);
+        let rows = crate::stats::fixture::f32s(&case["rows"]);
+        let loo = crate::stats::fixture::f64s(&case["leave_one_out"]);
+        for (i, want) in loo.iter().enumerate() {
+            let got = kth_nearest(&rows, dim, &rows[i * dim..(i + 1) * dim], Some(i));
+            crate::stats::fixture::assert_close(got, *want, 1e-6, "leave-one-out distance");
+        }
+        let queries = crate::stats::fixture::f32s(&case["queries"]);
+        let want = crate::stats::fixture::f64s(&case["query_distances"]);
+        for (q, want) in queries.chunks_exact(dim).zip(&want) {
+            let got = kth_nearest(&rows, dim, q, None);
+            crate::stats::fixture::assert_close(got, *want, 1e-6, "query distance");
+        }
+        // Fewer rows than NEIGHBORS: the farthest; none: NaN.
+        assert_eq!(kth_nearest(&[0.0, 3.0], 1, &[0.0], None), 3.0);
+        assert!(kth_nearest(&[], 1, &[0.0], None).is_nan());
+    }
+
+    #[test]
+    fn prepared_neighbor_distances_are_leave_one_out() {
+        let p = toy_profile();
+        let r = Reference::prepare(&p, false, 1).unwrap();
+        assert_eq!(r.neighbor_distances_sorted.len(), 200);
+        // The toy's embeddings repeat every 7 rows within a class: each has many exact twins.
+        assert_eq!(r.neighbor_distances_sorted.last(), Some(&0.0));
+        assert_eq!(r.neighbor_distance(&[0.02, 0.5]), 0.0);
+        // Class 1's farthest-out embeddings sit at 1.06 (dozens of them): 1.94 away.
+        assert!((r.neighbor_distance(&[3.0, 0.5]) - 1.94).abs() < 1e-5);
+        assert!(r.neighbor_distance(&[3.0]).is_nan(), "another dimension");
+    }
+
+    #[test]
+    fn prediction_sets_with_a_fitted_temperature() {
+        let p = toy_profile();
+        let mut r = Reference::prepare(&p, false, 1).unwrap();
+        let reg = Regularization {
+            penalty: 0.0,
+            free_ranks: 0,
+        };
+        r.calibrate_prediction_sets(&p, 0.8, reg, true, 3).unwrap();
+        let c = r.conformal.clone().unwrap();
+        let flat: Vec<f32> = p.probabilities.iter().flatten().copied().collect();
+        let truth = p.true_classes.as_ref().unwrap();
+        assert_eq!(c.temperature, stats::fit_temperature(&flat, 2, truth));
+        assert!(c.temperature != 1.0);
+        // The scores see the tempered probabilities: the set is the one of those.
+        let mut tempered = vec![0.9f32, 0.1];
+        stats::apply_temperature(&mut tempered, 2, c.temperature);
+        let u = stats::conformal::uniform_for("req-1", c.seed);
+        assert_eq!(
+            c.set(&[0.9, 0.1], "req-1"),
+            stats::conformal::raps_set(&tempered, c.threshold, u, reg)
+        );
+        // Coverage on the calibration rows themselves (their own draws) is at least the target.
+        let draws = stats::conformal::calibration_draws(truth.len(), 3);
+        let mut rows = flat.clone();
+        stats::apply_temperature(&mut rows, 2, c.temperature);
+        let covered = rows
+            .chunks_exact(2)
+            .zip(truth)
+            .zip(&draws)
+            .filter(|((row, t), u)| {
+                stats::conformal::raps_set(row, c.threshold, **u, reg).contains(t)
+            })
+            .count();
+        assert!(covered as f64 >= 0.8 * 200.0, "{covered}");
+        r.calibrate_prediction_sets(&p, 0.8, reg, false, 3).unwrap();
+        assert_eq!(r.conformal.unwrap().temperature, 1.0);
     }
 
     #[test]

@@ -13,13 +13,14 @@
 //!   weighted estimate of the live class mix made before the prediction was seen, π the
 //!   reference mix (mean 1; the tolerance is in χ²-divergence units);
 //! - `bbsd_ks` (each class's probability), `confidence_ks`, `entropy_ks`, `input_ks` (each input
-//!   statistic the reference has), `embedding_mmd` (the distance to the predicted class's
-//!   reference centroid) and `set_size_ks` (the prediction set's size): the mid-rank of the value
+//!   statistic the reference has), `embedding_mmd` (the distance to the 5th nearest reference
+//!   embedding) and `set_size_ks` (the prediction set's size): the mid-rank of the value
 //!   among the reference's (mean ½) in the direction(s) a shift can take, and the indicators of
 //!   the reference's `tail_quantile` tail (mean k/(n + 1)) and of its most extreme value (mean
 //!   1/(n + 1)) where a shift sends values out of the reference's range (low confidence, high
 //!   entropy, both ends of an input statistic, far embeddings, large sets). Ranks bet beyond the
-//!   family's tolerance, tails beyond `tail_tolerance`. A feature the reference holds constant
+//!   family's tolerance, tails beyond `tail_tolerance`, extremes beyond `extreme_tolerance`. A
+//!   feature the reference holds constant
 //!   (an image size) gets its tails only.
 
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub struct SequentialSettings {
     pub run_length: f64,
     pub tail_quantile: f64,
     pub tail_tolerance: f64,
+    /// How far over 1/(n + 1) the share of predictions beyond the reference's most extreme
+    /// value must be before a bet on it wins.
+    pub extreme_tolerance: f64,
     /// Per family (order of [`TestKind::ALL`]); `None` for a family without a detector.
     pub tolerance: [Option<f64>; TestKind::COUNT],
     /// The weight of each new prediction in the class-mix estimate.
@@ -50,6 +54,7 @@ impl Default for SequentialSettings {
             run_length: 1e6,
             tail_quantile: 0.02,
             tail_tolerance: 0.02,
+            extreme_tolerance: 0.01,
             tolerance: TestKind::ALL.map(TestKind::default_tolerance),
             class_mix_rate: 1.0 / 32.0,
         }
@@ -67,7 +72,7 @@ enum Feature {
     Entropy,
     Probability(usize),
     Input(usize),
-    CentroidDistance,
+    NeighborDistance,
     SetSize,
 }
 
@@ -171,6 +176,7 @@ impl Sequential {
         let k = reference.labels.len();
         let q = settings.tail_quantile;
         let tail_tolerance = settings.tail_tolerance;
+        let extreme_tolerance = settings.extreme_tolerance;
         // Threshold and cap depend on the number of families: fixed below, detectors rebuilt.
         let build = |cap: f64| -> Vec<Family> {
             let mut out = Vec::new();
@@ -205,13 +211,18 @@ impl Sequential {
                             "up" => (Score::RankUp, BetDetector::new(0.5, tolerance, cap)),
                             "down" => (Score::RankDown, BetDetector::new(0.5, tolerance, cap)),
                             tail => match match tail {
-                                "min" => Tail::extreme(values, false),
-                                "max" => Tail::extreme(values, true),
-                                _ => Tail::new(values, q, tail == "high"),
+                                "min" => {
+                                    Tail::extreme(values, false).map(|t| (t, extreme_tolerance))
+                                }
+                                "max" => {
+                                    Tail::extreme(values, true).map(|t| (t, extreme_tolerance))
+                                }
+                                _ => Tail::new(values, q, tail == "high")
+                                    .map(|t| (t, tail_tolerance)),
                             } {
-                                Some(t) => (
+                                Some((t, tolerance)) => (
                                     Score::Tail(t),
-                                    BetDetector::new(t.null_rate, tail_tolerance, cap),
+                                    BetDetector::new(t.null_rate, tolerance, cap),
                                 ),
                                 None => continue,
                             },
@@ -274,8 +285,8 @@ impl Sequential {
                     }
                     TestKind::EmbeddingMmd => add(
                         &mut f,
-                        Feature::CentroidDistance,
-                        &reference.centroid_distances_sorted,
+                        Feature::NeighborDistance,
+                        &reference.neighbor_distances_sorted,
                         &["high", "max", "up"],
                     ),
                     TestKind::SetSizeKs => {
@@ -368,12 +379,10 @@ impl Sequential {
                         Feature::Entropy => f64::from(rows.entropy[i]),
                         Feature::Probability(c) => f64::from(probabilities[c]),
                         Feature::Input(f) => f64::from(inputs[f]),
-                        Feature::CentroidDistance => *distance.get_or_insert_with(|| {
+                        Feature::NeighborDistance => *distance.get_or_insert_with(|| {
                             if embedded {
-                                reference.centroid_distance(
-                                    class,
-                                    &rows.embeddings[i * dim..(i + 1) * dim],
-                                )
+                                reference
+                                    .neighbor_distance(&rows.embeddings[i * dim..(i + 1) * dim])
                             } else {
                                 f64::NAN
                             }
@@ -497,7 +506,8 @@ mod tests {
             penalty: 0.01,
             free_ranks: 1,
         };
-        r.calibrate_prediction_sets(&profile, 0.9, reg, 1).unwrap();
+        r.calibrate_prediction_sets(&profile, 0.9, reg, true, 1)
+            .unwrap();
         r
     }
 

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// The fixture, parsed once per test binary.
-pub(super) fn load() -> &'static Value {
+pub(crate) fn load() -> &'static Value {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,7 @@ pub(super) fn load() -> &'static Value {
 
 /// Another committed fixture of `tests/data/` (read and parsed at each call, numbers quoted as
 /// in [`load`]).
-pub(super) fn load_named(file: &str) -> Value {
+pub(crate) fn load_named(file: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(file);
@@ -64,7 +64,7 @@ fn quote_numbers(text: &str) -> String {
 }
 
 /// A number of the fixture (stored quoted by [`load`]); null stands for NaN.
-pub(super) fn number(value: &Value) -> f64 {
+pub(crate) fn number(value: &Value) -> f64 {
     match value {
         Value::String(text) => text
             .parse()
@@ -75,14 +75,14 @@ pub(super) fn number(value: &Value) -> f64 {
 }
 
 /// A non-negative integer of the fixture.
-pub(super) fn count(value: &Value) -> usize {
+pub(crate) fn count(value: &Value) -> usize {
     let text = value.as_str().expect("an integer");
     text.parse()
         .unwrap_or_else(|e| panic!("{text:?} is not a count: {e}"))
 }
 
 /// A JSON array of numbers (null stands for NaN).
-pub(super) fn f64s(value: &Value) -> Vec<f64> {
+pub(crate) fn f64s(value: &Value) -> Vec<f64> {
     value
         .as_array()
         .expect("an array of numbers")
@@ -92,11 +92,11 @@ pub(super) fn f64s(value: &Value) -> Vec<f64> {
 }
 
 /// A JSON array of numbers that are exactly representable as f32 (the script stores f32 data).
-pub(super) fn f32s(value: &Value) -> Vec<f32> {
+pub(crate) fn f32s(value: &Value) -> Vec<f32> {
     f64s(value).into_iter().map(|v| v as f32).collect()
 }
 
-pub(super) fn usizes(value: &Value) -> Vec<usize> {
+pub(crate) fn usizes(value: &Value) -> Vec<usize> {
     value
         .as_array()
         .expect("an array of integers")
@@ -105,7 +105,7 @@ pub(super) fn usizes(value: &Value) -> Vec<usize> {
         .collect()
 }
 
-pub(super) fn bools(value: &Value) -> Vec<bool> {
+pub(crate) fn bools(value: &Value) -> Vec<bool> {
     value
         .as_array()
         .expect("an array of booleans")
@@ -116,7 +116,7 @@ pub(super) fn bools(value: &Value) -> Vec<bool> {
 
 /// Relative error of `got` against `want`, with an absolute floor of 1e-300 on the scale
 /// (both NaN, or equal infinities, count as equal).
-pub(super) fn relative_error(got: f64, want: f64) -> f64 {
+pub(crate) fn relative_error(got: f64, want: f64) -> f64 {
     if (got.is_nan() && want.is_nan()) || got == want {
         return 0.0;
     }
@@ -125,7 +125,7 @@ pub(super) fn relative_error(got: f64, want: f64) -> f64 {
 
 /// Asserts `|got − want| ≤ rel · |want|` (or exact equality, or both NaN).
 #[track_caller]
-pub(super) fn assert_close(got: f64, want: f64, rel: f64, what: &str) {
+pub(crate) fn assert_close(got: f64, want: f64, rel: f64, what: &str) {
     let err = relative_error(got, want);
     assert!(
         err <= rel,
@@ -135,7 +135,7 @@ pub(super) fn assert_close(got: f64, want: f64, rel: f64, what: &str) {
 
 /// Asserts `|got − want| ≤ rel · |want| + abs`.
 #[track_caller]
-pub(super) fn assert_near(got: f64, want: f64, rel: f64, abs: f64, what: &str) {
+pub(crate) fn assert_near(got: f64, want: f64, rel: f64, abs: f64, what: &str) {
     let ok = (got.is_nan() && want.is_nan()) || (got - want).abs() <= rel * want.abs() + abs;
     assert!(
         ok,

@@ -1,6 +1,7 @@
 """Writes tests/data/sequential_fixture.json: inputs and expected values for
 src/stats/sequential.rs (Shiryaev-Roberts e-detectors, mid-ranks) and src/stats/conformal.rs
-(randomized RAPS prediction sets; APS is a penalty of 0).
+(randomized RAPS prediction sets; APS is a penalty of 0) and src/monitor/reference.rs (the
+k-th nearest neighbour distance).
 
 Independent of the Rust recursion: the Shiryaev-Roberts statistic is computed from its
 definition R_t = sum_{j<=t} prod_{i=j..t} e_i (log-space cumulative sums), the mid-rank by
@@ -130,6 +131,24 @@ def raps_case(penalty, free_ranks):
     }
 
 
+def neighbors_case():
+    """The k-th nearest neighbour distance (src/monitor/reference.rs), by scipy's cdist and a
+    full sort: each reference row's to the others (leave-one-out), and each query's."""
+    k, n, dim, n_query = 5, 60, 5, 12
+    rows = RNG.normal(size=(n, dim)).astype(np.float32)
+    queries = (RNG.normal(size=(n_query, dim)) * 1.5).astype(np.float32)
+    from scipy.spatial.distance import cdist
+    d = cdist(rows.astype(np.float64), rows.astype(np.float64))
+    np.fill_diagonal(d, np.inf)
+    loo = np.sort(d, axis=1)[:, k - 1]
+    q = np.sort(cdist(queries.astype(np.float64), rows.astype(np.float64)), axis=1)[:, k - 1]
+    return {
+        "k": k, "dim": dim, "rows": [float(v) for v in rows.ravel()],
+        "queries": [float(v) for v in queries.ravel()],
+        "leave_one_out": [float(v) for v in loo], "query_distances": [float(v) for v in q],
+    }
+
+
 def main():
     fixture = {
         "generator": {"script": "tests/data/make_sequential_fixture.py",
@@ -137,6 +156,7 @@ def main():
         "detectors": detector_cases(),
         "mid_rank": mid_rank_cases(),
         "raps": [raps_case(0.0, 0), raps_case(0.05, 2)],
+        "neighbors": neighbors_case(),
     }
     OUT.write_text(json.dumps(fixture, separators=(",", ":"), allow_nan=False) + "\n")
     print(f"wrote {OUT}")
