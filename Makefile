@@ -17,7 +17,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+.PHONY: compare peer-venv fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
 	check-deploy deploy-tools test-cuda runtime-gpu
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
@@ -47,6 +47,19 @@ $(VENV)/.installed: training/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r training/requirements.txt
 	touch $@
+
+## peer-venv: the Python peer of `make compare` (benches/peers/requirements.txt, pinned)
+PEER_VENV := .venv-peer
+peer-venv: $(PEER_VENV)/.installed
+$(PEER_VENV)/.installed: benches/peers/requirements.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
+	touch $@
+
+## compare: shiftwatch against the Python peer and bare onnxruntime, one run (README "Performance")
+compare: runtime venv peer-venv
+	$(CARGO) build --release --locked
+	$(PY) scripts/compare.py $(COMPARE_ARGS)
 
 ## runtime: libonnxruntime.so from the onnxruntime wheel on PyPI, into vendor/onnxruntime/
 runtime: $(ORT_LIB)

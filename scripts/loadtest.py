@@ -116,18 +116,25 @@ def parse_args() -> argparse.Namespace:
 class Sidecar:
     """The shiftwatch process on 127.0.0.1, its stdout read by a thread (never blocks us)."""
 
-    def __init__(self, binary: Path, workdir: Path, log_path: Path) -> None:
+    def __init__(
+        self, binary: Path, workdir: Path, log_path: Path, sections: str | None = None
+    ) -> None:
+        """`sections`: TOML after [server] (the model and anything else); default the digits
+        model with the shipped settings."""
         config = workdir / "loadtest.toml"
+        if sections is None:
+            sections = (
+                "[model]\n"
+                f'name = "{MODEL}"\n'
+                f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
+            )
         config.write_text(
             "# Written by scripts/loadtest.py\n"
             "[server]\n"
             'listen = "127.0.0.1:0"\n'
             "shutdown_grace_seconds = 5.0\n"
-            "[model]\n"
-            f'name = "{MODEL}"\n'
-            f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
             "[logging]\n"
-            'level = "warn,ort=error"\n'
+            'level = "warn,ort=error"\n' + sections
         )
         self.config_text = config.read_text()
         env = dict(os.environ)
@@ -200,21 +207,21 @@ class Sidecar:
         return self.proc.returncode
 
 
-def check_once(addr: str, image: bytes) -> dict:
+def check_once(addr: str, image: bytes, path: str = PATH) -> dict:
     """One request by hand: the endpoint answers 200 with predictions before any load."""
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("POST", PATH, body=image, headers={"Content-Type": "image/png"})
+        conn.request("POST", path, body=image, headers={"Content-Type": "image/png"})
         resp = conn.getresponse()
         body = resp.read()
     finally:
         conn.close()
     if resp.status != 200:
-        raise RuntimeError(f"POST {PATH} answered {resp.status}: {body[:300]!r}")
+        raise RuntimeError(f"POST {path} answered {resp.status}: {body[:300]!r}")
     answer = json.loads(body)
     if not answer.get("predictions"):
-        raise RuntimeError(f"POST {PATH} answered 200 without predictions: {answer}")
+        raise RuntimeError(f"POST {path} answered 200 without predictions: {answer}")
     return answer
 
 

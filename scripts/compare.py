@@ -1,0 +1,421 @@
+"""`make compare`: shiftwatch against its Python peer and bare onnxruntime, in one invocation,
+on loopback, with one load generator (wrk) and the same request bodies.
+
+Digits model (the bundled PNG every request sends), at --connections (default 8):
+  1. the Python peer (benches/peers/fastapi_peer.py: FastAPI + uvicorn, 2 workers, uvloop,
+     httptools, no access log, onnxruntime + Pillow) doing what classify does;
+  2. shiftwatch with everything on (the shipped config: log, monitor, prediction sets,
+     candidates) and 3. with log, monitor and candidates off — 2 and 3 alternate --runs times
+     (interleaved, so drift of the shared machine hits both alike), each a fresh wrk run against
+     the same two running sidecars.
+Heavy model (training/make_heavy_model.py: five 3x3 convolutions on 224x224 RGB; the photo every
+request sends, a 320x240 PNG):
+  4. bare onnxruntime on the pre-made tensor (benches/peers/bare_ort.py): 1 process with 2
+     intra-op threads, and 2 processes with 1 each, at batch 1 and 8 — the best is the ceiling;
+  5. the Python peer; 6. shiftwatch with the shipped [inference] settings and 7. with the
+     settings the README recommends for a compute-heavy model on 2 cores.
+
+Prints a Markdown table and the ratios the README quotes, and writes runs/compare-<UTC>.json.
+Every run is bounded (wrk -d and a hard timeout per process); everything started is stopped at
+the end, also on error or Ctrl-C. Needs target/release/shiftwatch, wrk, and the peer's venv
+(`make peer-venv`: .venv-peer from benches/peers/requirements.txt).
+
+usage: compare.py [--duration 10] [--connections 8] [--runs 3] [--threads 2] [--no-heavy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadtest  # noqa: E402  (scripts/loadtest.py: the sidecar runner and the wrk driver)
+
+ROOT = loadtest.ROOT
+PEER_DIR = ROOT / "benches/peers"
+PEER_VENV = ROOT / ".venv-peer"
+HEAVY_DIR = ROOT / "runs/heavy"
+DIGITS_IMAGE = ROOT / "data/traffic/normal/normal-0000.png"
+READY_TIMEOUT_S = 60
+
+# What "everything off" turns off (the request path then decodes, infers and answers only).
+OFF = "[log]\nenabled = false\n[monitor]\nenabled = false\n[candidates]\nenabled = false\n"
+# The README's advice for a compute-heavy model on 2 cores: one session per core, small
+# batches formed from what is already queued.
+HEAVY_TUNED = "[inference]\nsessions = 2\nintra_threads = 1\nmax_batch = 8\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Peer:
+    """uvicorn serving the peer on a free loopback port."""
+
+    def __init__(self, model: Path, name: str, log_path: Path, extra_env: dict) -> None:
+        self.port = free_port()
+        env = dict(os.environ, PEER_MODEL=str(model), PEER_NAME=name, **extra_env)
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(PEER_VENV / "bin/uvicorn"),
+                "--app-dir",
+                str(PEER_DIR),
+                "fastapi_peer:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the peer exited (code {self.proc.returncode})")
+            try:
+                with urllib.request.urlopen(f"http://{self.addr}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return self.addr
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the peer was not ready within {READY_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def bare(model: Path, tensor: Path, procs: int, threads: int, batch: int, seconds: int) -> dict:
+    """`procs` bare onnxruntime processes at once; their images/s summed."""
+    start_at = time.time() + 3.0
+    cmd = [
+        str(PEER_VENV / "bin/python"),
+        str(PEER_DIR / "bare_ort.py"),
+        str(model),
+        str(tensor),
+        "--seconds",
+        str(seconds),
+        "--batch",
+        str(batch),
+        "--intra-threads",
+        str(threads),
+        "--start-at",
+        str(start_at),
+    ]
+    running = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    results = []
+    for p in running:
+        try:
+            out, err = p.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            for q in running:
+                q.kill()
+            raise RuntimeError("bare onnxruntime ran past its time") from None
+        if p.returncode != 0:
+            raise RuntimeError(f"bare onnxruntime failed: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "target": f"bare onnxruntime, {procs} process{'es' if procs > 1 else ''} x "
+        f"{threads} thread{'s' if threads > 1 else ''}, batch {batch}",
+        "images_per_second": sum(r["images_per_second"] for r in results),
+        "processes": results,
+    }
+
+
+def wrk_row(label: str, addr: str, path: str, script: Path, args, log) -> dict:
+    url = f"http://{addr}{path}"
+    result, output = loadtest.run_wrk(
+        args.wrk, script, url, args.connections, args.threads, args.duration
+    )
+    log.write(f"=== {label}\n{output}\n")
+    log.flush()
+    r = loadtest.row(args.connections, result)
+    r["target"] = label
+    if r["non_2xx"] or r["socket_errors"]:
+        raise RuntimeError(f"{label}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors")
+    print(
+        f"  {label}: {r['requests_per_second']:,.0f} req/s, p99 "
+        f"{loadtest.fmt_ms(r['p99_us'])}",
+        flush=True,
+    )
+    return r
+
+
+def warm(addr: str, path: str, script: Path, args) -> None:
+    loadtest.run_wrk(args.wrk, script, f"http://{addr}{path}", args.connections, args.threads, 2)
+
+
+def same_answer(a: dict, b: dict, what: str) -> None:
+    """The peer and shiftwatch must do the same work: same top class, close probabilities
+    (Pillow rounds its resized image to 8 bits, shiftwatch keeps it in float: about 0.01)."""
+    pa, pb = a["predictions"][0], b["predictions"][0]
+    if pa["class"] != pb["class"] or abs(pa["probability"] - pb["probability"]) > 0.02:
+        raise RuntimeError(f"{what}: the peer answers {pa}, shiftwatch {pb}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved on/off pairs (default 3)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--binary", type=Path, default=ROOT / "target/release/shiftwatch")
+    p.add_argument("--no-heavy", action="store_true", help="skip the heavy-model part")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if not 1 <= args.duration <= 120:
+        p.error("--duration must be in 1..=120 seconds")
+    if not 1 <= args.connections <= 256:
+        p.error("--connections must be in 1..=256")
+    if not 1 <= args.runs <= 10:
+        p.error("--runs must be in 1..=10")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    args.wrk = shutil.which("wrk")
+    if args.wrk is None:
+        loadtest.fail("wrk is not installed (Debian: apt-get install wrk)")
+    binary = args.binary.resolve()
+    if not binary.is_file():
+        loadtest.fail(f"{binary} does not exist; build it first: cargo build --release --locked")
+    if not (PEER_VENV / "bin/uvicorn").is_file():
+        loadtest.fail(f"the peer's venv is missing: make peer-venv (creates {PEER_VENV})")
+    heavy = not args.no_heavy
+    if heavy and not (HEAVY_DIR / "heavy.onnx").is_file():
+        subprocess.run(
+            [str(ROOT / ".venv/bin/python"), str(ROOT / "training/make_heavy_model.py"),
+             "--out", str(HEAVY_DIR)],
+            check=True,
+        )
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or ROOT / "runs" / f"compare-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrk_log_path = out.with_suffix(".wrk.txt")
+    rows: list[dict] = []
+    started: list = []
+    digits_image = DIGITS_IMAGE.read_bytes()
+    digits_path = "/v1/models/digits/classify"
+    try:
+        with tempfile.TemporaryDirectory(prefix="shiftwatch-compare-") as tmp, open(
+            wrk_log_path, "w"
+        ) as wrk_log:
+            tmp = Path(tmp)
+            digits_script = tmp / "digits.lua"
+            digits_script.write_text(
+                loadtest.WRK_SCRIPT.format(image=DIGITS_IMAGE, mark=loadtest.RESULT_MARK)
+            )
+            print(f"digits model, {args.connections} connections, {args.duration} s per run")
+            peer = Peer(ROOT / "models/digits.onnx", "digits", tmp / "peer.log", {})
+            started.append(peer)
+            peer_addr = peer.wait_ready()
+            peer_answer = loadtest.check_once(peer_addr, digits_image, digits_path)
+            warm(peer_addr, digits_path, digits_script, args)
+            rows.append(wrk_row("python peer", peer_addr, digits_path, digits_script, args, wrk_log))
+            peer.stop()
+            started.remove(peer)
+
+            digits_model = (
+                "[model]\nname = \"digits\"\n"
+                f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
+                f"[log]\ndir = {json.dumps(str(tmp / 'log'))}\n"
+                f"[candidates]\ndir = {json.dumps(str(tmp / 'candidates'))}\n"
+                f"export_dir = {json.dumps(str(tmp / 'exports'))}\n"
+                f"[monitor]\nstate_file = {json.dumps(str(tmp / 'monitor-window.json'))}\n"
+            )
+            (tmp / "on").mkdir()
+            (tmp / "off").mkdir()
+            on = loadtest.Sidecar(binary, tmp / "on", tmp / "on.log", digits_model)
+            started.append(on)
+            off_model = (
+                "[model]\nname = \"digits\"\n"
+                f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n" + OFF
+            )
+            off = loadtest.Sidecar(binary, tmp / "off", tmp / "off.log", off_model)
+            started.append(off)
+            on_addr, off_addr = on.wait_ready(), off.wait_ready()
+            same_answer(peer_answer, loadtest.check_once(on_addr, digits_image), "digits")
+            loadtest.check_once(off_addr, digits_image)
+            warm(on_addr, digits_path, digits_script, args)
+            warm(off_addr, digits_path, digits_script, args)
+            for i in range(args.runs):
+                rows.append(wrk_row(f"shiftwatch, everything on (run {i + 1})", on_addr,
+                                    digits_path, digits_script, args, wrk_log))
+                rows.append(wrk_row(f"shiftwatch, log/monitor/candidates off (run {i + 1})",
+                                    off_addr, digits_path, digits_script, args, wrk_log))
+            for s in (on, off):
+                if s.proc.poll() is not None:
+                    raise RuntimeError(f"a sidecar exited during the runs ({s.proc.returncode})")
+                s.stop()
+                started.remove(s)
+
+            if heavy:
+                photo = HEAVY_DIR / "photo.png"
+                heavy_script = tmp / "heavy.lua"
+                heavy_script.write_text(
+                    loadtest.WRK_SCRIPT.format(image=photo, mark=loadtest.RESULT_MARK)
+                )
+                heavy_path = "/v1/models/heavy/classify"
+                print(f"heavy model, {args.connections} connections")
+                for procs, threads in ((1, 2), (2, 1)):
+                    for batch in (1, 8):
+                        r = bare(HEAVY_DIR / "heavy.onnx", HEAVY_DIR / "tensor.npy", procs,
+                                 threads, batch, args.duration)
+                        rows.append(r)
+                        print(f"  {r['target']}: {r['images_per_second']:,.1f} images/s",
+                              flush=True)
+                heavy_pre = json.dumps({"color": "rgb", "width": 224, "height": 224,
+                                        "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+                                        "std": [0.229, 0.224, 0.225]})
+                peer = Peer(HEAVY_DIR / "heavy.onnx", "heavy", tmp / "peer-heavy.log",
+                            {"PEER_PREPROCESS": heavy_pre,
+                             "PEER_LABELS": ",".join(f"c{i}" for i in range(10))})
+                started.append(peer)
+                peer_addr = peer.wait_ready()
+                peer_answer = loadtest.check_once(peer_addr, photo.read_bytes(), heavy_path)
+                warm(peer_addr, heavy_path, heavy_script, args)
+                rows.append(wrk_row("python peer, heavy", peer_addr, heavy_path, heavy_script,
+                                    args, wrk_log))
+                peer.stop()
+                started.remove(peer)
+                heavy_model = (HEAVY_DIR / "heavy.toml").read_text()
+                for label, extra in (("shipped [inference]", ""), ("tuned", HEAVY_TUNED)):
+                    d = tmp / f"heavy-{len(rows)}"
+                    d.mkdir()
+                    s = loadtest.Sidecar(
+                        binary, d, d / "sidecar.log",
+                        heavy_model + f"[log]\ndir = {json.dumps(str(d / 'log'))}\n" + extra,
+                    )
+                    started.append(s)
+                    addr = s.wait_ready()
+                    same_answer(peer_answer, loadtest.check_once(addr, photo.read_bytes(),
+                                                                 heavy_path), "heavy")
+                    warm(addr, heavy_path, heavy_script, args)
+                    rows.append(wrk_row(f"shiftwatch, heavy, {label}", addr, heavy_path,
+                                        heavy_script, args, wrk_log))
+                    s.stop()
+                    started.remove(s)
+    except (RuntimeError, OSError, json.JSONDecodeError, subprocess.CalledProcessError) as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("compare: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for s in started:
+            s.stop()
+
+    summary = summarize(rows, heavy)
+    print()
+    print(summary["markdown"])
+    report = {
+        "benchmark": "shiftwatch against its Python peer and bare onnxruntime",
+        "when": stamp,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "revision": loadtest.git_describe(),
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "rows": rows,
+        **summary,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out} (wrk output: {wrk_log_path})")
+    return 0
+
+
+def summarize(rows: list[dict], heavy: bool) -> dict:
+    def rate(r: dict) -> float:
+        return r.get("requests_per_second") or r["images_per_second"]
+
+    by = {r["target"]: r for r in rows}
+    peer = rate(by["python peer"])
+    on = [rate(r) for r in rows if r["target"].startswith("shiftwatch, everything on")]
+    off = [rate(r) for r in rows if r["target"].startswith("shiftwatch, log/monitor")]
+    pairs = [a / b for a, b in zip(on, off)]
+    on_p99 = [r["p99_us"] for r in rows if r["target"].startswith("shiftwatch, everything on")]
+    lines = [
+        "| target | requests (images)/s | p99 | ratio |",
+        "|---|---:|---:|---:|",
+        f"| python peer (FastAPI, 2 workers), digits | {peer:,.0f} | "
+        f"{loadtest.fmt_ms(by['python peer']['p99_us'])} | 1 |",
+    ]
+    for r in rows:
+        if r["target"].startswith("shiftwatch, everything on") or r["target"].startswith(
+            "shiftwatch, log/monitor"
+        ):
+            lines.append(
+                f"| {r['target']} | {rate(r):,.0f} | {loadtest.fmt_ms(r['p99_us'])} | "
+                f"{rate(r) / peer:.2f}x peer |"
+            )
+    ratios = {
+        "on_over_peer": statistics.median(on) / peer,
+        "on_over_off_median": statistics.median(pairs),
+        "on_over_off_each_pair": pairs,
+        "on_p99_us_worst": max(on_p99),
+    }
+    if heavy:
+        bare_rows = [r for r in rows if r["target"].startswith("bare onnxruntime")]
+        best = max(rate(r) for r in bare_rows)
+        ratios["bare_best_images_per_second"] = best
+        for r in bare_rows:
+            lines.append(f"| {r['target']} | {rate(r):,.1f} | – | {rate(r) / best:.2f} of best |")
+        for r in rows:
+            if "heavy" in r["target"]:
+                lines.append(
+                    f"| {r['target']} | {rate(r):,.1f} | {loadtest.fmt_ms(r['p99_us'])} | "
+                    f"{rate(r) / best:.2f} of bare |"
+                )
+                ratios[f"{r['target']} / bare"] = rate(r) / best
+    lines.append("")
+    lines.append(
+        f"everything on / python peer: {ratios['on_over_peer']:.2f}x (median of {len(on)} runs); "
+        f"everything on / off: median {ratios['on_over_off_median']:.3f} over {len(pairs)} "
+        f"interleaved pairs (each: {', '.join(f'{p:.3f}' for p in pairs)}); worst p99 with "
+        f"everything on {loadtest.fmt_ms(ratios['on_p99_us_worst'])}"
+    )
+    return {"ratios": ratios, "markdown": "\n".join(lines)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
