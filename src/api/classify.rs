@@ -73,11 +73,21 @@ pub fn request_id(headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-/// Decodes an encoded image for `spec` off the async workers: the model's input tensor and
-/// what the log and the monitor keep of the image (size, sha256, dHash, input statistics).
-/// Its pixels are admitted against the shared decode budget once the header says what they
-/// will cost: a large image waits for others to finish (at most `limits.decode_wait_seconds`),
-/// then gets 503 with Retry-After.
+/// Bodies at most this large may be decoded on the async worker itself.
+const INLINE_DECODE_MAX_BYTES: usize = 16 * 1024;
+
+/// The most decode cost ([`preprocess::decode_cost`]: pixels, conversions and resize rows) an
+/// image decoded on the async worker may have: about 60 rows of a small image, tens of
+/// microseconds of work, less than the hop to the blocking pool and back costs.
+const INLINE_DECODE_MAX_COST: u64 = 256 * 1024;
+
+/// Decodes an encoded image for `spec`: the model's input tensor and what the log and the
+/// monitor keep of the image (size, sha256, dHash, input statistics). Its pixels are admitted
+/// against the shared decode budget once the header says what they will cost. A small image
+/// whose header promises little work, and whose cost the budget grants at once, is decoded
+/// right here on the async worker (cheaper than a hop to the blocking pool: see the README's
+/// performance section); every other image goes to the blocking pool, where a large one waits
+/// for others to finish (at most `limits.decode_wait_seconds`), then gets 503 with Retry-After.
 pub async fn decode_image(
     state: &AppState,
     bytes: axum::body::Bytes,
@@ -85,10 +95,32 @@ pub async fn decode_image(
     spec: Arc<ModelSpec>,
 ) -> Result<(Vec<f32>, ImageInfo), ApiError> {
     let limits = state.config.limits;
+    let retry_after = state.config.server.retry_after_seconds;
+    if bytes.len() <= INLINE_DECODE_MAX_BYTES {
+        let budget = Arc::clone(&state.decode_budget);
+        // Declined: too costly for this worker, or the budget would make it wait.
+        let mut declined = false;
+        let inline = decode_prepared(&bytes, declared, &limits, &spec, |cost| {
+            if cost > INLINE_DECODE_MAX_COST {
+                declined = true;
+                return Err(preprocess::PreprocessError::Busy(
+                    "decode on the pool".into(),
+                ));
+            }
+            budget
+                .acquire(cost, std::time::Duration::ZERO)
+                .inspect_err(|e| {
+                    declined = matches!(e, preprocess::PreprocessError::Busy(_));
+                })
+        });
+        if !declined {
+            return inline.map_err(|e| ApiError::from_preprocess(e, retry_after));
+        }
+    }
     let budget = Arc::clone(&state.decode_budget);
     let guard = state.metrics.guard.clone();
     tokio::task::spawn_blocking(move || {
-        let (decoded, grant) = preprocess::decode_admitted(&bytes, declared, &limits, |cost| {
+        decode_prepared(&bytes, declared, &limits, &spec, |cost| {
             let grant = budget.acquire(cost, limits.decode_wait);
             match &grant {
                 Ok(g) if g.waited => guard.decode_budget_waits.inc(),
@@ -99,20 +131,7 @@ pub async fn decode_image(
                 _ => {}
             }
             grant
-        })?;
-        let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
-        preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
-        let (stats, dhash) = describe(&decoded.image);
-        let image = ImageInfo {
-            bytes: bytes.len() as i64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            dhash,
-            stats,
-        };
-        // The pixels go now; so does their share of the budget.
-        drop(decoded);
-        drop(grant);
-        Ok::<_, preprocess::PreprocessError>((tensor, image))
+        })
     })
     .await
     .map_err(|e| {
@@ -122,7 +141,31 @@ pub async fn decode_image(
             format!("preprocessing task failed: {e}"),
         )
     })?
-    .map_err(|e| ApiError::from_preprocess(e, state.config.server.retry_after_seconds))
+    .map_err(|e| ApiError::from_preprocess(e, retry_after))
+}
+
+/// Decode (admitted by `admit` once the header is read), tensor, statistics and hashes.
+fn decode_prepared(
+    bytes: &[u8],
+    declared: Option<ImageFormat>,
+    limits: &preprocess::DecodeLimits,
+    spec: &ModelSpec,
+    admit: impl FnOnce(u64) -> Result<preprocess::BudgetGrant, preprocess::PreprocessError>,
+) -> Result<(Vec<f32>, ImageInfo), preprocess::PreprocessError> {
+    let (decoded, grant) = preprocess::decode_admitted(bytes, declared, limits, admit)?;
+    let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
+    preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
+    let (stats, dhash) = describe(&decoded.image);
+    let image = ImageInfo {
+        bytes: bytes.len() as i64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        dhash,
+        stats,
+    };
+    // The pixels go now; so does their share of the budget.
+    drop(decoded);
+    drop(grant);
+    Ok((tensor, image))
 }
 
 pub async fn classify(
