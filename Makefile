@@ -17,7 +17,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: compare peer-venv fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+.PHONY: compare soak peer-venv fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
 	check-deploy deploy-tools test-cuda runtime-gpu
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
@@ -60,6 +60,12 @@ $(PEER_VENV)/.installed: benches/peers/requirements.txt
 compare: runtime venv peer-venv
 	$(CARGO) build --release --locked
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
+
+## soak: 1,000,000 classify requests with everything on, RSS sampled every second, every row
+## checked in Parquet (README "Performance"; needs ab: apt-get install apache2-utils)
+soak: runtime venv
+	$(CARGO) build --release --locked
+	$(PY) scripts/soak.py $(SOAK_ARGS)
 
 ## runtime: libonnxruntime.so from the onnxruntime wheel on PyPI, into vendor/onnxruntime/
 runtime: $(ORT_LIB)

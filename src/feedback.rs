@@ -54,6 +54,9 @@ struct Inner {
     capacity: usize,
 }
 
+/// Most ids the join buffer reserves room for up front (4 Mi: about 270 MB of table).
+const PREALLOCATE_MAX: usize = 1 << 22;
+
 /// A labeled prediction as it was served: its probabilities and model version.
 pub type Served = (Box<[f32]>, std::sync::Arc<str>);
 
@@ -65,10 +68,17 @@ pub struct RecentPredictions {
 
 impl RecentPredictions {
     pub fn new(capacity: usize) -> Self {
+        // The map is sized for twice the ids it will hold: every remembered id evicts the
+        // oldest, and a hash table whose removals leave it more than half full doubles on a
+        // later insert instead of rehashing in place (measured: +17 MiB between 100,000 and
+        // 300,000 predictions at the default 100,000). Sized up front, its memory is all in
+        // use once the window is full and stays flat after. Beyond PREALLOCATE_MAX ids it
+        // grows on demand.
+        let reserved = capacity.saturating_mul(2).min(PREALLOCATE_MAX);
         RecentPredictions {
             inner: Mutex::new(Inner {
-                labeled: HashMap::with_capacity(capacity.min(1 << 16)),
-                order: VecDeque::with_capacity(capacity.min(1 << 16)),
+                labeled: HashMap::with_capacity(reserved),
+                order: VecDeque::with_capacity(capacity.min(PREALLOCATE_MAX)),
                 capacity: capacity.max(1),
             }),
         }
