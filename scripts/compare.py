@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -161,20 +162,51 @@ def bare(model: Path, tensor: Path, procs: int, threads: int, batch: int, second
     }
 
 
-def wrk_row(label: str, addr: str, path: str, script: Path, args, log) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and of its child processes still running (uvicorn's
+    workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the name: state, ppid, ..., utime (14th field overall), stime (15th).
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int) -> dict:
     url = f"http://{addr}{path}"
+    server_before = cpu_seconds(pid)
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result, output = loadtest.run_wrk(
         args.wrk, script, url, args.connections, args.threads, args.duration
+    )
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = cpu_seconds(pid) - server_before
+    wrk_cpu = (wrk_after.ru_utime - wrk_before.ru_utime) + (
+        wrk_after.ru_stime - wrk_before.ru_stime
     )
     log.write(f"=== {label}\n{output}\n")
     log.flush()
     r = loadtest.row(args.connections, result)
     r["target"] = label
+    # Where the two cores went: the server's CPU per request, and the load generator's share.
+    r["server_cpu_us_per_request"] = server_cpu / max(1, r["requests"]) * 1e6
+    r["server_cores"] = server_cpu / r["seconds"]
+    r["wrk_cores"] = wrk_cpu / r["seconds"]
     if r["non_2xx"] or r["socket_errors"]:
         raise RuntimeError(f"{label}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors")
     print(
         f"  {label}: {r['requests_per_second']:,.0f} req/s, p99 "
-        f"{loadtest.fmt_ms(r['p99_us'])}",
+        f"{loadtest.fmt_ms(r['p99_us'])}; server {r['server_cpu_us_per_request']:,.0f} CPU-µs "
+        f"per request ({r['server_cores']:.2f} cores), wrk {r['wrk_cores']:.2f} cores",
         flush=True,
     )
     return r
@@ -251,7 +283,8 @@ def main() -> int:
             peer_addr = peer.wait_ready()
             peer_answer = loadtest.check_once(peer_addr, digits_image, digits_path)
             warm(peer_addr, digits_path, digits_script, args)
-            rows.append(wrk_row("python peer", peer_addr, digits_path, digits_script, args, wrk_log))
+            rows.append(wrk_row("python peer", peer_addr, digits_path, digits_script, args, wrk_log,
+                                peer.proc.pid))
             peer.stop()
             started.remove(peer)
 
@@ -280,9 +313,10 @@ def main() -> int:
             warm(off_addr, digits_path, digits_script, args)
             for i in range(args.runs):
                 rows.append(wrk_row(f"shiftwatch, everything on (run {i + 1})", on_addr,
-                                    digits_path, digits_script, args, wrk_log))
+                                    digits_path, digits_script, args, wrk_log, on.proc.pid))
                 rows.append(wrk_row(f"shiftwatch, log/monitor/candidates off (run {i + 1})",
-                                    off_addr, digits_path, digits_script, args, wrk_log))
+                                    off_addr, digits_path, digits_script, args, wrk_log,
+                                    off.proc.pid))
             for s in (on, off):
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"a sidecar exited during the runs ({s.proc.returncode})")
@@ -315,7 +349,7 @@ def main() -> int:
                 peer_answer = loadtest.check_once(peer_addr, photo.read_bytes(), heavy_path)
                 warm(peer_addr, heavy_path, heavy_script, args)
                 rows.append(wrk_row("python peer, heavy", peer_addr, heavy_path, heavy_script,
-                                    args, wrk_log))
+                                    args, wrk_log, peer.proc.pid))
                 peer.stop()
                 started.remove(peer)
                 heavy_model = (HEAVY_DIR / "heavy.toml").read_text()
@@ -332,7 +366,7 @@ def main() -> int:
                                                                  heavy_path), "heavy")
                     warm(addr, heavy_path, heavy_script, args)
                     rows.append(wrk_row(f"shiftwatch, heavy, {label}", addr, heavy_path,
-                                        heavy_script, args, wrk_log))
+                                        heavy_script, args, wrk_log, s.proc.pid))
                     s.stop()
                     started.remove(s)
     except (RuntimeError, OSError, json.JSONDecodeError, subprocess.CalledProcessError) as e:
@@ -375,18 +409,24 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
     pairs = [a / b for a, b in zip(on, off)]
     on_p99 = [r["p99_us"] for r in rows if r["target"].startswith("shiftwatch, everything on")]
     lines = [
-        "| target | requests (images)/s | p99 | ratio |",
-        "|---|---:|---:|---:|",
-        f"| python peer (FastAPI, 2 workers), digits | {peer:,.0f} | "
-        f"{loadtest.fmt_ms(by['python peer']['p99_us'])} | 1 |",
+        "| target | requests (images)/s | p99 | ratio | server CPU per request | wrk's cores |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
+
+    def cpu(r: dict) -> str:
+        return f"{r['server_cpu_us_per_request']:,.0f} µs | {r['wrk_cores']:.2f}"
+
+    lines.append(
+        f"| python peer (FastAPI, 2 workers), digits | {peer:,.0f} | "
+        f"{loadtest.fmt_ms(by['python peer']['p99_us'])} | 1 | {cpu(by['python peer'])} |"
+    )
     for r in rows:
         if r["target"].startswith("shiftwatch, everything on") or r["target"].startswith(
             "shiftwatch, log/monitor"
         ):
             lines.append(
                 f"| {r['target']} | {rate(r):,.0f} | {loadtest.fmt_ms(r['p99_us'])} | "
-                f"{rate(r) / peer:.2f}x peer |"
+                f"{rate(r) / peer:.2f}x peer | {cpu(r)} |"
             )
     ratios = {
         "on_over_peer": statistics.median(on) / peer,
@@ -399,12 +439,14 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
         best = max(rate(r) for r in bare_rows)
         ratios["bare_best_images_per_second"] = best
         for r in bare_rows:
-            lines.append(f"| {r['target']} | {rate(r):,.1f} | – | {rate(r) / best:.2f} of best |")
+            lines.append(
+                f"| {r['target']} | {rate(r):,.1f} | – | {rate(r) / best:.2f} of best | – | – |"
+            )
         for r in rows:
             if "heavy" in r["target"]:
                 lines.append(
                     f"| {r['target']} | {rate(r):,.1f} | {loadtest.fmt_ms(r['p99_us'])} | "
-                    f"{rate(r) / best:.2f} of bare |"
+                    f"{rate(r) / best:.2f} of bare | {cpu(r)} |"
                 )
                 ratios[f"{r['target']} / bare"] = rate(r) / best
     lines.append("")
