@@ -139,6 +139,7 @@ pub async fn export(
         let store = exporting.candidates.as_ref().expect("checked by `store`");
         let cfg = store.config().selection.clone();
         let root = store.config().export_dir.clone();
+        let prefix = store.config().image_url_prefix.clone();
         let chosen = choose(store, limit);
         let mut items = Vec::with_capacity(chosen.len());
         for c in &chosen {
@@ -156,7 +157,7 @@ pub async fn export(
                 path: root.clone(),
                 source: e,
             })
-            .and_then(|()| write_package(&root, &name, &items, &labels))
+            .and_then(|()| write_package(&root, &name, &items, &labels, &prefix))
             .map(|p| (p, name, count))
     })
     .await

@@ -25,6 +25,7 @@ pub struct RawCandidates {
     pub random_share: f64,
     pub kcenter_pool_factor: usize,
     pub default_limit: usize,
+    pub image_url_prefix: String,
 }
 
 impl Default for RawCandidates {
@@ -45,6 +46,7 @@ impl Default for RawCandidates {
             random_share: 0.1,
             kcenter_pool_factor: 3,
             default_limit: 100,
+            image_url_prefix: "/data/local-files/?d=".into(),
         }
     }
 }
@@ -64,6 +66,9 @@ pub struct CandidatesConfig {
     pub selection: SelectionConfig,
     /// How many candidates a listing or an export returns without a limit.
     pub default_limit: usize,
+    /// What each task's image URL starts with; the image's path relative to `export_dir`
+    /// follows.
+    pub image_url_prefix: String,
 }
 
 impl CandidatesConfig {
@@ -123,6 +128,9 @@ impl RawCandidates {
                 bad(key, format!("must be a number in 0..={hi}"));
             }
         }
+        if let Err(e) = super::export::check_image_url_prefix(&c.image_url_prefix) {
+            bad("candidates.image_url_prefix", e.to_string());
+        }
         if c.dhash_threshold > 64 {
             bad(
                 "candidates.dhash_threshold",
@@ -148,6 +156,7 @@ impl RawCandidates {
                 candidate_pool_factor: c.kcenter_pool_factor,
             },
             default_limit: c.default_limit,
+            image_url_prefix: c.image_url_prefix,
         })
     }
 }
