@@ -322,6 +322,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models/{model}/classify", post(classify::classify))
         .route("/v1/feedback", post(feedback::feedback))
+        .route("/v1/feedback/label-studio", post(feedback::label_studio))
         .route("/v1/monitor", get(monitor))
         .route("/v1/candidates", get(candidates::list))
         .route("/v1/candidates/export", post(candidates::export))
@@ -361,7 +362,7 @@ fn endpoint_label(route: &str) -> &'static str {
     match route {
         "/v1/models/{model}/classify" => "classify",
         "/v2/models/{model}/infer" | "/v2/models/{model}/versions/{version}/infer" => "infer",
-        "/v1/feedback" => "feedback",
+        "/v1/feedback" | "/v1/feedback/label-studio" => "feedback",
         "/v1/monitor" => "monitor",
         "/v1/candidates" | "/v1/candidates/export" => "candidates",
         "/v1/admin/models/{model}/reload" => "admin",

@@ -6,6 +6,8 @@
 //! id no longer or never remembered is `unknown_id`. Every valid label is stored either way:
 //! labels can outlive the window.
 
+pub mod label_studio;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 

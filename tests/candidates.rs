@@ -239,3 +239,99 @@ fn stored_images_stay_under_the_disk_quota() {
         "the store is used up to its quota: {on_disk}"
     );
 }
+
+#[test]
+fn label_studio_webhooks_and_exports_come_back_as_feedback() {
+    let env = [("SHIFTWATCH__AUTH__TOKEN", TOKEN)];
+    let server = Server::start(&env);
+    let labels = labels_csv("data/traffic/normal/labels.csv");
+    for (i, (file, _)) in labels.iter().take(4).enumerate() {
+        send(&server, "normal", file, &format!("ls-{i}"));
+    }
+    let choice = |label: &str| {
+        json!([{"from_name": "label", "to_name": "image", "type": "choices",
+                "value": {"choices": [label]}}])
+    };
+    let matched = || server.metric("shiftwatch_feedback_total{outcome=\"matched\"");
+    let before = matched();
+    let post = |body: &Value| {
+        authed(
+            &server,
+            "POST",
+            "/v1/feedback/label-studio",
+            &body.to_string(),
+        )
+    };
+
+    // A webhook body as Label Studio sends it on ANNOTATION_CREATED.
+    let webhook = json!({
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": 1, "task": 11, "result": choice(&labels[0].1), "was_cancelled": false},
+        "task": {"id": 11, "data": {"image": "/data/local-files/?d=b/images/x.png", "request_id": "ls-0"}},
+        "project": {"id": 1},
+    });
+    let r = post(&webhook);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    println!("webhook: {answer}");
+    assert_eq!(answer["payload"], "ANNOTATION_CREATED");
+    assert_eq!(answer["results"][0]["outcome"], "matched");
+    assert_eq!(answer["results"][0]["task_id"], 11);
+    assert_eq!(matched() - before, 1.0);
+
+    // An export: one task already labeled (duplicate), two new, one unlabeled (skipped), one
+    // whose id the sidecar never served, one with a label that is not a class.
+    let task = |id: i64, request_id: &str, annotations: Value| json!({"id": id, "data": {"request_id": request_id}, "annotations": annotations});
+    let export = json!([
+        task(11, "ls-0", json!([{"result": choice(&labels[0].1)}])),
+        task(12, "ls-1", json!([{"result": choice(&labels[1].1)}])),
+        task(13, "ls-2", json!([{"result": choice(&labels[2].1)}])),
+        task(14, "ls-3", json!([])),
+        task(15, "never-served", json!([{"result": choice("4")}])),
+        task(16, "ls-3", json!([{"result": choice("not-a-class")}])),
+    ]);
+    let r = post(&export);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    println!("export: {answer}");
+    let outcomes: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["duplicate", "matched", "matched", "unknown_id", "invalid"]
+    );
+    assert_eq!(answer["skipped"][0]["task_id"], 14);
+    assert_eq!(answer["accepted"], 4);
+    assert_eq!(matched() - before, 3.0);
+
+    // Actions without labels are accepted and ignored.
+    let r = post(&json!({"action": "PROJECT_UPDATED", "project": {"id": 1}}));
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["ignored"], true);
+
+    // Bad payloads: a clear 4xx, never a panic.
+    for (body, status, code) in [
+        ("{not json", 400, "bad_json"),
+        ("{\"label\": \"7\"}", 400, "bad_label_studio_payload"),
+        (
+            "{\"action\": \"ANNOTATION_CREATED\"}",
+            400,
+            "bad_label_studio_payload",
+        ),
+        ("42", 400, "bad_label_studio_payload"),
+    ] {
+        authed(&server, "POST", "/v1/feedback/label-studio", body).assert_error(status, code);
+    }
+    server
+        .post(
+            "/v1/feedback/label-studio",
+            Some("application/json"),
+            webhook.to_string().as_bytes(),
+        )
+        .assert_error(401, "unauthorized");
+    assert_eq!(matched() - before, 3.0);
+}
