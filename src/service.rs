@@ -29,6 +29,7 @@ use crate::model::config::ModelConfig;
 use crate::model::{self, LoadOptions, ModelSpec};
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::{Monitor, MonitorConfig, Snapshot};
+use crate::relabel::ood::OodDetector;
 use crate::relabel::{CandidateMetrics, Candidates};
 
 /// One loaded version of a model: what a request needs from start to answer.
@@ -43,6 +44,9 @@ pub struct Version {
     pub labels: Vec<Arc<str>>,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// The out-of-distribution detector fitted on the reference embeddings (`None` without a
+    /// reference built for this version, or without an embedding output).
+    pub ood: Option<Arc<OodDetector>>,
 }
 
 impl std::fmt::Debug for Version {
@@ -426,6 +430,19 @@ fn load_version(
         }
         _ => None,
     };
+    let ood = reference.and_then(|path| {
+        let quantile = config.candidates.as_ref().map_or(0.99, |c| c.ood_quantile);
+        let profile = read_reference(path, spec).ok()?;
+        let embeddings = profile.embeddings?;
+        match OodDetector::fit(&embeddings, quantile) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(model = %spec.name, reference = %path.display(), error = %e,
+                    "no out-of-distribution detector: ood_suspect falls back to the monitor's centroids");
+                None
+            }
+        }
+    });
     let version: Arc<str> = Arc::from(spec.version.as_str());
     let labels = spec.labels.iter().map(|l| Arc::from(l.as_str())).collect();
     let pool = InferencePool::start(
@@ -444,6 +461,7 @@ fn load_version(
         version,
         labels,
         path: path.to_path_buf(),
+        ood,
     })
 }
 

@@ -335,3 +335,104 @@ fn label_studio_webhooks_and_exports_come_back_as_feedback() {
         .assert_error(401, "unauthorized");
     assert_eq!(matched() - before, 3.0);
 }
+
+/// One run of the out-of-distribution selection test: 540 normal images with `folder`'s
+/// images mixed in at every tenth request (60, so 10% of the traffic); returns (share of
+/// normal flagged ood_suspect, share of `folder` flagged, `folder` images in the top 100,
+/// classes of the in-distribution candidates in the top 100).
+fn ood_run(folder: &str) -> (f64, f64, usize, std::collections::BTreeSet<String>) {
+    let dirs = tempfile::tempdir().unwrap();
+    let store = dirs.path().join("store");
+    let env = [
+        ("SHIFTWATCH__AUTH__TOKEN", TOKEN.to_string()),
+        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&pairs);
+    let normal = labels_csv("data/traffic/normal/labels.csv");
+    let others = labels_csv(format!("data/traffic/{folder}/labels.csv"));
+    // 60 spread over the folder (the bundled set is ordered by kind).
+    let others: Vec<&String> = (0..60).map(|i| &others[i * others.len() / 60].0).collect();
+    let flagged = |id: &str, file: &str, dir: &str| -> bool {
+        let raw =
+            crate::support::classify_request("", id, &read(format!("data/traffic/{dir}/{file}")));
+        let r = crate::support::request(server.addr, &raw);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "ood_suspect")
+    };
+    let (mut normal_flagged, mut other_flagged) = (0, 0);
+    let mut next_normal = normal.iter().enumerate();
+    for (i, file) in others.iter().enumerate() {
+        for _ in 0..9 {
+            let (n, (file, _)) = next_normal.next().unwrap();
+            normal_flagged += usize::from(flagged(&format!("normal-{n:04}"), file, "normal"));
+        }
+        other_flagged += usize::from(flagged(&format!("{folder}-{i:04}"), file, folder));
+    }
+    let total = normal.len() + others.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("shiftwatch_candidates_stored{")
+        + server.metric("shiftwatch_candidates_skipped_total")
+        < total as f64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not take every offer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = authed(&server, "GET", "/v1/candidates?limit=100", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let top = r.json()["candidates"].as_array().unwrap().clone();
+    assert_eq!(top.len(), 100);
+    let is_other = |c: &Value| c["request_id"].as_str().unwrap().starts_with(folder);
+    let in_top = top.iter().filter(|c| is_other(c)).count();
+    // The out-of-distribution candidates lead the ranking.
+    let first_normal = top.iter().position(|c| !is_other(c)).unwrap_or(100);
+    let classes = top
+        .iter()
+        .filter(|c| !is_other(c))
+        .map(|c| c["predicted_label"].as_str().unwrap().to_string())
+        .collect();
+    println!(
+        "{folder}: ood_suspect on {normal_flagged}/{} normal, {other_flagged}/{} {folder}; \
+         {in_top} {folder} images in the top 100 ({:.1}x their 10% share), the first {first_normal} \
+         candidates all {folder}",
+        normal.len(),
+        others.len(),
+        in_top as f64 / 10.0
+    );
+    (
+        normal_flagged as f64 / normal.len() as f64,
+        other_flagged as f64 / others.len() as f64,
+        in_top,
+        classes,
+    )
+}
+
+#[test]
+fn confidently_wrong_out_of_distribution_images_lead_the_candidates() {
+    // Natural-photo crops (training/make_photo_traffic.py): nothing was tuned on them; the
+    // model calls them "8" or "2" at a median confidence of 0.99.
+    let (normal, photos, in_top, classes) = ood_run("photos");
+    assert!(normal <= 0.02, "false flags on normal traffic: {normal}");
+    assert!(photos >= 0.95, "photos flagged: {photos}");
+    assert!(in_top >= 30, "{in_top} photos in the top 100");
+    assert_eq!(classes.len(), 10, "in-distribution classes {classes:?}");
+    // The bundled out-of-distribution set (noise, sparse, patterns, shapes, letters).
+    let (normal, ood, in_top, classes) = ood_run("ood");
+    assert!(normal <= 0.02, "false flags on normal traffic: {normal}");
+    assert!(
+        ood >= 0.85,
+        "bundled out-of-distribution images flagged: {ood}"
+    );
+    assert!(
+        in_top >= 30,
+        "{in_top} bundled out-of-distribution images in the top 100"
+    );
+    assert_eq!(classes.len(), 10, "in-distribution classes {classes:?}");
+}

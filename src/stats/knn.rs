@@ -47,7 +47,7 @@ impl KnnIndex {
         if dim == 0 {
             return Err(KnnError::NoDimensions);
         }
-        if rows.len() % dim != 0 {
+        if !rows.len().is_multiple_of(dim) {
             return Err(KnnError::Ragged {
                 values: rows.len(),
                 dim,
@@ -199,10 +199,10 @@ impl Whitening {
         }
         let mut z = vec![0f64; d];
         for i in 0..d {
-            let mut s = f64::from(x[i]) - self.mean[i];
-            for j in 0..i {
-                s -= self.chol[i * d + j] * z[j];
-            }
+            let row = &self.chol[i * d..i * d + i];
+            let s = f64::from(x[i])
+                - self.mean[i]
+                - row.iter().zip(&z).map(|(l, v)| l * v).sum::<f64>();
             z[i] = s / self.chol[i * d + i];
         }
         Some(z.into_iter().map(|v| v as f32).collect())
