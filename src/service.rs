@@ -68,6 +68,16 @@ impl Version {
     }
 }
 
+/// A neighbour found by [`ModelService::similar`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Similar {
+    pub request_id: String,
+    pub distance: f64,
+    pub predicted_label: Option<String>,
+    /// The delayed label, when one came back.
+    pub label: Option<String>,
+}
+
 /// One served model: its current version and everything that outlives versions.
 pub struct ModelService {
     pub name: String,
@@ -140,7 +150,7 @@ impl ModelService {
         class: usize,
         process_metrics: &ProcessMetrics,
     ) -> FeedbackOutcome {
-        let (outcome, served) = self.recent.label(request_id);
+        let (outcome, served) = self.recent.label(request_id, class);
         if let Some((probabilities, version)) = served {
             let current = self.current();
             if current.version == version
@@ -159,6 +169,70 @@ impl ModelService {
             .with_label_values(&[outcome.as_str()])
             .inc();
         outcome
+    }
+
+    /// The `k` predictions nearest to `request_id`'s embedding among those this model still
+    /// holds (its recent predictions and its stored candidates), nearest first; `None` when it
+    /// holds no embedding for that id. A model without an embedding output compares its
+    /// candidates' probability vectors instead.
+    pub fn similar(&self, request_id: &str, k: usize) -> Option<Vec<Similar>> {
+        let stored = self
+            .candidates
+            .as_ref()
+            .map(Candidates::list)
+            .unwrap_or_default();
+        let query = self.recent.embedding(request_id).or_else(|| {
+            stored
+                .iter()
+                .find(|s| s.candidate.request_id == request_id)
+                .map(|s| s.candidate.vector.clone())
+        })?;
+        let labels = self.current().labels.clone();
+        let name = |class: Option<usize>| class.and_then(|c| labels.get(c)).map(|l| l.to_string());
+        let mut found: Vec<Similar> = self
+            .recent
+            .nearest(&query, k, request_id, false)
+            .into_iter()
+            .map(|n| Similar {
+                request_id: n.request_id,
+                distance: n.distance,
+                predicted_label: name(n.predicted_class),
+                label: name(n.true_class),
+            })
+            .collect();
+        let known: std::collections::HashSet<String> =
+            found.iter().map(|n| n.request_id.clone()).collect();
+        for s in &stored {
+            let c = &s.candidate;
+            if c.request_id == request_id
+                || c.vector.len() != query.len()
+                || known.contains(&c.request_id)
+                || c.vector.iter().any(|v| !v.is_finite())
+            {
+                continue;
+            }
+            found.push(Similar {
+                distance: crate::stats::knn::euclidean(&query, &c.vector),
+                predicted_label: Some(s.predicted_label.clone()),
+                label: name(self.recent.true_class(&c.request_id)),
+                request_id: c.request_id.clone(),
+            });
+        }
+        found.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then_with(|| a.request_id.cmp(&b.request_id))
+        });
+        found.truncate(k);
+        Some(found)
+    }
+
+    /// The labeled prediction whose embedding lies nearest to `vector` (not `exclude` itself):
+    /// its request id, its label and the distance (label propagation in exports).
+    pub fn nearest_labeled(&self, vector: &[f32], exclude: &str) -> Option<(String, String, f64)> {
+        let near = self.recent.nearest(vector, 1, exclude, true).pop()?;
+        let label = self.current().labels.get(near.true_class?)?.to_string();
+        Some((near.request_id, label, near.distance))
     }
 
     /// Stops the watcher, the workers and the monitor of the current version, writes out the

@@ -436,3 +436,126 @@ fn confidently_wrong_out_of_distribution_images_lead_the_candidates() {
     );
     assert_eq!(classes.len(), 10, "in-distribution classes {classes:?}");
 }
+
+#[test]
+fn similar_images_and_labels_propagated_to_the_export() {
+    let dirs = tempfile::tempdir().unwrap();
+    let exports = dirs.path().join("exports");
+    let env = [
+        ("SHIFTWATCH__AUTH__TOKEN", TOKEN.to_string()),
+        (
+            "SHIFTWATCH__CANDIDATES__EXPORT_DIR",
+            exports.display().to_string(),
+        ),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&pairs);
+    let normal = labels_csv("data/traffic/normal/labels.csv");
+    let truth: std::collections::HashMap<String, String> = normal
+        .iter()
+        .enumerate()
+        .map(|(i, (_, label))| (format!("n-{i:04}"), label.clone()))
+        .collect();
+    for (i, (file, _)) in normal.iter().enumerate() {
+        send(&server, "normal", file, &format!("n-{i:04}"));
+    }
+    // Delayed labels for the first 200.
+    let labeled: Vec<Value> = (0..200)
+        .map(|i| json!({"request_id": format!("n-{i:04}"), "label": normal[i].1}))
+        .collect();
+    let r = authed(
+        &server,
+        "POST",
+        "/v1/feedback",
+        &Value::from(labeled).to_string(),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+
+    let r = authed(&server, "GET", "/v1/similar?request_id=n-0300&k=8", "");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    println!("similar: {answer}");
+    assert_eq!(answer["request_id"], "n-0300");
+    let neighbors = answer["neighbors"].as_array().unwrap();
+    assert_eq!(neighbors.len(), 8);
+    let distances: Vec<f64> = neighbors
+        .iter()
+        .map(|n| n["distance"].as_f64().unwrap())
+        .collect();
+    assert!(distances.windows(2).all(|w| w[0] <= w[1]), "{distances:?}");
+    for n in neighbors {
+        let id = n["request_id"].as_str().unwrap();
+        assert_ne!(id, "n-0300");
+        assert!(n["predicted_label"].is_string());
+        let index: usize = id[2..].parse().unwrap();
+        if index < 200 {
+            assert_eq!(n["label"], truth[id].as_str(), "{n}");
+        } else {
+            assert!(n["label"].is_null(), "{n}");
+        }
+    }
+    // The nearest images mostly share the query's digit.
+    let same = neighbors
+        .iter()
+        .filter(|n| truth[n["request_id"].as_str().unwrap()] == truth["n-0300"])
+        .count();
+    assert!(same >= 5, "{same} of 8 neighbours share the digit");
+    authed(&server, "GET", "/v1/similar?request_id=never-seen", "")
+        .assert_error(404, "unknown_request_id");
+    authed(&server, "GET", "/v1/similar?request_id=n-0001&k=0", "").assert_error(400, "bad_query");
+    authed(&server, "GET", "/v1/similar?k=3", "").assert_error(400, "bad_query");
+    server
+        .get("/v1/similar?request_id=n-0001")
+        .assert_error(401, "unauthorized");
+
+    // The export: tasks near a labeled prediction carry its label as a second prediction.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("shiftwatch_candidates_stored{")
+        + server.metric("shiftwatch_candidates_skipped_total")
+        < normal.len() as f64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the store did not take every offer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = authed(
+        &server,
+        "POST",
+        "/v1/candidates/export",
+        &json!({"limit": 200, "name": "propagated"}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let package = exports.join("propagated");
+    check_package(&package);
+    let tasks: Value =
+        serde_json::from_slice(&std::fs::read(package.join("tasks.json")).unwrap()).unwrap();
+    let (mut propagated, mut right) = (0, 0);
+    for task in tasks.as_array().unwrap() {
+        let predictions = task["predictions"].as_array().unwrap();
+        assert!(predictions.len() <= 2);
+        let Some(p) = predictions.get(1) else {
+            continue;
+        };
+        let from = p["model_version"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("propagated:")
+            .expect("a propagated prediction names its neighbour");
+        let label = p["result"][0]["value"]["choices"][0].as_str().unwrap();
+        assert!(
+            from[2..].parse::<usize>().unwrap() < 200,
+            "{from} was labeled"
+        );
+        assert_ne!(from, task["data"]["request_id"].as_str().unwrap());
+        assert_eq!(label, truth[from], "the neighbour's own label");
+        let distance = p["score"].as_f64().unwrap();
+        assert!((0.0..=3.0).contains(&distance), "{distance}");
+        propagated += 1;
+        right += usize::from(label == truth[task["data"]["request_id"].as_str().unwrap()]);
+    }
+    println!("{propagated} of 200 exported tasks got a propagated label, {right} of them right");
+    assert!(propagated > 0);
+    assert!(right as f64 >= 0.9 * propagated as f64);
+}

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::relabel::export::{ExportError, write_package};
+use crate::relabel::export::{ExportError, Propagated, write_package};
 use crate::relabel::select::{Reason, reasons, select};
 use crate::relabel::{Candidates, StoredCandidate};
 use crate::service::ModelService;
@@ -149,7 +149,19 @@ pub async fn export(
                 continue;
             }
             let Ok(image) = store.image(c) else { continue };
-            items.push(c.export_item(image, &cfg));
+            let mut item = c.export_item(image, &cfg);
+            let max = store.config().propagation_max_distance;
+            if max > 0.0 {
+                item.propagated = exporting
+                    .nearest_labeled(&c.candidate.vector, &c.candidate.request_id)
+                    .filter(|(_, label, distance)| *distance <= max && labels.contains(label))
+                    .map(|(request_id, label, distance)| Propagated {
+                        request_id,
+                        label,
+                        distance,
+                    });
+            }
+            items.push(item);
         }
         let count = items.len();
         std::fs::create_dir_all(&root)

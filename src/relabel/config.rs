@@ -29,6 +29,7 @@ pub struct RawCandidates {
     pub kcenter_pool_factor: usize,
     pub default_limit: usize,
     pub image_url_prefix: String,
+    pub propagation_max_distance: f64,
 }
 
 impl Default for RawCandidates {
@@ -53,6 +54,7 @@ impl Default for RawCandidates {
             kcenter_pool_factor: 3,
             default_limit: 100,
             image_url_prefix: "/data/local-files/?d=".into(),
+            propagation_max_distance: 3.0,
         }
     }
 }
@@ -75,6 +77,9 @@ pub struct CandidatesConfig {
     /// The reference leave-one-out quantile that calibrates the out-of-distribution score
     /// (`ood::OodDetector`): a prediction farther out than it is flagged `ood_suspect`.
     pub ood_quantile: f64,
+    /// An exported candidate whose nearest labeled prediction lies within this embedding
+    /// distance gets that label as a second pre-annotation (0: never).
+    pub propagation_max_distance: f64,
     /// What each task's image URL starts with; the image's path relative to `export_dir`
     /// follows.
     pub image_url_prefix: String,
@@ -133,6 +138,11 @@ impl RawCandidates {
             ("candidates.ood_share", c.ood_share, 1.0),
             ("candidates.shift_boost", c.shift_boost, 100.0),
             ("candidates.retention_hours", c.retention_hours, f64::MAX),
+            (
+                "candidates.propagation_max_distance",
+                c.propagation_max_distance,
+                f64::MAX,
+            ),
         ] {
             if !(v.is_finite() && (0.0..=hi).contains(&v)) {
                 bad(key, format!("must be a number in 0..={hi}"));
@@ -179,6 +189,7 @@ impl RawCandidates {
             ood_quantile: c.ood_quantile,
             default_limit: c.default_limit,
             image_url_prefix: c.image_url_prefix,
+            propagation_max_distance: c.propagation_max_distance,
         })
     }
 }

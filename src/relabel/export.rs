@@ -57,6 +57,20 @@ pub struct ExportItem {
     pub margin: f32,
     pub entropy: f32,
     pub model_version: String,
+    /// The label of the nearest labeled neighbour, when it lies within the propagation
+    /// distance: a second pre-annotation.
+    pub propagated: Option<Propagated>,
+}
+
+/// A label carried over from the nearest labeled neighbour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Propagated {
+    /// The neighbour's request id.
+    pub request_id: String,
+    /// Its delayed label: must be one of the package's labels.
+    pub label: String,
+    /// The distance between the two embeddings.
+    pub distance: f64,
 }
 
 /// Why a package was not written. Nothing is left behind in any case.
@@ -99,7 +113,9 @@ pub enum ExportError {
 ///   `{"data": {"image": "<image_url_prefix><name>/images/<file>", "request_id", "score", "reasons" (joined by ';'),
 ///   "model_version"}, "predictions": [{"model_version", "score": <confidence>, "result":
 ///   [{"from_name": "label", "to_name": "image", "type": "choices",
-///   "value": {"choices": [<predicted_label>]}}]}]}`;
+///   "value": {"choices": [<predicted_label>]}}]}]}`, and for an item with a propagated label a
+///   second prediction `{"model_version": "propagated:<neighbour's request_id>", "score":
+///   <distance>, "result": [... "choices": [<neighbour's label>] ...]}`;
 /// - `label-studio.xml`: the labeling config, one `<Choice>` per label;
 /// - `manifest.csv`: `request_id,sha256,score,reasons,predicted_label,confidence,margin,entropy,model_version`,
 ///   one row per item (RFC 4180 quoting, reasons joined by ';').
@@ -274,6 +290,20 @@ fn plan(items: &[ExportItem], labels: &[String]) -> Result<Plan, ExportError> {
         if let Some((field, value)) = numbers.iter().find(|(_, v)| !v.is_finite()) {
             return Err(invalid(format!("{field} is {value}, not a finite number")));
         }
+        if let Some(p) = &item.propagated {
+            if !labels.contains(p.label.as_str()) {
+                return Err(invalid(format!(
+                    "propagated label {:?} is not one of the {} class labels",
+                    p.label,
+                    labels.len()
+                )));
+            }
+            if !(p.distance.is_finite() && p.distance >= 0.0) || has_control(&p.request_id) {
+                return Err(invalid(
+                    "a propagated label needs a finite distance and a plain request id".into(),
+                ));
+            }
+        }
         if !labels.contains(item.predicted_label.as_str()) {
             return Err(invalid(format!(
                 "predicted label {:?} is not one of the {} class labels",
@@ -427,7 +457,7 @@ fn write_contents(
 #[derive(Serialize)]
 struct Task<'a> {
     data: TaskData<'a>,
-    predictions: [Prediction<'a>; 1],
+    predictions: Vec<Prediction<'a>>,
 }
 
 #[derive(Serialize)]
@@ -441,9 +471,18 @@ struct TaskData<'a> {
 
 #[derive(Serialize)]
 struct Prediction<'a> {
-    model_version: &'a str,
-    score: f32,
+    model_version: std::borrow::Cow<'a, str>,
+    score: f64,
     result: [ChoiceResult<'a>; 1],
+}
+
+fn choice(label: &str) -> [ChoiceResult<'_>; 1] {
+    [ChoiceResult {
+        from_name: CHOICES_NAME,
+        to_name: IMAGE_NAME,
+        kind: "choices",
+        value: ChoiceValue { choices: [label] },
+    }]
 }
 
 #[derive(Serialize)]
@@ -472,18 +511,17 @@ fn tasks_json(items: &[ExportItem], image_urls: &[String]) -> Vec<u8> {
                 reasons: join_reasons(&item.reasons),
                 model_version: &item.model_version,
             },
-            predictions: [Prediction {
-                model_version: &item.model_version,
-                score: item.confidence,
-                result: [ChoiceResult {
-                    from_name: CHOICES_NAME,
-                    to_name: IMAGE_NAME,
-                    kind: "choices",
-                    value: ChoiceValue {
-                        choices: [&item.predicted_label],
-                    },
-                }],
-            }],
+            predictions: std::iter::once(Prediction {
+                model_version: item.model_version.as_str().into(),
+                score: f64::from(item.confidence),
+                result: choice(&item.predicted_label),
+            })
+            .chain(item.propagated.iter().map(|p| Prediction {
+                model_version: format!("propagated:{}", p.request_id).into(),
+                score: p.distance,
+                result: choice(&p.label),
+            }))
+            .collect(),
         })
         .collect();
     // Plain structs of strings and finite numbers: serialising them cannot fail.
@@ -581,6 +619,7 @@ mod tests {
             margin: 0.125,
             entropy: 1.25,
             model_version: "digits-3".to_string(),
+            propagated: None,
         }
     }
 
@@ -686,6 +725,40 @@ mod tests {
                 task["predictions"][0]["result"][0]["value"]["choices"][0],
                 item.predicted_label.as_str()
             );
+        }
+    }
+
+    #[test]
+    fn a_propagated_label_is_a_second_prediction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut items = items();
+        items[0].propagated = Some(Propagated {
+            request_id: "labeled-7".into(),
+            label: "<bird>".into(),
+            distance: 1.5,
+        });
+        let package = write_package(dir.path(), "p", &items, &labels(), LOCAL_FILES).unwrap();
+        let tasks: serde_json::Value =
+            serde_json::from_slice(&fs::read(package.join("tasks.json")).unwrap()).unwrap();
+        assert_eq!(
+            tasks[0]["predictions"][1],
+            serde_json::json!({
+                "model_version": "propagated:labeled-7",
+                "score": 1.5,
+                "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                            "value": {"choices": ["<bird>"]}}],
+            })
+        );
+        assert_eq!(tasks[1]["predictions"].as_array().unwrap().len(), 1);
+        // A label that is not a class, or a distance that is not one, is refused.
+        for (label, distance) in [("wolf", 1.0), ("cat", f64::NAN), ("cat", -1.0)] {
+            items[0].propagated = Some(Propagated {
+                request_id: "labeled-7".into(),
+                label: label.into(),
+                distance,
+            });
+            let err = write_package(dir.path(), "q", &items, &labels(), LOCAL_FILES).unwrap_err();
+            assert!(matches!(err, ExportError::InvalidItem { .. }), "{err}");
         }
     }
 

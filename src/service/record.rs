@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{ModelService, Version};
+use crate::feedback::Remembered;
 use crate::inference::Inferred;
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
 use crate::model::RawOutput;
@@ -153,8 +154,15 @@ impl ModelService {
                 });
             }
         }
-        self.recent
-            .remember(&p.request_id, &output.probabilities, &version.version);
+        self.recent.remember(
+            &p.request_id,
+            Remembered {
+                probabilities: &output.probabilities,
+                embedding: output.embedding.as_deref(),
+                predicted_class: summary.class,
+                version: &version.version,
+            },
+        );
         if let Some(log) = &self.log {
             let content_type = p.image.as_ref().and_then(|i| i.content_type.clone());
             let record = PredictionRecord {
