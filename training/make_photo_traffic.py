@@ -9,13 +9,16 @@ background, bright strokes, as the digits are drawn), so both polarities are rep
 
 The relabel selection test (tests/candidates.rs) mixes these into normal traffic at 10% and
 expects them to take at least three times that share of the top candidates, with no threshold
-or score of the selection fitted on them.
+or score of the selection fitted on them. Their onnxruntime outputs go into
+tests/data/digits_fixture.json beside the other traffic images' (replacing earlier photo
+entries), which the Rust side reproduces. training/build.py runs this after writing the fixture.
 
 usage: .venv/bin/python training/make_photo_traffic.py   (deterministic: seed 1313)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -25,6 +28,7 @@ from sklearn.datasets import load_sample_images
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import digit_images as di  # noqa: E402
+import export_onnx as ex  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNT = 100
@@ -49,11 +53,33 @@ def crops(rng: np.random.Generator, count: int) -> list[np.ndarray]:
     return out
 
 
-def main() -> None:
+def update_fixture(rel: str, names: list[str]) -> None:
+    """Replaces `rel`'s entries in tests/data/digits_fixture.json with fresh onnxruntime outputs,
+    in the form training/build.py writes (one entry per line)."""
+    path = os.path.join(ROOT, "tests", "data", "digits_fixture.json")
+    with open(path) as f:
+        fixture = json.load(f)
+    sess = ex.session(os.path.join(ROOT, fixture["model"]))
+    entries = [e for e in fixture["images"] if not e["file"].startswith(rel + "/")]
+    for name in names:
+        x = di.model_input(di.decode_png_8x8(os.path.join(ROOT, rel, name)), ex.PIXEL_SCALE)
+        probs, emb = sess.run(["probabilities", "embedding"], {"image": x})
+        entries.append({"file": f"{rel}/{name}", "probabilities": [float(v) for v in probs[0]],
+                        "embedding": [float(v) for v in emb[0]]})
+    with open(path, "w") as f:
+        f.write('{"model": ' + json.dumps(fixture["model"]) + ', "images": [\n')
+        f.write(",\n".join(json.dumps(e) for e in entries))
+        f.write("\n]}\n")
+
+
+def main() -> int:
+    """Writes the crops and their fixture entries; returns how many."""
     pixels = crops(np.random.default_rng(SEED), COUNT)
-    folder = os.path.join(ROOT, "data/traffic/photos")
-    names = di.write_folder(folder, "photo", pixels, [None] * len(pixels))
-    print(f"wrote {len(names)} photo crops to {folder}")
+    rel = "data/traffic/photos"
+    names = di.write_folder(os.path.join(ROOT, rel), "photo", pixels, [None] * len(pixels))
+    update_fixture(rel, names)
+    print(f"wrote {len(names)} photo crops to {rel} and their entries in tests/data/digits_fixture.json")
+    return len(names)
 
 
 if __name__ == "__main__":
