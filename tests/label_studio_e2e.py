@@ -414,7 +414,7 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="shiftwatch-ls-")
     try:
-        summary = run(Path(args.binary), Path(args.label_studio), Path(work))
+        summary = run(Path(args.binary).absolute(), Path(args.label_studio).absolute(), Path(work))
     except Failure as e:
         log = Path(work) / "label-studio.log"
         tail = log.read_text()[-3000:] if log.exists() else ""
