@@ -115,13 +115,18 @@ class Sidecar:
         )
         self.url = None
         deadline = time.monotonic() + 120
-        for line in self.proc.stdout:
-            if line.startswith("shiftwatch listening on http://"):
-                self.url = "http://" + line.split("http://", 1)[1].strip()
-            if line.strip() == "shiftwatch ready":
-                break
-            check(time.monotonic() < deadline, "the sidecar did not become ready")
-        check(self.url is not None, "the sidecar printed no listen address")
+        try:
+            for line in self.proc.stdout:
+                if line.startswith("shiftwatch listening on http://"):
+                    self.url = "http://" + line.split("http://", 1)[1].strip()
+                if line.strip() == "shiftwatch ready":
+                    break
+                check(time.monotonic() < deadline, "the sidecar did not become ready")
+            check(self.url is not None, "the sidecar printed no listen address")
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         # Keep draining stdout so the sidecar never blocks on it.
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
@@ -235,11 +240,14 @@ def wait_for(what, condition, limit=30):
 
 def run(binary, label_studio, work):
     sidecar = Sidecar(binary, work)
-    studio = LabelStudio(label_studio, work, sidecar.export_dir)
+    studio = None
     try:
+        studio = LabelStudio(label_studio, work, sidecar.export_dir)
         return loop(sidecar, studio)
     finally:
-        studio.stop()
+        # Both stopped however the run ends (a Label Studio that cannot start included).
+        if studio is not None:
+            studio.stop()
         sidecar.stop()
 
 
