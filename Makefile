@@ -18,7 +18,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
 .PHONY: compare soak peer-venv fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
-	check-deploy deploy-tools test-cuda runtime-gpu
+	check-deploy deploy-tools test-cuda runtime-gpu test-label-studio label-studio
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
 demo: runtime venv
@@ -40,6 +40,25 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## test-label-studio: the relabeling loop against a real Label Studio (slow: Label Studio takes
+## a minute or more to start, so it is not part of `make test`; CI runs both)
+test-label-studio: runtime venv label-studio
+	$(CARGO) build --locked --bin shiftwatch
+	$(PY) tests/label_studio_e2e.py --binary $(CARGO_TARGET)/debug/shiftwatch \
+		--label-studio $(LS_VENV)/bin/label-studio
+
+## label-studio: the pinned Label Studio in its own environment (.venv-label-studio), installed
+## only when the pinned version is not already there
+LS_VENV := .venv-label-studio
+LABEL_STUDIO_VERSION := 1.23.2
+label-studio:
+	@if ! $(LS_VENV)/bin/python -c "import importlib.metadata as m, sys; \
+		sys.exit(m.version('label-studio') != '$(LABEL_STUDIO_VERSION)')" 2>/dev/null; then \
+		$(PYTHON) -m venv $(LS_VENV) && \
+		$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+			label-studio==$(LABEL_STUDIO_VERSION); \
+	fi
 
 ## venv: the Python environment (training, demo driver, cross-checks)
 venv: $(VENV)/.installed

@@ -13,6 +13,7 @@ mod error;
 mod feedback;
 mod health;
 mod infer;
+mod similar;
 pub mod v2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -322,9 +323,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models/{model}/classify", post(classify::classify))
         .route("/v1/feedback", post(feedback::feedback))
+        .route("/v1/feedback/label-studio", post(feedback::label_studio))
         .route("/v1/monitor", get(monitor))
         .route("/v1/candidates", get(candidates::list))
         .route("/v1/candidates/export", post(candidates::export))
+        .route("/v1/similar", get(similar::similar))
         .route("/v1/admin/models/{model}/reload", post(admin::reload))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
@@ -361,9 +364,9 @@ fn endpoint_label(route: &str) -> &'static str {
     match route {
         "/v1/models/{model}/classify" => "classify",
         "/v2/models/{model}/infer" | "/v2/models/{model}/versions/{version}/infer" => "infer",
-        "/v1/feedback" => "feedback",
+        "/v1/feedback" | "/v1/feedback/label-studio" => "feedback",
         "/v1/monitor" => "monitor",
-        "/v1/candidates" | "/v1/candidates/export" => "candidates",
+        "/v1/candidates" | "/v1/candidates/export" | "/v1/similar" => "candidates",
         "/v1/admin/models/{model}/reload" => "admin",
         "/metrics" => "metrics",
         "/v2" | "/v2/models/{model}" | "/v2/models/{model}/versions/{version}" => "metadata",

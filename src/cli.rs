@@ -225,7 +225,7 @@ fn export_candidates(
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&root)?;
-    let path = write_package(&root, name, &items, &labels)?;
+    let path = write_package(&root, name, &items, &labels, &cc.image_url_prefix)?;
     println!(
         "exported {} candidates to {} ({} stored, {} not in the log yet)",
         items.len(),

@@ -1,10 +1,15 @@
 //! Matching delayed labels to predictions: a bounded join buffer of recent predictions.
 //!
-//! Every prediction's id and served probabilities are remembered (oldest forgotten first,
-//! `feedback.match_window` at most);
+//! Every prediction's id, predicted class, served probabilities and embedding are remembered
+//! (oldest forgotten first, `feedback.match_window` at most: with a 32-d embedding about 200
+//! bytes each, 20 MB at the default 100,000); the embeddings answer `GET /v1/similar` and give
+//! exported candidates the label of their nearest labeled neighbour ([`RecentPredictions::nearest`],
+//! an exact scan);
 //! a label for a remembered id is `matched` the first time and `duplicate` after; a label for an
 //! id no longer or never remembered is `unknown_id`. Every valid label is stored either way:
 //! labels can outlive the window.
+
+pub mod label_studio;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -41,6 +46,12 @@ impl RawFeedback {
 #[derive(Debug)]
 struct Entry {
     labeled: bool,
+    /// The predicted class (`None` for ids first seen through a label).
+    predicted: Option<usize>,
+    /// The class of the delayed label, once one came back.
+    true_class: Option<usize>,
+    /// The embedding (empty when the model has none, or for ids first seen through a label).
+    embedding: Box<[f32]>,
     /// Served probabilities (empty for ids first seen through a label).
     probabilities: Box<[f32]>,
     /// The model version that served them.
@@ -59,6 +70,25 @@ const PREALLOCATE_MAX: usize = 1 << 22;
 
 /// A labeled prediction as it was served: its probabilities and model version.
 pub type Served = (Box<[f32]>, std::sync::Arc<str>);
+
+/// What is remembered of a prediction.
+#[derive(Debug, Clone, Copy)]
+pub struct Remembered<'a> {
+    pub probabilities: &'a [f32],
+    pub embedding: Option<&'a [f32]>,
+    pub predicted_class: usize,
+    pub version: &'a std::sync::Arc<str>,
+}
+
+/// A remembered prediction near a query ([`RecentPredictions::nearest`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Near {
+    pub request_id: String,
+    pub distance: f64,
+    /// `None` for an id first seen through a label (it has no embedding, so never here).
+    pub predicted_class: Option<usize>,
+    pub true_class: Option<usize>,
+}
 
 /// Recent request ids and whether each has a label yet.
 #[derive(Debug)]
@@ -94,7 +124,7 @@ impl RecentPredictions {
     }
 
     /// Remembers a prediction (a repeated id keeps its place and label state).
-    pub fn remember(&self, request_id: &str, probabilities: &[f32], version: &std::sync::Arc<str>) {
+    pub fn remember(&self, request_id: &str, served: Remembered<'_>) {
         let mut inner = self.lock();
         if inner.labeled.contains_key(request_id) {
             return;
@@ -103,20 +133,85 @@ impl RecentPredictions {
             request_id.to_string(),
             Entry {
                 labeled: false,
-                probabilities: probabilities.into(),
-                version: Some(std::sync::Arc::clone(version)),
+                predicted: Some(served.predicted_class),
+                true_class: None,
+                embedding: served.embedding.unwrap_or_default().into(),
+                probabilities: served.probabilities.into(),
+                version: Some(std::sync::Arc::clone(served.version)),
             },
         );
     }
 
-    /// Records a label for `request_id`: how it matched and, the first time a remembered
-    /// prediction is labeled, its served probabilities and the version that served them.
-    pub fn label(&self, request_id: &str) -> (FeedbackOutcome, Option<Served>) {
+    /// The embedding remembered for `request_id`, if any.
+    pub fn embedding(&self, request_id: &str) -> Option<Vec<f32>> {
+        self.lock()
+            .labeled
+            .get(request_id)
+            .filter(|e| !e.embedding.is_empty())
+            .map(|e| e.embedding.to_vec())
+    }
+
+    /// The class of the delayed label of `request_id`, when one came back.
+    pub fn true_class(&self, request_id: &str) -> Option<usize> {
+        self.lock()
+            .labeled
+            .get(request_id)
+            .and_then(|e| e.true_class)
+    }
+
+    /// The `k` remembered predictions whose embeddings lie nearest to `query` (Euclidean),
+    /// nearest first (ties: the smaller id), leaving out `exclude`; only those with a delayed
+    /// label when `labeled_only`. An exact scan under the buffer's lock: O(n·d), a few
+    /// milliseconds at 100,000 32-d embeddings. Empty for a query with a value that is not
+    /// finite; embeddings of another length are passed over.
+    pub fn nearest(&self, query: &[f32], k: usize, exclude: &str, labeled_only: bool) -> Vec<Near> {
+        if k == 0 || query.is_empty() || query.iter().any(|v| !v.is_finite()) {
+            return Vec::new();
+        }
+        let inner = self.lock();
+        let mut best: Vec<Near> = Vec::with_capacity(k + 1);
+        for (id, e) in &inner.labeled {
+            if e.embedding.len() != query.len()
+                || id == exclude
+                || (labeled_only && e.true_class.is_none())
+            {
+                continue;
+            }
+            let distance = crate::stats::knn::euclidean(query, &e.embedding);
+            let before = |b: &Near| {
+                distance
+                    .total_cmp(&b.distance)
+                    .then_with(|| id.as_str().cmp(&b.request_id))
+                    .is_lt()
+            };
+            if best.len() == k && !before(&best[k - 1]) {
+                continue;
+            }
+            let at = best.partition_point(|b| !before(b));
+            best.insert(
+                at,
+                Near {
+                    request_id: id.clone(),
+                    distance,
+                    predicted_class: e.predicted,
+                    true_class: e.true_class,
+                },
+            );
+            best.truncate(k);
+        }
+        best
+    }
+
+    /// Records a label (of class `class`) for `request_id`: how it matched and, the first time
+    /// a remembered prediction is labeled, its served probabilities and the version that
+    /// served them.
+    pub fn label(&self, request_id: &str, class: usize) -> (FeedbackOutcome, Option<Served>) {
         let mut inner = self.lock();
         match inner.labeled.get_mut(request_id) {
             Some(entry) if entry.labeled => (FeedbackOutcome::Duplicate, None),
             Some(entry) => {
                 entry.labeled = true;
+                entry.true_class = Some(class);
                 let served = entry
                     .version
                     .take()
@@ -129,6 +224,9 @@ impl RecentPredictions {
                     request_id.to_string(),
                     Entry {
                         labeled: true,
+                        predicted: None,
+                        true_class: Some(class),
+                        embedding: Box::new([]),
                         probabilities: Box::new([]),
                         version: None,
                     },
@@ -167,23 +265,88 @@ mod tests {
     fn outcomes_and_bounded_memory() {
         let recent = RecentPredictions::new(3);
         let v1: std::sync::Arc<str> = "v1".into();
+        let remembered = |p: &'static [f32]| Remembered {
+            probabilities: p,
+            embedding: None,
+            predicted_class: 1,
+            version: &v1,
+        };
         for id in ["a", "b", "c"] {
-            recent.remember(id, &[0.25, 0.75], &v1);
+            recent.remember(id, remembered(&[0.25, 0.75]));
         }
         assert!(recent.contains("b"));
         assert!(!recent.contains("zzz"));
-        let (outcome, served) = recent.label("a");
+        let (outcome, served) = recent.label("a", 1);
         assert_eq!(outcome, FeedbackOutcome::Matched);
         let (probs, version) = served.unwrap();
         assert_eq!(&probs[..], &[0.25f32, 0.75][..]);
         assert_eq!(&*version, "v1");
-        assert_eq!(recent.label("a"), (FeedbackOutcome::Duplicate, None));
-        assert_eq!(recent.label("zzz"), (FeedbackOutcome::UnknownId, None));
-        assert_eq!(recent.label("zzz").0, FeedbackOutcome::Duplicate);
+        assert_eq!(recent.label("a", 1), (FeedbackOutcome::Duplicate, None));
+        assert_eq!(recent.label("zzz", 0), (FeedbackOutcome::UnknownId, None));
+        assert_eq!(recent.label("zzz", 0).0, FeedbackOutcome::Duplicate);
         // "zzz" took a place: the oldest ("a") is forgotten.
         assert_eq!(recent.len(), 3);
-        assert_eq!(recent.label("a").0, FeedbackOutcome::UnknownId);
-        recent.remember("d", &[0.5, 0.5], &v1);
+        assert_eq!(recent.label("a", 1).0, FeedbackOutcome::UnknownId);
+        recent.remember("d", remembered(&[0.5, 0.5]));
         assert_eq!(recent.len(), 3);
+    }
+
+    #[test]
+    fn nearest_remembered_embeddings_with_their_labels() {
+        let recent = RecentPredictions::new(10);
+        let v: std::sync::Arc<str> = "v".into();
+        for (id, x, class) in [
+            ("p0", 0.0, 0),
+            ("p1", 1.0, 1),
+            ("p2", 2.0, 1),
+            ("p3", 3.5, 0),
+        ] {
+            recent.remember(
+                id,
+                Remembered {
+                    probabilities: &[0.5, 0.5],
+                    embedding: Some(&[x, 0.0]),
+                    predicted_class: class,
+                    version: &v,
+                },
+            );
+        }
+        // One without an embedding, one with another length: never neighbours.
+        recent.remember(
+            "none",
+            Remembered {
+                probabilities: &[0.5, 0.5],
+                embedding: None,
+                predicted_class: 0,
+                version: &v,
+            },
+        );
+        recent.remember(
+            "short",
+            Remembered {
+                probabilities: &[0.5, 0.5],
+                embedding: Some(&[1.0]),
+                predicted_class: 0,
+                version: &v,
+            },
+        );
+        assert_eq!(recent.label("p2", 0).0, FeedbackOutcome::Matched);
+        let near = recent.nearest(&[1.2, 0.0], 3, "p1", false);
+        let ids: Vec<&str> = near.iter().map(|n| n.request_id.as_str()).collect();
+        assert_eq!(ids, ["p2", "p0", "p3"]);
+        assert!((near[0].distance - 0.8).abs() < 1e-6);
+        assert_eq!(
+            (near[0].predicted_class, near[0].true_class),
+            (Some(1), Some(0))
+        );
+        assert_eq!(near[1].true_class, None);
+        let labeled = recent.nearest(&[0.0, 0.0], 5, "", true);
+        assert_eq!(labeled.len(), 1);
+        assert_eq!(labeled[0].request_id, "p2");
+        assert_eq!(recent.embedding("p3"), Some(vec![3.5, 0.0]));
+        assert_eq!(recent.embedding("none"), None);
+        assert_eq!(recent.true_class("p2"), Some(0));
+        assert!(recent.nearest(&[f32::NAN, 0.0], 3, "", false).is_empty());
+        assert!(recent.nearest(&[0.0, 0.0], 0, "", false).is_empty());
     }
 }

@@ -11,6 +11,7 @@
 mod config;
 pub mod export;
 pub mod offline;
+pub mod ood;
 pub mod select;
 mod store;
 

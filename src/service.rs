@@ -29,6 +29,7 @@ use crate::model::config::ModelConfig;
 use crate::model::{self, LoadOptions, ModelSpec};
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::{Monitor, MonitorConfig, Snapshot};
+use crate::relabel::ood::OodDetector;
 use crate::relabel::{CandidateMetrics, Candidates};
 
 /// One loaded version of a model: what a request needs from start to answer.
@@ -43,6 +44,9 @@ pub struct Version {
     pub labels: Vec<Arc<str>>,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// The out-of-distribution detector fitted on the reference embeddings (`None` without a
+    /// reference built for this version, or without an embedding output).
+    pub ood: Option<Arc<OodDetector>>,
 }
 
 impl std::fmt::Debug for Version {
@@ -62,6 +66,16 @@ impl Version {
             .await
             .map_err(|_| InferenceError::Closed)?
     }
+}
+
+/// A neighbour found by [`ModelService::similar`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Similar {
+    pub request_id: String,
+    pub distance: f64,
+    pub predicted_label: Option<String>,
+    /// The delayed label, when one came back.
+    pub label: Option<String>,
 }
 
 /// One served model: its current version and everything that outlives versions.
@@ -136,7 +150,7 @@ impl ModelService {
         class: usize,
         process_metrics: &ProcessMetrics,
     ) -> FeedbackOutcome {
-        let (outcome, served) = self.recent.label(request_id);
+        let (outcome, served) = self.recent.label(request_id, class);
         if let Some((probabilities, version)) = served {
             let current = self.current();
             if current.version == version
@@ -155,6 +169,70 @@ impl ModelService {
             .with_label_values(&[outcome.as_str()])
             .inc();
         outcome
+    }
+
+    /// The `k` predictions nearest to `request_id`'s embedding among those this model still
+    /// holds (its recent predictions and its stored candidates), nearest first; `None` when it
+    /// holds no embedding for that id. A model without an embedding output compares its
+    /// candidates' probability vectors instead.
+    pub fn similar(&self, request_id: &str, k: usize) -> Option<Vec<Similar>> {
+        let stored = self
+            .candidates
+            .as_ref()
+            .map(Candidates::list)
+            .unwrap_or_default();
+        let query = self.recent.embedding(request_id).or_else(|| {
+            stored
+                .iter()
+                .find(|s| s.candidate.request_id == request_id)
+                .map(|s| s.candidate.vector.clone())
+        })?;
+        let labels = self.current().labels.clone();
+        let name = |class: Option<usize>| class.and_then(|c| labels.get(c)).map(|l| l.to_string());
+        let mut found: Vec<Similar> = self
+            .recent
+            .nearest(&query, k, request_id, false)
+            .into_iter()
+            .map(|n| Similar {
+                request_id: n.request_id,
+                distance: n.distance,
+                predicted_label: name(n.predicted_class),
+                label: name(n.true_class),
+            })
+            .collect();
+        let known: std::collections::HashSet<String> =
+            found.iter().map(|n| n.request_id.clone()).collect();
+        for s in &stored {
+            let c = &s.candidate;
+            if c.request_id == request_id
+                || c.vector.len() != query.len()
+                || known.contains(&c.request_id)
+                || c.vector.iter().any(|v| !v.is_finite())
+            {
+                continue;
+            }
+            found.push(Similar {
+                distance: crate::stats::knn::euclidean(&query, &c.vector),
+                predicted_label: Some(s.predicted_label.clone()),
+                label: name(self.recent.true_class(&c.request_id)),
+                request_id: c.request_id.clone(),
+            });
+        }
+        found.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then_with(|| a.request_id.cmp(&b.request_id))
+        });
+        found.truncate(k);
+        Some(found)
+    }
+
+    /// The labeled prediction whose embedding lies nearest to `vector` (not `exclude` itself):
+    /// its request id, its label and the distance (label propagation in exports).
+    pub fn nearest_labeled(&self, vector: &[f32], exclude: &str) -> Option<(String, String, f64)> {
+        let near = self.recent.nearest(vector, 1, exclude, true).pop()?;
+        let label = self.current().labels.get(near.true_class?)?.to_string();
+        Some((near.request_id, label, near.distance))
     }
 
     /// Stops the watcher, the workers and the monitor of the current version, writes out the
@@ -426,6 +504,19 @@ fn load_version(
         }
         _ => None,
     };
+    let ood = reference.and_then(|path| {
+        let quantile = config.candidates.as_ref().map_or(0.99, |c| c.ood_quantile);
+        let profile = read_reference(path, spec).ok()?;
+        let embeddings = profile.embeddings?;
+        match OodDetector::fit(&embeddings, quantile) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!(model = %spec.name, reference = %path.display(), error = %e,
+                    "no out-of-distribution detector: ood_suspect falls back to the monitor's centroids");
+                None
+            }
+        }
+    });
     let version: Arc<str> = Arc::from(spec.version.as_str());
     let labels = spec.labels.iter().map(|l| Arc::from(l.as_str())).collect();
     let pool = InferencePool::start(
@@ -444,6 +535,7 @@ fn load_version(
         version,
         labels,
         path: path.to_path_buf(),
+        ood,
     })
 }
 

@@ -24,11 +24,14 @@
 //! - `sequential`: Shiryaev–Roberts e-detectors (sequential change detection by betting),
 //!   mid-ranks and reference tails (checked against `tests/data/sequential_fixture.json`,
 //!   written by `tests/data/make_sequential_fixture.py`);
-//! - `conformal`: randomized APS prediction sets (same fixture).
+//! - `conformal`: randomized APS prediction sets (same fixture);
+//! - `knn`: exact nearest-neighbour search and Mahalanobis whitening (checked against
+//!   `tests/data/knn_fixture.json`, written by `tests/data/make_knn_fixture.py`).
 
 mod calibration;
 pub mod conformal;
 mod gamma;
+pub mod knn;
 mod kolmogorov;
 mod mmd;
 pub mod random;

@@ -3,7 +3,11 @@ would read it: tasks.json against a JSON Schema of Label Studio's task import fo
 labeling config in label-studio.xml, the images and manifest.csv. Exits 1 on the first failure
 with a message saying what is wrong.
 
-usage: check_label_studio.py PACKAGE_DIR
+usage: check_label_studio.py PACKAGE_DIR [IMAGE_URL_PREFIX]
+
+Each task's image URL must be IMAGE_URL_PREFIX (default Label Studio's local-files form,
+`/data/local-files/?d=`) followed by the image's path relative to the package's parent folder
+(the export root, Label Studio's LOCAL_FILES_DOCUMENT_ROOT): `<package>/images/<file>`.
 
 Prints one JSON line on success: {"ok": true, "tasks": ..., "images": ..., "labels": ...,
 "manifest_rows": ...}.
@@ -126,10 +130,11 @@ def read_config(path):
 
 
 def inside(package, relative):
-    """The real path of a package-relative path, or None when it leads outside the package."""
+    """The real path of a path relative to the package's parent, or None when it leads
+    outside the package."""
     if os.path.isabs(relative):
         return None
-    real = os.path.realpath(os.path.join(package, relative))
+    real = os.path.realpath(os.path.join(os.path.dirname(os.path.realpath(package)), relative))
     return real if real.startswith(os.path.realpath(package) + os.sep) else None
 
 
@@ -141,7 +146,7 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def check_package(package):
+def check_package(package, prefix):
     check(os.path.isdir(package), f"{package}: not a directory")
     tasks_path = os.path.join(package, "tasks.json")
     try:
@@ -161,7 +166,8 @@ def check_package(package):
     referenced = set()
     for n, task in enumerate(tasks):
         image = task["data"]["image"]
-        real = inside(package, image)
+        check(image.startswith(prefix), f"task {n}: image URL {image!r} does not start with {prefix!r}")
+        real = inside(package, image[len(prefix):])
         check(real is not None, f"task {n}: image {image!r} is outside the package")
         check(os.path.isfile(real), f"task {n}: image {image!r} is not a file in the package")
         check(
@@ -206,7 +212,7 @@ def check_package(package):
             record["request_id"] == task["data"]["request_id"],
             f"{manifest_path}: row {n + 1} is {record['request_id']!r}, task {n} is {task['data']['request_id']!r}",
         )
-        real = inside(package, task["data"]["image"])
+        real = inside(package, task["data"]["image"][len(prefix):])
         if real not in sha_cache:
             sha_cache[real] = sha256_of(real)
         check(
@@ -239,11 +245,12 @@ def check_package(package):
 
 
 def main(argv):
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 1
+    prefix = argv[2] if len(argv) == 3 else "/data/local-files/?d="
     try:
-        summary = check_package(argv[1])
+        summary = check_package(argv[1], prefix)
     except Failure as e:
         print(f"check_label_studio: {e}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import digit_images as di  # noqa: E402
 import digits_mlp as dm  # noqa: E402
 import export_onnx as ex  # noqa: E402
+import make_photo_traffic  # noqa: E402
 import make_test_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -382,6 +383,8 @@ def main(argv=None):
     models = export_models(kept, agg)
     written = build_images()
     n_fixture = build_fixture(written, models["default"]["path"])
+    # The natural-photo crops (data/traffic/photos) and their fixture entries.
+    n_fixture += make_photo_traffic.main()
     rgb_files = make_test_model.main(ROOT)
     claim_text, ok = claims(agg, models, results)
     if not args.quick:

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::relabel::export::{ExportError, write_package};
+use crate::relabel::export::{ExportError, Propagated, write_package};
 use crate::relabel::select::{Reason, reasons, select};
 use crate::relabel::{Candidates, StoredCandidate};
 use crate::service::ModelService;
@@ -139,6 +139,7 @@ pub async fn export(
         let store = exporting.candidates.as_ref().expect("checked by `store`");
         let cfg = store.config().selection.clone();
         let root = store.config().export_dir.clone();
+        let prefix = store.config().image_url_prefix.clone();
         let chosen = choose(store, limit);
         let mut items = Vec::with_capacity(chosen.len());
         for c in &chosen {
@@ -148,7 +149,19 @@ pub async fn export(
                 continue;
             }
             let Ok(image) = store.image(c) else { continue };
-            items.push(c.export_item(image, &cfg));
+            let mut item = c.export_item(image, &cfg);
+            let max = store.config().propagation_max_distance;
+            if max > 0.0 {
+                item.propagated = exporting
+                    .nearest_labeled(&c.candidate.vector, &c.candidate.request_id)
+                    .filter(|(_, label, distance)| *distance <= max && labels.contains(label))
+                    .map(|(request_id, label, distance)| Propagated {
+                        request_id,
+                        label,
+                        distance,
+                    });
+            }
+            items.push(item);
         }
         let count = items.len();
         std::fs::create_dir_all(&root)
@@ -156,7 +169,7 @@ pub async fn export(
                 path: root.clone(),
                 source: e,
             })
-            .and_then(|()| write_package(&root, &name, &items, &labels))
+            .and_then(|()| write_package(&root, &name, &items, &labels, &prefix))
             .map(|p| (p, name, count))
     })
     .await

@@ -99,9 +99,8 @@ pub struct Reference {
     /// (leave-one-out), sorted: the sequential embedding detector ranks live distances among
     /// them.
     pub centroid_distances_sorted: Vec<f64>,
-    /// The embeddings the neighbour distance searches (a bounded, seeded subsample, row-major)
-    /// and their dimension.
-    pub neighbors: Option<(Vec<f32>, usize)>,
+    /// The embeddings the neighbour distance searches (a bounded, seeded subsample).
+    pub neighbors: Option<stats::knn::KnnIndex>,
     /// Every searched sample's distance to its [`NEIGHBORS`]-th nearest other sample
     /// (leave-one-out), sorted: the sequential embedding detector ranks live distances among
     /// them.
@@ -370,10 +369,14 @@ impl Reference {
                     .iter()
                     .flat_map(|&i| rows[i].iter().copied())
                     .collect();
-                neighbor_distances = (0..searched.len())
-                    .map(|i| kth_nearest(&flat, dim, &flat[i * dim..(i + 1) * dim], Some(i)))
-                    .collect();
-                neighbors = Some((flat, dim));
+                if let Ok(index) = stats::knn::KnnIndex::new(dim, flat) {
+                    neighbor_distances = index
+                        .leave_one_out(NEIGHBORS)
+                        .into_iter()
+                        .filter(|d| d.is_finite())
+                        .collect();
+                    neighbors = Some(index);
+                }
                 let sample = subsample(rows.len(), MMD_REFERENCE_MAX, seed);
                 let flat_rows: Vec<f32> = sample
                     .iter()
@@ -480,12 +483,12 @@ impl Reference {
     /// The distance from `embedding` to its [`NEIGHBORS`]-th nearest reference embedding (NaN
     /// without reference embeddings or for another dimension).
     pub fn neighbor_distance(&self, embedding: &[f32]) -> f64 {
-        match &self.neighbors {
-            Some((rows, dim)) if *dim == embedding.len() => {
-                kth_nearest(rows, *dim, embedding, None)
-            }
-            _ => f64::NAN,
-        }
+        self.neighbors.as_ref().map_or(f64::NAN, |index| {
+            index
+                .nearest(embedding, NEIGHBORS, None)
+                .get(NEIGHBORS - 1)
+                .map_or(f64::NAN, |n| n.distance)
+        })
     }
 
     /// The flags of one prediction against this reference.
@@ -515,33 +518,6 @@ pub const NEIGHBOR_REFERENCE_MAX: usize = 2048;
 /// Which nearest neighbour the neighbour distance is to: the 5th, so that one stray reference
 /// sample near an unfamiliar input does not hide it.
 pub const NEIGHBORS: usize = 5;
-
-/// The distance from `query` to its `NEIGHBORS`-th nearest row of `rows` (row-major, `dim`
-/// wide), leaving out row `skip`; with fewer rows, to the farthest one. NaN without rows.
-fn kth_nearest(rows: &[f32], dim: usize, query: &[f32], skip: Option<usize>) -> f64 {
-    // The k smallest squared distances so far, ascending.
-    let mut best: Vec<f64> = Vec::with_capacity(NEIGHBORS + 1);
-    for (i, row) in rows.chunks_exact(dim.max(1)).enumerate() {
-        if Some(i) == skip {
-            continue;
-        }
-        let d: f64 = row
-            .iter()
-            .zip(query)
-            .map(|(x, y)| {
-                let d = f64::from(*x - *y);
-                d * d
-            })
-            .sum();
-        if best.len() == NEIGHBORS && d >= best[NEIGHBORS - 1] {
-            continue;
-        }
-        let at = best.partition_point(|&b| b <= d);
-        best.insert(at, d);
-        best.truncate(NEIGHBORS);
-    }
-    best.last().map_or(f64::NAN, |d| d.sqrt())
-}
 
 /// Most reference embeddings used by the MMD test.
 pub const MMD_REFERENCE_MAX: usize = 200;
@@ -645,20 +621,17 @@ mod tests {
         assert_eq!(crate::stats::fixture::count(&case["k"]), NEIGHBORS);
         let dim = crate::stats::fixture::count(&case["dim"]);
         let rows = crate::stats::fixture::f32s(&case["rows"]);
+        let index = stats::knn::KnnIndex::new(dim, rows).unwrap();
         let loo = crate::stats::fixture::f64s(&case["leave_one_out"]);
-        for (i, want) in loo.iter().enumerate() {
-            let got = kth_nearest(&rows, dim, &rows[i * dim..(i + 1) * dim], Some(i));
-            crate::stats::fixture::assert_close(got, *want, 1e-6, "leave-one-out distance");
+        for (got, want) in index.leave_one_out(NEIGHBORS).iter().zip(&loo) {
+            crate::stats::fixture::assert_close(*got, *want, 1e-6, "leave-one-out distance");
         }
         let queries = crate::stats::fixture::f32s(&case["queries"]);
         let want = crate::stats::fixture::f64s(&case["query_distances"]);
         for (q, want) in queries.chunks_exact(dim).zip(&want) {
-            let got = kth_nearest(&rows, dim, q, None);
+            let got = index.nearest(q, NEIGHBORS, None)[NEIGHBORS - 1].distance;
             crate::stats::fixture::assert_close(got, *want, 1e-6, "query distance");
         }
-        // Fewer rows than NEIGHBORS: the farthest; none: NaN.
-        assert_eq!(kth_nearest(&[0.0, 3.0], 1, &[0.0], None), 3.0);
-        assert!(kth_nearest(&[], 1, &[0.0], None).is_nan());
     }
 
     #[test]

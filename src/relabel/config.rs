@@ -20,11 +20,16 @@ pub struct RawCandidates {
     pub max_disk_bytes: u64,
     pub retention_hours: f64,
     pub ood_boost: f64,
+    pub ood_quantile: f64,
+    pub ood_share: f64,
+    pub ood_clusters: usize,
     pub shift_boost: f64,
     pub dhash_threshold: u32,
     pub random_share: f64,
     pub kcenter_pool_factor: usize,
     pub default_limit: usize,
+    pub image_url_prefix: String,
+    pub propagation_max_distance: f64,
 }
 
 impl Default for RawCandidates {
@@ -40,11 +45,16 @@ impl Default for RawCandidates {
             max_disk_bytes: 100 * 1024 * 1024,
             retention_hours: 168.0,
             ood_boost: 1.0,
+            ood_quantile: 0.99,
+            ood_share: 0.5,
+            ood_clusters: 8,
             shift_boost: 0.5,
             dhash_threshold: 4,
             random_share: 0.1,
             kcenter_pool_factor: 3,
             default_limit: 100,
+            image_url_prefix: "/data/local-files/?d=".into(),
+            propagation_max_distance: 3.0,
         }
     }
 }
@@ -64,6 +74,15 @@ pub struct CandidatesConfig {
     pub selection: SelectionConfig,
     /// How many candidates a listing or an export returns without a limit.
     pub default_limit: usize,
+    /// The reference leave-one-out quantile that calibrates the out-of-distribution score
+    /// (`ood::OodDetector`): a prediction farther out than it is flagged `ood_suspect`.
+    pub ood_quantile: f64,
+    /// An exported candidate whose nearest labeled prediction lies within this embedding
+    /// distance gets that label as a second pre-annotation (0: never).
+    pub propagation_max_distance: f64,
+    /// What each task's image URL starts with; the image's path relative to `export_dir`
+    /// follows.
+    pub image_url_prefix: String,
 }
 
 impl CandidatesConfig {
@@ -116,12 +135,30 @@ impl RawCandidates {
             ("candidates.random_rate", c.random_rate, 1.0),
             ("candidates.random_share", c.random_share, 1.0),
             ("candidates.ood_boost", c.ood_boost, 100.0),
+            ("candidates.ood_share", c.ood_share, 1.0),
             ("candidates.shift_boost", c.shift_boost, 100.0),
             ("candidates.retention_hours", c.retention_hours, f64::MAX),
+            (
+                "candidates.propagation_max_distance",
+                c.propagation_max_distance,
+                f64::MAX,
+            ),
         ] {
             if !(v.is_finite() && (0.0..=hi).contains(&v)) {
                 bad(key, format!("must be a number in 0..={hi}"));
             }
+        }
+        if let Err(e) = super::export::check_image_url_prefix(&c.image_url_prefix) {
+            bad("candidates.image_url_prefix", e.to_string());
+        }
+        if !(c.ood_quantile.is_finite() && c.ood_quantile > 0.0 && c.ood_quantile <= 1.0) {
+            bad(
+                "candidates.ood_quantile",
+                "must be a number in (0, 1], e.g. 0.99".into(),
+            );
+        }
+        if c.ood_clusters == 0 {
+            bad("candidates.ood_clusters", "must be at least 1".into());
         }
         if c.dhash_threshold > 64 {
             bad(
@@ -146,8 +183,13 @@ impl RawCandidates {
                 dhash_threshold: c.dhash_threshold,
                 random_share: c.random_share,
                 candidate_pool_factor: c.kcenter_pool_factor,
+                ood_share: c.ood_share,
+                ood_clusters: c.ood_clusters,
             },
+            ood_quantile: c.ood_quantile,
             default_limit: c.default_limit,
+            image_url_prefix: c.image_url_prefix,
+            propagation_max_distance: c.propagation_max_distance,
         })
     }
 }

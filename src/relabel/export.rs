@@ -7,9 +7,12 @@
 //! name is a single plain path component, the root is canonicalized, and every path written is
 //! checked to lie under it. Everything is validated before the first byte is written.
 //!
-//! In Label Studio: create a project with the labeling config from `label-studio.xml`, make
-//! the package's folder reachable (local-files storage, or any web server, prefixing
-//! `data.image`), then import `tasks.json`.
+//! Each task's `data.image` is `[candidates] image_url_prefix` followed by the image's path
+//! relative to the export root (`<package>/images/<file>`): with the default prefix
+//! (`/data/local-files/?d=`) a Label Studio serving local files from the export root, with a
+//! Local Files storage on the package folder, shows every image as it is imported; with a
+//! bucket prefix (`s3://bucket/prefix/`) the package is uploaded under that prefix and Label
+//! Studio's cloud storage signs the URLs.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -54,6 +57,20 @@ pub struct ExportItem {
     pub margin: f32,
     pub entropy: f32,
     pub model_version: String,
+    /// The label of the nearest labeled neighbour, when it lies within the propagation
+    /// distance: a second pre-annotation.
+    pub propagated: Option<Propagated>,
+}
+
+/// A label carried over from the nearest labeled neighbour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Propagated {
+    /// The neighbour's request id.
+    pub request_id: String,
+    /// Its delayed label: must be one of the package's labels.
+    pub label: String,
+    /// The distance between the two embeddings.
+    pub distance: f64,
 }
 
 /// Why a package was not written. Nothing is left behind in any case.
@@ -68,6 +85,9 @@ pub enum ExportError {
     /// Something already has the package's path.
     #[error("package {path} already exists: choose another name or remove it")]
     Exists { path: PathBuf },
+    /// The image URL prefix cannot start a URL.
+    #[error("image URL prefix {prefix:?} holds whitespace or a control character")]
+    InvalidImageUrlPrefix { prefix: String },
     /// The class labels cannot make a labeling config.
     #[error("class labels: {reason}")]
     InvalidLabels { reason: String },
@@ -90,15 +110,18 @@ pub enum ExportError {
 /// - `images/<sha256>.<ext>`, each distinct image once; the extension from the bytes' magic
 ///   number (png, jpg, webp, gif, bmp, tif), else from the content type, else `bin`;
 /// - `tasks.json`: Label Studio's import format, one task per item, in order:
-///   `{"data": {"image": "images/<file>", "request_id", "score", "reasons" (joined by ';'),
+///   `{"data": {"image": "<image_url_prefix><name>/images/<file>", "request_id", "score", "reasons" (joined by ';'),
 ///   "model_version"}, "predictions": [{"model_version", "score": <confidence>, "result":
 ///   [{"from_name": "label", "to_name": "image", "type": "choices",
-///   "value": {"choices": [<predicted_label>]}}]}]}`;
+///   "value": {"choices": [<predicted_label>]}}]}]}`, and for an item with a propagated label a
+///   second prediction `{"model_version": "propagated:<neighbour's request_id>", "score":
+///   <distance>, "result": [... "choices": [<neighbour's label>] ...]}`;
 /// - `label-studio.xml`: the labeling config, one `<Choice>` per label;
 /// - `manifest.csv`: `request_id,sha256,score,reasons,predicted_label,confidence,margin,entropy,model_version`,
 ///   one row per item (RFC 4180 quoting, reasons joined by ';').
 ///
-/// Refused before anything is written: a bad name; no labels, an empty, repeated or
+/// Refused before anything is written: a bad name; an image URL prefix holding a control
+/// character or whitespace; no labels, an empty, repeated or
 /// control-character label; an item with an empty, repeated or control-character request id, a
 /// SHA-256 that is not the image's, a non-finite number, or a predicted label not among `labels`.
 pub fn write_package(
@@ -106,8 +129,10 @@ pub fn write_package(
     name: &str,
     items: &[ExportItem],
     labels: &[String],
+    image_url_prefix: &str,
 ) -> Result<PathBuf, ExportError> {
     check_name(name)?;
+    check_image_url_prefix(image_url_prefix)?;
     check_labels(labels)?;
     let plan = plan(items, labels)?;
     let root = fs::canonicalize(root).map_err(|source| ExportError::Root {
@@ -126,16 +151,22 @@ pub fn write_package(
     }
     let staging = inside(&root, root.join(staging_name(name)))?;
     fs::create_dir(&staging).map_err(io_at(&staging))?;
-    let written = write_contents(&root, &staging, items, labels, &plan).and_then(|()| {
-        // Checked again just before the rename: renaming onto an empty directory would
-        // silently replace it.
-        if fs::symlink_metadata(&target).is_ok() {
-            return Err(ExportError::Exists {
-                path: target.clone(),
-            });
-        }
-        fs::rename(&staging, &target).map_err(io_at(&target))
-    });
+    let image_urls: Vec<String> = plan
+        .files
+        .iter()
+        .map(|file| format!("{image_url_prefix}{name}/images/{file}"))
+        .collect();
+    let written =
+        write_contents(&root, &staging, items, labels, &plan, &image_urls).and_then(|()| {
+            // Checked again just before the rename: renaming onto an empty directory would
+            // silently replace it.
+            if fs::symlink_metadata(&target).is_ok() {
+                return Err(ExportError::Exists {
+                    path: target.clone(),
+                });
+            }
+            fs::rename(&staging, &target).map_err(io_at(&target))
+        });
     if let Err(e) = written {
         // Best effort: the error being reported matters more than a failed clean-up.
         let _ = fs::remove_dir_all(&staging);
@@ -181,6 +212,17 @@ fn check_name(name: &str) -> Result<(), ExportError> {
 fn has_control(s: &str) -> bool {
     s.chars()
         .any(|c| c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}'))
+}
+
+/// A URL prefix goes into JSON as it is: no control characters, no whitespace (Label Studio
+/// would not resolve it).
+pub fn check_image_url_prefix(prefix: &str) -> Result<(), ExportError> {
+    if has_control(prefix) || prefix.chars().any(char::is_whitespace) {
+        return Err(ExportError::InvalidImageUrlPrefix {
+            prefix: prefix.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn check_labels(labels: &[String]) -> Result<(), ExportError> {
@@ -247,6 +289,20 @@ fn plan(items: &[ExportItem], labels: &[String]) -> Result<Plan, ExportError> {
         ];
         if let Some((field, value)) = numbers.iter().find(|(_, v)| !v.is_finite()) {
             return Err(invalid(format!("{field} is {value}, not a finite number")));
+        }
+        if let Some(p) = &item.propagated {
+            if !labels.contains(p.label.as_str()) {
+                return Err(invalid(format!(
+                    "propagated label {:?} is not one of the {} class labels",
+                    p.label,
+                    labels.len()
+                )));
+            }
+            if !(p.distance.is_finite() && p.distance >= 0.0) || has_control(&p.request_id) {
+                return Err(invalid(
+                    "a propagated label needs a finite distance and a plain request id".into(),
+                ));
+            }
         }
         if !labels.contains(item.predicted_label.as_str()) {
             return Err(invalid(format!(
@@ -369,6 +425,7 @@ fn write_contents(
     items: &[ExportItem],
     labels: &[String],
     plan: &Plan,
+    image_urls: &[String],
 ) -> Result<(), ExportError> {
     // The staging directory was just created by us; make sure it is where we think it is.
     let real = fs::canonicalize(staging).map_err(io_at(staging))?;
@@ -382,7 +439,7 @@ fn write_contents(
     write_new(
         root,
         staging.join("tasks.json"),
-        &tasks_json(items, &plan.files),
+        &tasks_json(items, image_urls),
     )?;
     write_new(
         root,
@@ -400,7 +457,7 @@ fn write_contents(
 #[derive(Serialize)]
 struct Task<'a> {
     data: TaskData<'a>,
-    predictions: [Prediction<'a>; 1],
+    predictions: Vec<Prediction<'a>>,
 }
 
 #[derive(Serialize)]
@@ -414,9 +471,18 @@ struct TaskData<'a> {
 
 #[derive(Serialize)]
 struct Prediction<'a> {
-    model_version: &'a str,
-    score: f32,
+    model_version: std::borrow::Cow<'a, str>,
+    score: f64,
     result: [ChoiceResult<'a>; 1],
+}
+
+fn choice(label: &str) -> [ChoiceResult<'_>; 1] {
+    [ChoiceResult {
+        from_name: CHOICES_NAME,
+        to_name: IMAGE_NAME,
+        kind: "choices",
+        value: ChoiceValue { choices: [label] },
+    }]
 }
 
 #[derive(Serialize)]
@@ -433,30 +499,29 @@ struct ChoiceValue<'a> {
     choices: [&'a str; 1],
 }
 
-fn tasks_json(items: &[ExportItem], files: &[String]) -> Vec<u8> {
+fn tasks_json(items: &[ExportItem], image_urls: &[String]) -> Vec<u8> {
     let tasks: Vec<Task<'_>> = items
         .iter()
-        .zip(files)
-        .map(|(item, file)| Task {
+        .zip(image_urls)
+        .map(|(item, url)| Task {
             data: TaskData {
-                image: format!("images/{file}"),
+                image: url.clone(),
                 request_id: &item.request_id,
                 score: item.score,
                 reasons: join_reasons(&item.reasons),
                 model_version: &item.model_version,
             },
-            predictions: [Prediction {
-                model_version: &item.model_version,
-                score: item.confidence,
-                result: [ChoiceResult {
-                    from_name: CHOICES_NAME,
-                    to_name: IMAGE_NAME,
-                    kind: "choices",
-                    value: ChoiceValue {
-                        choices: [&item.predicted_label],
-                    },
-                }],
-            }],
+            predictions: std::iter::once(Prediction {
+                model_version: item.model_version.as_str().into(),
+                score: f64::from(item.confidence),
+                result: choice(&item.predicted_label),
+            })
+            .chain(item.propagated.iter().map(|p| Prediction {
+                model_version: format!("propagated:{}", p.request_id).into(),
+                score: p.distance,
+                result: choice(&p.label),
+            }))
+            .collect(),
         })
         .collect();
     // Plain structs of strings and finite numbers: serialising them cannot fail.
@@ -529,6 +594,8 @@ fn manifest(items: &[ExportItem]) -> String {
 mod tests {
     use super::*;
 
+    /// Label Studio's local-files prefix, the default `image_url_prefix`.
+    const LOCAL_FILES: &str = "/data/local-files/?d=";
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n not really a png";
     const JPEG: &[u8] = b"\xFF\xD8\xFF\xE0 not really a jpeg";
 
@@ -552,6 +619,7 @@ mod tests {
             margin: 0.125,
             entropy: 1.25,
             model_version: "digits-3".to_string(),
+            propagated: None,
         }
     }
 
@@ -584,7 +652,7 @@ mod tests {
     fn writes_every_file_of_the_package() {
         let dir = tempfile::tempdir().unwrap();
         let items = items();
-        let package = write_package(dir.path(), "batch-1", &items, &labels()).unwrap();
+        let package = write_package(dir.path(), "batch-1", &items, &labels(), LOCAL_FILES).unwrap();
         assert_eq!(
             package,
             fs::canonicalize(dir.path()).unwrap().join("batch-1")
@@ -617,10 +685,13 @@ mod tests {
     fn tasks_have_label_studio_shape() {
         let dir = tempfile::tempdir().unwrap();
         let items = items();
-        let package = write_package(dir.path(), "tasks", &items, &labels()).unwrap();
+        let package = write_package(dir.path(), "tasks", &items, &labels(), LOCAL_FILES).unwrap();
         let tasks: serde_json::Value =
             serde_json::from_slice(&fs::read(package.join("tasks.json")).unwrap()).unwrap();
-        let png = format!("images/{}.png", hex::encode(Sha256::digest(PNG)));
+        let png = format!(
+            "{LOCAL_FILES}tasks/images/{}.png",
+            hex::encode(Sha256::digest(PNG))
+        );
         let second = serde_json::json!({
             "data": {
                 "image": png,
@@ -646,8 +717,10 @@ mod tests {
         assert_eq!(tasks[0]["data"]["image"], png);
         for (task, item) in tasks.iter().zip(&items) {
             assert_eq!(task["data"]["request_id"], item.request_id.as_str());
+            // The URL's path is relative to the export root (Label Studio's document root).
             let image = task["data"]["image"].as_str().unwrap();
-            assert_eq!(fs::read(package.join(image)).unwrap(), item.image);
+            let relative = image.strip_prefix(LOCAL_FILES).unwrap();
+            assert_eq!(fs::read(dir.path().join(relative)).unwrap(), item.image);
             assert_eq!(
                 task["predictions"][0]["result"][0]["value"]["choices"][0],
                 item.predicted_label.as_str()
@@ -656,9 +729,70 @@ mod tests {
     }
 
     #[test]
+    fn a_propagated_label_is_a_second_prediction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut items = items();
+        items[0].propagated = Some(Propagated {
+            request_id: "labeled-7".into(),
+            label: "<bird>".into(),
+            distance: 1.5,
+        });
+        let package = write_package(dir.path(), "p", &items, &labels(), LOCAL_FILES).unwrap();
+        let tasks: serde_json::Value =
+            serde_json::from_slice(&fs::read(package.join("tasks.json")).unwrap()).unwrap();
+        assert_eq!(
+            tasks[0]["predictions"][1],
+            serde_json::json!({
+                "model_version": "propagated:labeled-7",
+                "score": 1.5,
+                "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                            "value": {"choices": ["<bird>"]}}],
+            })
+        );
+        assert_eq!(tasks[1]["predictions"].as_array().unwrap().len(), 1);
+        // A label that is not a class, or a distance that is not one, is refused.
+        for (label, distance) in [("wolf", 1.0), ("cat", f64::NAN), ("cat", -1.0)] {
+            items[0].propagated = Some(Propagated {
+                request_id: "labeled-7".into(),
+                label: label.into(),
+                distance,
+            });
+            let err = write_package(dir.path(), "q", &items, &labels(), LOCAL_FILES).unwrap_err();
+            assert!(matches!(err, ExportError::InvalidItem { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn image_urls_take_the_configured_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = "s3://labels-bucket/shiftwatch/";
+        let package = write_package(dir.path(), "batch-7", &items(), &labels(), bucket).unwrap();
+        let tasks: serde_json::Value =
+            serde_json::from_slice(&fs::read(package.join("tasks.json")).unwrap()).unwrap();
+        let png = hex::encode(Sha256::digest(PNG));
+        assert_eq!(
+            tasks[1]["data"]["image"],
+            format!("s3://labels-bucket/shiftwatch/batch-7/images/{png}.png")
+        );
+        // An empty prefix leaves the path relative to the export root.
+        let package = write_package(dir.path(), "plain", &items(), &labels(), "").unwrap();
+        let tasks: serde_json::Value =
+            serde_json::from_slice(&fs::read(package.join("tasks.json")).unwrap()).unwrap();
+        assert_eq!(tasks[1]["data"]["image"], format!("plain/images/{png}.png"));
+        for bad in ["s3://a b/", "/data/\n", "x\u{7f}", "\t"] {
+            let err = write_package(dir.path(), "refused", &items(), &labels(), bad).unwrap_err();
+            assert!(
+                matches!(err, ExportError::InvalidImageUrlPrefix { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        assert!(!dir.path().join("refused").exists());
+    }
+
+    #[test]
     fn the_labeling_config_lists_every_label_escaped() {
         let dir = tempfile::tempdir().unwrap();
-        let package = write_package(dir.path(), "xml", &items(), &labels()).unwrap();
+        let package = write_package(dir.path(), "xml", &items(), &labels(), LOCAL_FILES).unwrap();
         let xml = fs::read_to_string(package.join("label-studio.xml")).unwrap();
         let expected = "<View>\n  <Image name=\"image\" value=\"$image\"/>\n  \
             <Choices name=\"label\" toName=\"image\" choice=\"single\" showInLine=\"true\">\n    \
@@ -671,7 +805,7 @@ mod tests {
     fn manifest_rows_match_the_items() {
         let dir = tempfile::tempdir().unwrap();
         let items = items();
-        let package = write_package(dir.path(), "csv", &items, &labels()).unwrap();
+        let package = write_package(dir.path(), "csv", &items, &labels(), LOCAL_FILES).unwrap();
         let csv = fs::read_to_string(package.join("manifest.csv")).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), items.len() + 1);
@@ -704,7 +838,7 @@ mod tests {
             .collect();
         // Upper-case hex names the same image.
         copies[3].sha256 = copies[3].sha256.to_ascii_uppercase();
-        let package = write_package(dir.path(), "copies", &copies, &labels()).unwrap();
+        let package = write_package(dir.path(), "copies", &copies, &labels(), LOCAL_FILES).unwrap();
         let png = format!("{}.png", hex::encode(Sha256::digest(PNG)));
         assert_eq!(entries(&package.join("images")), [png.as_str()]);
         let tasks: serde_json::Value =
@@ -715,7 +849,7 @@ mod tests {
             .iter()
             .map(|t| t["data"]["image"].as_str().unwrap())
             .collect();
-        assert_eq!(images, vec![format!("images/{png}"); 5]);
+        assert_eq!(images, vec![format!("{LOCAL_FILES}copies/images/{png}"); 5]);
     }
 
     #[test]
@@ -742,7 +876,7 @@ mod tests {
             "..\\x",
         ];
         for name in hostile {
-            let err = write_package(&root, name, &items(), &labels()).unwrap_err();
+            let err = write_package(&root, name, &items(), &labels(), LOCAL_FILES).unwrap_err();
             assert!(
                 matches!(err, ExportError::InvalidName { .. }),
                 "{name:?}: {err}"
@@ -753,7 +887,7 @@ mod tests {
         assert!(entries(&root).is_empty());
         // The longest valid name is fine.
         let longest = "b".repeat(MAX_NAME_CHARS);
-        assert!(write_package(&root, &longest, &items(), &labels()).is_ok());
+        assert!(write_package(&root, &longest, &items(), &labels(), LOCAL_FILES).is_ok());
         assert_eq!(entries(&root), [longest]);
     }
 
@@ -763,19 +897,20 @@ mod tests {
         let existing = dir.path().join("taken");
         fs::create_dir(&existing).unwrap();
         fs::write(existing.join("keep.txt"), "mine").unwrap();
-        let err = write_package(dir.path(), "taken", &items(), &labels()).unwrap_err();
+        let err = write_package(dir.path(), "taken", &items(), &labels(), LOCAL_FILES).unwrap_err();
         assert!(matches!(err, ExportError::Exists { .. }), "{err}");
         assert!(err.to_string().contains("taken"), "{err}");
         assert_eq!(entries(&existing), ["keep.txt"]);
         assert_eq!(entries(dir.path()), ["taken"]);
         // An empty directory, or a link, counts as existing too.
         fs::create_dir(dir.path().join("empty")).unwrap();
-        let err = write_package(dir.path(), "empty", &items(), &labels()).unwrap_err();
+        let err = write_package(dir.path(), "empty", &items(), &labels(), LOCAL_FILES).unwrap_err();
         assert!(matches!(err, ExportError::Exists { .. }), "{err}");
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink(&existing, dir.path().join("link")).unwrap();
-            let err = write_package(dir.path(), "link", &items(), &labels()).unwrap_err();
+            let err =
+                write_package(dir.path(), "link", &items(), &labels(), LOCAL_FILES).unwrap_err();
             assert!(matches!(err, ExportError::Exists { .. }), "{err}");
             assert_eq!(entries(&existing), ["keep.txt"]);
         }
@@ -802,7 +937,7 @@ mod tests {
         for (message, breaks) in broken {
             let mut items = items();
             breaks(&mut items[2]);
-            let err = write_package(dir.path(), "p", &items, &labels()).unwrap_err();
+            let err = write_package(dir.path(), "p", &items, &labels(), LOCAL_FILES).unwrap_err();
             assert!(matches!(err, ExportError::InvalidItem { .. }), "{err}");
             assert!(err.to_string().contains(message), "{err} lacks {message:?}");
         }
@@ -814,7 +949,7 @@ mod tests {
         ];
         for (bad, message) in bad_labels {
             let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
-            let err = write_package(dir.path(), "p", &[], &bad).unwrap_err();
+            let err = write_package(dir.path(), "p", &[], &bad, LOCAL_FILES).unwrap_err();
             assert!(matches!(err, ExportError::InvalidLabels { .. }), "{err}");
             assert!(err.to_string().contains(message), "{err} lacks {message:?}");
         }
@@ -825,7 +960,7 @@ mod tests {
     fn a_missing_root_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nowhere");
-        let err = write_package(&missing, "p", &items(), &labels()).unwrap_err();
+        let err = write_package(&missing, "p", &items(), &labels(), LOCAL_FILES).unwrap_err();
         assert!(matches!(err, ExportError::Root { .. }), "{err}");
         assert!(
             err.to_string().contains(&missing.display().to_string()),
@@ -833,7 +968,7 @@ mod tests {
         );
         let file = dir.path().join("file");
         fs::write(&file, "").unwrap();
-        let err = write_package(&file, "p", &items(), &labels()).unwrap_err();
+        let err = write_package(&file, "p", &items(), &labels(), LOCAL_FILES).unwrap_err();
         assert!(matches!(err, ExportError::Root { .. }), "{err}");
         assert!(!missing.exists());
     }
@@ -841,7 +976,7 @@ mod tests {
     #[test]
     fn an_empty_selection_is_a_valid_package() {
         let dir = tempfile::tempdir().unwrap();
-        let package = write_package(dir.path(), "empty", &[], &labels()).unwrap();
+        let package = write_package(dir.path(), "empty", &[], &labels(), LOCAL_FILES).unwrap();
         assert_eq!(
             fs::read_to_string(package.join("tasks.json"))
                 .unwrap()

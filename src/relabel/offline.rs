@@ -117,6 +117,8 @@ pub fn read_predictions(
                             },
                             vector,
                             ood: has(Flag::OodSuspect),
+                            // Not logged: a flagged row counts as just out.
+                            ood_score: 0.0,
                             shifted: has(Flag::ShiftedWindow),
                             random: false,
                             ts_us: ts.value(row),

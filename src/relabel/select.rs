@@ -1,8 +1,10 @@
-//! Which stored candidates go to the labelers: scored by uncertainty (raised for inputs flagged
-//! out-of-distribution and for those from a shifted window), near-duplicates dropped by dHash,
-//! balanced by predicted class with per-class quotas, spread out by greedy k-center on the
-//! embedding (or probability vector), plus a share reserved for the uniform random sample so the
-//! labeled set is not only hard cases.
+//! Which stored candidates go to the labelers: near-duplicates dropped by dHash, a share reserved
+//! for the uniform random sample so the labeled set is not only hard cases, a share for the
+//! out-of-distribution candidates, ranked by their distance to the reference (`ood::OodDetector`,
+//! not the model's uncertainty: the confidently wrong come first) and balanced over clusters of
+//! their embeddings (their predicted class means nothing), and the in-distribution rest ranked by
+//! uncertainty (raised for a shifted window) and balanced by predicted class; each group spread
+//! out by greedy k-center on the embedding (or probability vector).
 //!
 //! Pure: plain data in, indices out, no IO. Every input is accepted without panicking: NaN
 //! summaries count as certain, boosts and shares out of range are clamped, a predicted class
@@ -64,6 +66,10 @@ pub struct Candidate {
     pub vector: Vec<f32>,
     /// Flagged `ood_suspect`.
     pub ood: bool,
+    /// The out-of-distribution score (`ood::OodDetector::score`: above 1 is out); 0 when
+    /// unknown (no embedding, no reference, an index written before it existed).
+    #[serde(default)]
+    pub ood_score: f32,
     /// Came while the monitor judged the window shifted (an alert).
     pub shifted: bool,
     /// Member of the uniform random sample of all traffic.
@@ -78,8 +84,9 @@ pub struct SelectionConfig {
     pub uncertainty: Uncertainty,
     /// Number of classes the model predicts.
     pub classes: usize,
-    /// A candidate flagged out-of-distribution has its score multiplied by `1 + ood_boost`
-    /// (negative or not finite: no boost).
+    /// A candidate flagged out-of-distribution scores `1 + ood_boost × (1 − 1/ood_score)`
+    /// (`ood_score` below 1 or unknown counts as 1; a negative or non-finite boost as 0), so
+    /// above every in-distribution candidate of an unshifted window, the farther the higher.
     pub ood_boost: f64,
     /// A candidate from a shifted window has its score multiplied by `1 + shift_boost`
     /// (negative or not finite: no boost).
@@ -88,6 +95,12 @@ pub struct SelectionConfig {
     pub dhash_threshold: u32,
     /// Share of a selection reserved for random-sample members, clamped to [0, 1] (NaN: 0).
     pub random_share: f64,
+    /// Share of the slots left after the random sample that goes to out-of-distribution
+    /// candidates, clamped to [0, 1] (NaN: 0); slots one group cannot fill go to the other.
+    pub ood_share: f64,
+    /// Out-of-distribution candidates are balanced over at most this many clusters of their
+    /// vectors (greedy k-center centres; 0 counts as 1).
+    pub ood_clusters: usize,
     /// Within a class, k-center chooses among the top `candidate_pool_factor × quota` candidates
     /// by score (0 counts as 1: the top `quota`, no diversity).
     pub candidate_pool_factor: usize,
@@ -112,6 +125,8 @@ pub struct Signals {
     pub margin: f32,
     pub entropy: f32,
     pub ood: bool,
+    /// See [`Candidate::ood_score`].
+    pub ood_score: f32,
     pub shifted: bool,
 }
 
@@ -122,6 +137,7 @@ impl Candidate {
             margin: self.margin,
             entropy: self.entropy,
             ood: self.ood,
+            ood_score: self.ood_score,
             shifted: self.shifted,
         }
     }
@@ -147,10 +163,13 @@ impl Signals {
 
     /// See [`score`].
     pub fn score(&self, cfg: &SelectionConfig) -> f64 {
-        let mut s = self.uncertainty(cfg);
-        if self.ood {
-            s *= boost(cfg.ood_boost);
-        }
+        let mut s = if self.ood {
+            let r = f64::from(self.ood_score);
+            let r = if r.is_finite() { r.max(1.0) } else { 1.0 };
+            1.0 + (boost(cfg.ood_boost) - 1.0) * (1.0 - 1.0 / r)
+        } else {
+            self.uncertainty(cfg)
+        };
         if self.shifted {
             s *= boost(cfg.shift_boost);
         }
@@ -167,8 +186,10 @@ fn boost(boost: f64) -> f64 {
     }
 }
 
-/// A candidate's priority: [`uncertainty`] × `(1 + ood_boost)` when it is flagged
-/// out-of-distribution × `(1 + shift_boost)` when it came from a shifted window. Finite and ≥ 0.
+/// A candidate's priority: its [`uncertainty`] (in [0, 1]), or for one flagged
+/// out-of-distribution `1 + ood_boost × (1 − 1/ood_score)` (in [1, 1 + ood_boost): how far it
+/// lies from the reference, whatever the model's confidence), × `(1 + shift_boost)` when it came
+/// from a shifted window. Finite and ≥ 0.
 pub fn score(c: &Candidate, cfg: &SelectionConfig) -> f64 {
     c.signals().score(cfg)
 }
@@ -223,12 +244,18 @@ pub fn reasons(c: &Candidate, cfg: &SelectionConfig) -> Vec<Reason> {
 /// 2. `round(limit × random_share)` random-sample members are taken first, in a fixed
 ///    pseudo-random order (a hash of `request_id`, not the score, so the sample stays uniform);
 ///    slots the sample cannot fill go to the rest;
-/// 3. the other slots are shared equally among the predicted classes; slots a class cannot fill go
-///    to the classes that still have candidates, again equally, and an indivisible remainder goes
-///    one slot each to the classes whose next candidate scores best. Candidates whose predicted
-///    class is outside `0..classes` only get slots every class leaves unused. The unpicked random
-///    members compete here like any other candidate;
-/// 4. within a class, greedy k-center on `vector` (Euclidean) among its top
+/// 3. of the other slots, `round(rest × ood_share)` go to the candidates flagged
+///    out-of-distribution and the remainder to the others; what one group cannot fill goes to
+///    the other. The unpicked random members compete here like any other candidate;
+/// 4. the out-of-distribution slots are shared among clusters of their vectors: greedy k-center
+///    (seeded with the best-scored) picks up to `ood_clusters` centres, each candidate joins its
+///    nearest centre, and the slots are shared among clusters as among classes below;
+/// 5. the in-distribution slots are shared equally among the predicted classes; slots a class
+///    cannot fill go to the classes that still have candidates, again equally, and an
+///    indivisible remainder goes one slot each to the classes whose next candidate scores best.
+///    Candidates whose predicted class is outside `0..classes` only get slots every class leaves
+///    unused;
+/// 6. within a class or a cluster, greedy k-center on `vector` (Euclidean) among its top
 ///    `candidate_pool_factor × quota` by score, seeded with the top-scored one.
 ///
 /// The result is ordered by score; ties are broken by `request_id`, then by position in `pool`,
@@ -270,10 +297,30 @@ pub fn select(pool: &[Candidate], limit: usize, cfg: &SelectionConfig) -> Vec<us
         chosen[i] = true;
     }
 
-    // 3. Per-class quotas over the rest (each class's members in score order).
+    // 3. Out-of-distribution and in-distribution slots (each group in score order).
+    let (ood, in_distribution): (Vec<usize>, Vec<usize>) = kept
+        .iter()
+        .copied()
+        .filter(|&i| !chosen[i])
+        .partition(|&i| pool[i].ood);
+    let rest = limit - sample.len();
+    let ood_slots = random_slots(rest, cfg.ood_share)
+        .max(rest.saturating_sub(in_distribution.len()))
+        .min(ood.len());
+    let mut selection = sample;
+
+    // 4. Out-of-distribution quotas by cluster, diversity within each.
+    let clusters = clusters(pool, &ood, cfg.ood_clusters.max(1));
+    let members: Vec<&[usize]> = clusters.iter().map(Vec::as_slice).collect();
+    let quotas = share_slots(&members, &rank, ood_slots);
+    for (m, &quota) in members.iter().zip(&quotas) {
+        selection.extend(k_center(pool, &scores, m, quota, cfg.candidate_pool_factor));
+    }
+
+    // 5. Per-class quotas over the in-distribution rest.
     let mut classes: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut unknown_class = Vec::new();
-    for &i in kept.iter().filter(|&&i| !chosen[i]) {
+    for &i in &in_distribution {
         let c = pool[i].predicted_class;
         if c < cfg.classes {
             classes.entry(c).or_default().push(i);
@@ -281,13 +328,12 @@ pub fn select(pool: &[Candidate], limit: usize, cfg: &SelectionConfig) -> Vec<us
             unknown_class.push(i);
         }
     }
-    let mut slots = limit - sample.len();
+    let mut slots = rest - quotas.iter().sum::<usize>();
     let members: Vec<&[usize]> = classes.values().map(Vec::as_slice).collect();
     let quotas = share_slots(&members, &rank, slots);
     slots -= quotas.iter().sum::<usize>();
 
-    // 4. Diversity within each class.
-    let mut selection = sample;
+    // 6. Diversity within each class.
     for (m, &quota) in members.iter().zip(&quotas) {
         selection.extend(k_center(pool, &scores, m, quota, cfg.candidate_pool_factor));
     }
@@ -302,6 +348,47 @@ pub fn select(pool: &[Candidate], limit: usize, cfg: &SelectionConfig) -> Vec<us
 
     selection.sort_by_key(|&i| rank[i]);
     selection
+}
+
+/// Groups `members` (in score order) into at most `k` clusters of their vectors: greedy
+/// k-center (unweighted) picks the centres, starting from the first member, then each member
+/// joins its nearest centre (ties: the earlier centre). Each cluster keeps the score order;
+/// clusters are in the order their centres were picked.
+fn clusters(pool: &[Candidate], members: &[usize], k: usize) -> Vec<Vec<usize>> {
+    if members.is_empty() {
+        return Vec::new();
+    }
+    let mut centres = vec![0usize];
+    let mut nearest = vec![f64::INFINITY; members.len()];
+    while centres.len() < k.min(members.len()) {
+        let last = &pool[members[centres[centres.len() - 1]]].vector;
+        let mut farthest: Option<usize> = None;
+        for j in 0..members.len() {
+            nearest[j] = nearest[j].min(distance(&pool[members[j]].vector, last));
+            if nearest[j] > 0.0 && farthest.is_none_or(|f| nearest[j] > nearest[f]) {
+                farthest = Some(j);
+            }
+        }
+        match farthest {
+            Some(f) => centres.push(f),
+            // Every member sits on a centre: no more clusters to find.
+            None => break,
+        }
+    }
+    let mut groups = vec![Vec::new(); centres.len()];
+    for &i in members {
+        let mut best = 0;
+        let mut best_d = f64::INFINITY;
+        for (g, &c) in centres.iter().enumerate() {
+            let d = distance(&pool[i].vector, &pool[members[c]].vector);
+            if d < best_d {
+                best = g;
+                best_d = d;
+            }
+        }
+        groups[best].push(i);
+    }
+    groups
 }
 
 /// Coverage radius of a chosen set: the largest distance from any of `points` to its nearest
@@ -550,6 +637,8 @@ mod tests {
             dhash_threshold: 4,
             random_share: 0.0,
             candidate_pool_factor: 3,
+            ood_share: 0.5,
+            ood_clusters: 8,
         }
     }
 
@@ -565,6 +654,7 @@ mod tests {
             dhash: rng.next_u64(),
             vector: vec![rng.unit() as f32, rng.unit() as f32],
             ood: false,
+            ood_score: 0.0,
             shifted: false,
             random: false,
             ts_us: 0,
@@ -646,16 +736,30 @@ mod tests {
     }
 
     #[test]
-    fn boosts_multiply_the_score_and_reasons_name_them() {
+    fn ood_distance_and_shift_boost_set_the_score_and_reasons_name_them() {
         let mut rng = Rng(crate::stats::random::SplitMix64::new(3));
         let mut c = candidate("a", 0, 0.6, &mut rng);
         let cfg = config(3);
         assert!((score(&c, &cfg) - 0.4).abs() < 1e-6);
         assert!(reasons(&c, &cfg).is_empty());
+        // Out of distribution: the distance, not the uncertainty. Twice the radius with
+        // ood_boost 1: 1 + 1 × (1 − 1/2) = 1.5, whatever the margin.
         c.ood = true;
+        c.ood_score = 2.0;
+        assert!((score(&c, &cfg) - 1.5).abs() < 1e-6);
+        c.margin = 0.99;
+        assert!((score(&c, &cfg) - 1.5).abs() < 1e-6);
+        c.margin = 0.6;
+        // A flagged candidate whose score is unknown (an old index, the offline log) counts
+        // as just out: 1, still above every in-distribution candidate.
+        for unknown in [0.0, 0.5, f32::NAN, f32::INFINITY] {
+            c.ood_score = unknown;
+            assert!((score(&c, &cfg) - 1.0).abs() < 1e-6, "{unknown}");
+        }
+        c.ood_score = 2.0;
         c.shifted = true;
         c.random = true;
-        assert!((score(&c, &cfg) - 0.4 * 2.0 * 1.5).abs() < 1e-6);
+        assert!((score(&c, &cfg) - 1.5 * 1.5).abs() < 1e-6);
         assert_eq!(
             reasons(&c, &cfg),
             [
@@ -673,8 +777,87 @@ mod tests {
                 shift_boost: b,
                 ..cfg.clone()
             };
-            assert!((score(&c, &weird) - 0.5).abs() < 1e-6, "{b}");
+            assert!((score(&c, &weird) - 1.0).abs() < 1e-6, "{b}");
         }
+    }
+
+    #[test]
+    fn out_of_distribution_candidates_come_first_balanced_by_cluster_not_class() {
+        let mut rng = Rng(crate::stats::random::SplitMix64::new(12));
+        // 400 in distribution over 4 classes; 60 out of distribution, all predicted class 2
+        // with near-zero uncertainty (confidently wrong), in three embedding clusters of
+        // 40, 15 and 5.
+        let mut pool: Vec<Candidate> = (0..400)
+            .map(|i| candidate(&format!("in{i:03}"), i % 4, rng.unit() as f32, &mut rng))
+            .collect();
+        let centres = [[50.0, 0.0], [0.0, 50.0], [50.0, 50.0]];
+        for i in 0..60 {
+            let cluster = if i < 40 {
+                0
+            } else if i < 55 {
+                1
+            } else {
+                2
+            };
+            let mut c = candidate(&format!("ood{i:02}"), 2, 0.999, &mut rng);
+            c.ood = true;
+            c.ood_score = (1.0 + 3.0 * rng.unit()) as f32;
+            c.vector = centres[cluster]
+                .iter()
+                .map(|x| (x + rng.normal()) as f32)
+                .collect();
+            pool.push(c);
+        }
+        let cfg = SelectionConfig {
+            ood_clusters: 3,
+            ..config(4)
+        };
+        let chosen = select(&pool, 40, &cfg);
+        assert_eq!(chosen.len(), 40);
+        let ood: Vec<usize> = chosen.iter().copied().filter(|&i| pool[i].ood).collect();
+        // Half the slots, first in the ranking.
+        assert_eq!(ood.len(), 20);
+        assert!(chosen[..20].iter().all(|&i| pool[i].ood));
+        // Balanced over the clusters: 5 from the smallest, the rest shared by the other two.
+        let cluster_of = |i: usize| {
+            let v = &pool[i].vector;
+            centres
+                .iter()
+                .position(|c| {
+                    (v[0] as f64 - c[0]).abs() < 10.0 && (v[1] as f64 - c[1]).abs() < 10.0
+                })
+                .unwrap()
+        };
+        let mut per_cluster = [0; 3];
+        for &i in &ood {
+            per_cluster[cluster_of(i)] += 1;
+        }
+        assert_eq!(per_cluster, [8, 7, 5]);
+        // The in-distribution half stays balanced by class.
+        let in_distribution: Vec<usize> =
+            chosen.iter().copied().filter(|&i| !pool[i].ood).collect();
+        assert_eq!(count_by_class(&pool, &in_distribution, 4), [5, 5, 5, 5]);
+        // Too few in distribution: the out-of-distribution group takes their slots, and back.
+        let few_in: Vec<Candidate> = pool[390..].to_vec();
+        let chosen = select(&few_in, 40, &cfg);
+        assert_eq!(chosen.iter().filter(|&&i| !few_in[i].ood).count(), 10);
+        assert_eq!(chosen.len(), 40);
+        let few_out: Vec<Candidate> = pool[..405].to_vec();
+        let chosen = select(&few_out, 40, &cfg);
+        assert_eq!(chosen.iter().filter(|&&i| few_out[i].ood).count(), 5);
+        assert_eq!(chosen.len(), 40);
+        // No share: only what the others leave.
+        let none = SelectionConfig {
+            ood_share: 0.0,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            select(&pool, 40, &none)
+                .iter()
+                .filter(|&&i| pool[i].ood)
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl StoredCandidate {
             margin: c.margin,
             entropy: c.entropy,
             model_version: self.model_version.clone(),
+            propagated: None,
         }
     }
 }

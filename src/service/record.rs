@@ -7,12 +7,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{ModelService, Version};
+use crate::feedback::Remembered;
 use crate::inference::Inferred;
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
 use crate::model::RawOutput;
 use crate::monitor::window::Observation;
 use crate::prediction::{Flag, Summary, summarize};
 use crate::relabel::Offer;
+use crate::relabel::ood::OodDetector;
 use crate::relabel::select::{Candidate, Signals};
 use crate::stats;
 
@@ -68,12 +70,30 @@ impl ModelService {
         let label = &version.labels[summary.class];
         let prediction_set =
             monitor.and_then(|m| m.prediction_set(&output.probabilities, &p.request_id));
+        // How far the embedding lies from the reference's, when there is a detector for it.
+        let ood_score = version
+            .ood
+            .as_deref()
+            .zip(output.embedding.as_deref())
+            .and_then(|(d, e)| d.score(e));
         if let Some(monitor) = monitor {
-            flags.extend(monitor.flags(
+            let monitor_flags = monitor.flags(
                 summary.class,
                 summary.confidence,
                 output.embedding.as_deref(),
-            ));
+            );
+            // With a detector, it alone decides `ood_suspect` (the monitor's centroid radius
+            // and low-confidence rule flag 8% of normal traffic on the bundled model).
+            flags.extend(
+                monitor_flags
+                    .into_iter()
+                    .filter(|f| ood_score.is_none() || *f != Flag::OodSuspect),
+            );
+        }
+        if ood_score.is_some_and(OodDetector::is_ood) {
+            flags.push(Flag::OodSuspect);
+        }
+        if let Some(monitor) = monitor {
             monitor.observe(&Observation {
                 ts_us: p.ts_us,
                 class: summary.class,
@@ -105,6 +125,7 @@ impl ModelService {
                 margin: summary.margin,
                 entropy: summary.entropy,
                 ood: flags.contains(&Flag::OodSuspect),
+                ood_score: ood_score.unwrap_or(0.0) as f32,
                 shifted: flags.contains(&Flag::ShiftedWindow),
             };
             if let Some(random) = store.admits(&signals) {
@@ -121,6 +142,7 @@ impl ModelService {
                             .clone()
                             .unwrap_or_else(|| output.probabilities.clone()),
                         ood: signals.ood,
+                        ood_score: signals.ood_score,
                         shifted: signals.shifted,
                         random,
                         ts_us: p.ts_us,
@@ -132,8 +154,15 @@ impl ModelService {
                 });
             }
         }
-        self.recent
-            .remember(&p.request_id, &output.probabilities, &version.version);
+        self.recent.remember(
+            &p.request_id,
+            Remembered {
+                probabilities: &output.probabilities,
+                embedding: output.embedding.as_deref(),
+                predicted_class: summary.class,
+                version: &version.version,
+            },
+        );
         if let Some(log) = &self.log {
             let content_type = p.image.as_ref().and_then(|i| i.content_type.clone());
             let record = PredictionRecord {
