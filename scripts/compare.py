@@ -288,14 +288,7 @@ def main() -> int:
             peer.stop()
             started.remove(peer)
 
-            digits_model = (
-                "[model]\nname = \"digits\"\n"
-                f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
-                f"[log]\ndir = {json.dumps(str(tmp / 'log'))}\n"
-                f"[candidates]\ndir = {json.dumps(str(tmp / 'candidates'))}\n"
-                f"export_dir = {json.dumps(str(tmp / 'exports'))}\n"
-                f"[monitor]\nstate_file = {json.dumps(str(tmp / 'monitor-window.json'))}\n"
-            )
+            digits_model = loadtest.everything_on(tmp)
             (tmp / "on").mkdir()
             (tmp / "off").mkdir()
             on = loadtest.Sidecar(binary, tmp / "on", tmp / "on.log", digits_model)

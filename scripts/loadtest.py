@@ -113,6 +113,19 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def everything_on(folder: Path) -> str:
+    """Config sections serving the digits model with the shipped settings (log, monitor,
+    prediction sets, candidates), every file it writes inside `folder`."""
+    return (
+        "[model]\nname = \"digits\"\n"
+        f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
+        f"[log]\ndir = {json.dumps(str(folder / 'log'))}\n"
+        f"[candidates]\ndir = {json.dumps(str(folder / 'candidates'))}\n"
+        f"export_dir = {json.dumps(str(folder / 'exports'))}\n"
+        f"[monitor]\nstate_file = {json.dumps(str(folder / 'monitor-window.json'))}\n"
+    )
+
+
 class Sidecar:
     """The shiftwatch process on 127.0.0.1, its stdout read by a thread (never blocks us)."""
 

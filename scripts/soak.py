@@ -120,15 +120,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="shiftwatch-soak-") as tmp:
         tmp = Path(tmp)
-        sections = (
-            "[model]\nname = \"digits\"\n"
-            f"path = {json.dumps(str(ROOT / 'models/digits.onnx'))}\n"
-            f"[log]\ndir = {json.dumps(str(tmp / 'log'))}\n"
-            f"[candidates]\ndir = {json.dumps(str(tmp / 'candidates'))}\n"
-            f"export_dir = {json.dumps(str(tmp / 'exports'))}\n"
-            f"[monitor]\nstate_file = {json.dumps(str(tmp / 'monitor-window.json'))}\n"
-        )
-        sidecar = loadtest.Sidecar(binary, tmp, tmp / "sidecar.log", sections)
+        sidecar = loadtest.Sidecar(binary, tmp, tmp / "sidecar.log", loadtest.everything_on(tmp))
         sampler = None
         try:
             addr = sidecar.wait_ready()
