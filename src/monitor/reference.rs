@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::window::INPUT_FEATURES;
+use crate::image_stats::DESCRIPTOR_LEN;
 use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
 use crate::stats::conformal::Regularization;
@@ -38,6 +39,10 @@ pub struct ReferenceProfile {
     pub inputs: BTreeMap<String, Vec<f32>>,
     /// Embedding per sample, when the model has an embedding output.
     pub embeddings: Option<Vec<Vec<f32>>>,
+    /// The image descriptor per sample (`image_stats::descriptor`), for the
+    /// out-of-distribution score; absent from profiles built before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptors: Option<Vec<Vec<f32>>>,
     /// Derived numbers, for people; recomputed on load.
     pub summary: Option<ReferenceSummary>,
 }
@@ -227,6 +232,16 @@ impl ReferenceProfile {
             if e.len() != n || d == 0 || e.iter().any(|v| v.len() != d) {
                 return Err("embeddings must give one vector of one size per sample".into());
             }
+        }
+        if let Some(d) = &self.descriptors
+            && (d.len() != n
+                || d.iter().any(|v| v.len() != DESCRIPTOR_LEN)
+                || d.iter().flatten().any(|v| !v.is_finite()))
+        {
+            return Err(format!(
+                "descriptors must give {DESCRIPTOR_LEN} finite values per sample; \
+                 rebuild the profile with `shiftwatch reference`"
+            ));
         }
         Ok(())
     }
@@ -574,6 +589,7 @@ mod tests {
             true_classes: Some(truth),
             inputs,
             embeddings: Some(embeddings),
+            descriptors: None,
             summary: None,
         }
     }
