@@ -377,6 +377,82 @@ mod tests {
         }
     }
 
+    /// The descriptor agrees with the numpy and Pillow definition of
+    /// `tests/data/make_descriptor_fixture.py` (1e-5 per value), including an image over
+    /// [`STATS_MAX_SIDE`], a flat one and bundled digits, out-of-distribution and photo images.
+    #[test]
+    fn descriptor_matches_the_numpy_fixture() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("tests/data/descriptor_fixture.json")).unwrap(),
+        )
+        .unwrap();
+        let images = fixture["images"].as_array().unwrap();
+        assert!(images.len() >= 9);
+        for entry in images {
+            let file = entry["file"].as_str().unwrap();
+            let img = image::open(root.join(file)).unwrap();
+            let got = descriptor(&img);
+            assert_eq!(got, describe(&img).descriptor, "{file}");
+            let want = entry["descriptor"].as_array().unwrap();
+            assert_eq!(want.len(), DESCRIPTOR_LEN, "{file}");
+            // Over STATS_MAX_SIDE, the bounded copy's 8-bit rounding (an f32 filter here, f64
+            // in numpy) may settle a tie the other way on a few of its pixels.
+            let tolerance = if img.width().max(img.height()) > STATS_MAX_SIDE {
+                1e-4
+            } else {
+                1e-5
+            };
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs())
+                .fold(0.0, f64::max);
+            println!("{file}: largest difference {worst:.1e}");
+            assert!(worst <= tolerance, "{file}: {got:?} vs {want:?}");
+            // Unit norm, or all zeros for a flat image.
+            let norm = got
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-5 || norm == 0.0,
+                "{file}: norm {norm}"
+            );
+        }
+        // Brightness and contrast leave it as it is.
+        let ramp = |gain: u32, offset: u32| {
+            DynamicImage::ImageLuma8(GrayImage::from_fn(32, 32, |x, y| {
+                Luma([(offset + gain * ((x + 2 * y) % 40)) as u8])
+            }))
+        };
+        let (a, b) = (descriptor(&ramp(2, 10)), descriptor(&ramp(5, 40)));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+
+    /// What the descriptor adds to the request path: `cargo test --release --lib
+    /// descriptor_cost -- --nocapture` (the fastest of 30 rounds; 2 in a debug build).
+    #[test]
+    fn descriptor_cost_is_printed() {
+        let rounds = if cfg!(debug_assertions) { 2 } else { 30 };
+        for side in [32u32, 256] {
+            let img = DynamicImage::ImageLuma8(GrayImage::from_fn(side, side, |x, y| {
+                Luma([((x * 7 + y * 3) % 256) as u8])
+            }));
+            let per = (0..rounds)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    for _ in 0..100 {
+                        std::hint::black_box(descriptor(std::hint::black_box(&img)));
+                    }
+                    started.elapsed().as_nanos() as f64 / 100.0
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!("descriptor of a {side}x{side} gray image: {per:.0} ns");
+        }
+    }
+
     #[test]
     fn large_images_are_bounded() {
         let big = DynamicImage::ImageLuma8(GrayImage::from_fn(1000, 500, |x, y| {
