@@ -628,6 +628,34 @@ mod tests {
         let mut p = toy_profile();
         p.true_classes = None;
         assert!(Reference::prepare(&p, true, 1).is_err());
+        let mut p = toy_profile();
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN - 1]; 200]);
+        assert!(p.validate().unwrap_err().contains("descriptors"));
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN]; 199]);
+        assert!(p.validate().unwrap_err().contains("descriptors"));
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN]; 200]);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn profiles_without_descriptors_still_load() {
+        // Written before descriptors existed: no `descriptors` key at all.
+        let mut json = serde_json::to_value(toy_profile()).unwrap();
+        assert!(
+            json.as_object_mut()
+                .unwrap()
+                .remove("descriptors")
+                .is_none()
+        );
+        let p: ReferenceProfile = serde_json::from_value(json).unwrap();
+        assert_eq!(p.descriptors, None);
+        p.validate().unwrap();
+        // With them, they survive the round trip.
+        let mut with = toy_profile();
+        with.descriptors = Some(vec![vec![0.125; DESCRIPTOR_LEN]; 200]);
+        let back: ReferenceProfile =
+            serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 
     #[test]
