@@ -90,9 +90,15 @@ pub fn image(data: &[u8]) {
     };
     let mut tensor = vec![0.0f32; spec.tensor_len()];
     preprocess::to_tensor(&decoded.image, &spec, &mut tensor);
-    let (stats, hash) = image_stats::describe(&decoded.image);
-    // The tensor and the statistics feed the model and the monitor: none may be NaN.
-    for v in tensor.iter().chain(stats.values().iter()) {
+    let described = image_stats::describe(&decoded.image);
+    let (stats, hash) = (described.stats, described.dhash);
+    // The tensor, the statistics and the descriptor feed the model, the monitor and the
+    // out-of-distribution score: none may be NaN.
+    for v in tensor
+        .iter()
+        .chain(stats.values().iter())
+        .chain(described.descriptor.iter())
+    {
         assert!(!v.is_nan(), "NaN from a decoded image");
     }
     let _ = image_stats::hamming(hash, hash);

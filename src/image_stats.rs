@@ -16,6 +16,12 @@
 //!   its left neighbour,
 //!   row-major, the first comparison in the most significant bit. Like the statistics, it is
 //!   taken from the downscaled copy when the image is larger than [`STATS_MAX_SIDE`].
+//! - `descriptor` ([`Descriptor`], for out-of-distribution search, whatever the model): gray
+//!   area-resized to [`DESCRIPTOR_SIDE`]×[`DESCRIPTOR_SIDE`] (not rounded), divided by 255, its
+//!   mean subtracted, then divided by its Euclidean norm (by [`DESCRIPTOR_MIN_NORM`] when the
+//!   norm is smaller: a flat image is all zeros). Row-major. Brightness and contrast changes leave
+//!   it as it is (the input-shift tests watch those); what it keeps is the image's layout. Taken
+//!   from the downscaled copy, like the dHash.
 
 use image::DynamicImage;
 
@@ -23,6 +29,27 @@ use crate::preprocess::{Color, Layout, Preprocess, Resize, luma_601, to_tensor};
 
 /// Statistics are computed on the image box-downscaled to at most this many pixels a side.
 pub const STATS_MAX_SIDE: u32 = 256;
+
+/// The descriptor is a gray thumbnail this many pixels a side.
+pub const DESCRIPTOR_SIDE: usize = 8;
+
+/// Values in a [`Descriptor`].
+pub const DESCRIPTOR_LEN: usize = DESCRIPTOR_SIDE * DESCRIPTOR_SIDE;
+
+/// The smallest norm a descriptor is divided by (see the module docs).
+pub const DESCRIPTOR_MIN_NORM: f64 = 1e-3;
+
+/// A small, model-independent description of an image's layout: the normalized gray thumbnail
+/// defined in the module docs.
+pub type Descriptor = [f32; DESCRIPTOR_LEN];
+
+/// What the log, the monitor and the out-of-distribution score keep of a decoded image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Description {
+    pub stats: InputStats,
+    pub dhash: u64,
+    pub descriptor: Descriptor,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InputStats {
@@ -115,13 +142,43 @@ fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
     }
 }
 
-/// The statistics and the dHash of one decoded image, from one downscaled copy when it is large.
-pub fn describe(image: &DynamicImage) -> (InputStats, u64) {
+/// The statistics, the dHash and the descriptor of one decoded image, from one downscaled copy
+/// when it is large.
+pub fn describe(image: &DynamicImage) -> Description {
     let small = bounded(image);
-    (
-        stats_of_bounded(&small, image.width(), image.height()),
-        dhash_of_bounded(&small),
-    )
+    Description {
+        stats: stats_of_bounded(&small, image.width(), image.height()),
+        dhash: dhash_of_bounded(&small),
+        descriptor: descriptor_of_bounded(&small),
+    }
+}
+
+/// The descriptor of one decoded image (see the module docs for the exact definition).
+pub fn descriptor(image: &DynamicImage) -> Descriptor {
+    descriptor_of_bounded(&bounded(image))
+}
+
+fn descriptor_of_bounded(image: &DynamicImage) -> Descriptor {
+    let spec = Preprocess {
+        width: DESCRIPTOR_SIDE as u32,
+        height: DESCRIPTOR_SIDE as u32,
+        color: Color::Grayscale,
+        layout: Layout::Nchw,
+        resize: Resize::Area,
+        scale: 1.0 / 255.0,
+        mean: vec![0.0],
+        std: vec![1.0],
+    };
+    let mut small = [0f32; DESCRIPTOR_LEN];
+    to_tensor(image, &spec, &mut small);
+    let mean = small.iter().map(|&v| f64::from(v)).sum::<f64>() / DESCRIPTOR_LEN as f64;
+    let norm = small
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        .max(DESCRIPTOR_MIN_NORM);
+    small.map(|v| ((f64::from(v) - mean) / norm) as f32)
 }
 
 /// The statistics of one decoded image (width and height are the decoded, full size).
@@ -317,6 +374,82 @@ mod tests {
                 "{file} dhash: {:064b} vs {want:064b}",
                 dhash(&img)
             );
+        }
+    }
+
+    /// The descriptor agrees with the numpy and Pillow definition of
+    /// `tests/data/make_descriptor_fixture.py` (1e-5 per value), including an image over
+    /// [`STATS_MAX_SIDE`], a flat one and bundled digits, out-of-distribution and photo images.
+    #[test]
+    fn descriptor_matches_the_numpy_fixture() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("tests/data/descriptor_fixture.json")).unwrap(),
+        )
+        .unwrap();
+        let images = fixture["images"].as_array().unwrap();
+        assert!(images.len() >= 9);
+        for entry in images {
+            let file = entry["file"].as_str().unwrap();
+            let img = image::open(root.join(file)).unwrap();
+            let got = descriptor(&img);
+            assert_eq!(got, describe(&img).descriptor, "{file}");
+            let want = entry["descriptor"].as_array().unwrap();
+            assert_eq!(want.len(), DESCRIPTOR_LEN, "{file}");
+            // Over STATS_MAX_SIDE, the bounded copy's 8-bit rounding (an f32 filter here, f64
+            // in numpy) may settle a tie the other way on a few of its pixels.
+            let tolerance = if img.width().max(img.height()) > STATS_MAX_SIDE {
+                1e-4
+            } else {
+                1e-5
+            };
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (f64::from(*g) - w.as_f64().unwrap()).abs())
+                .fold(0.0, f64::max);
+            println!("{file}: largest difference {worst:.1e}");
+            assert!(worst <= tolerance, "{file}: {got:?} vs {want:?}");
+            // Unit norm, or all zeros for a flat image.
+            let norm = got
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (norm - 1.0).abs() < 1e-5 || norm == 0.0,
+                "{file}: norm {norm}"
+            );
+        }
+        // Brightness and contrast leave it as it is.
+        let ramp = |gain: u32, offset: u32| {
+            DynamicImage::ImageLuma8(GrayImage::from_fn(32, 32, |x, y| {
+                Luma([(offset + gain * ((x + 2 * y) % 40)) as u8])
+            }))
+        };
+        let (a, b) = (descriptor(&ramp(2, 10)), descriptor(&ramp(5, 40)));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+
+    /// What the descriptor adds to the request path: `cargo test --release --lib
+    /// descriptor_cost -- --nocapture` (the fastest of 30 rounds; 2 in a debug build).
+    #[test]
+    fn descriptor_cost_is_printed() {
+        let rounds = if cfg!(debug_assertions) { 2 } else { 30 };
+        for side in [32u32, 256] {
+            let img = DynamicImage::ImageLuma8(GrayImage::from_fn(side, side, |x, y| {
+                Luma([((x * 7 + y * 3) % 256) as u8])
+            }));
+            let per = (0..rounds)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    for _ in 0..100 {
+                        std::hint::black_box(descriptor(std::hint::black_box(&img)));
+                    }
+                    started.elapsed().as_nanos() as f64 / 100.0
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!("descriptor of a {side}x{side} gray image: {per:.0} ns");
         }
     }
 

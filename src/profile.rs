@@ -2,8 +2,8 @@
 //! reference profile the monitor compares live traffic with.
 //!
 //! The IO edge of the monitor: reads images (and optionally a `file,label` CSV), runs them
-//! through exactly the serving path (decode, preprocess, batched inference, input statistics),
-//! and writes `monitor::reference::ReferenceProfile` as JSON.
+//! through exactly the serving path (decode, preprocess, batched inference, input statistics,
+//! image descriptors), and writes `monitor::reference::ReferenceProfile` as JSON.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::config::Config;
-use crate::image_stats::input_stats;
+use crate::image_stats::describe;
 use crate::model;
 use crate::monitor::reference::{FORMAT, ReferenceProfile, subsample};
 use crate::monitor::window::INPUT_FEATURES;
@@ -148,6 +148,7 @@ pub fn build(
     let keep = subsample(files.len(), options.max_samples, options.seed);
     let mut probabilities = Vec::with_capacity(keep.len());
     let mut embeddings: Vec<Vec<f32>> = Vec::new();
+    let mut descriptors: Vec<Vec<f32>> = Vec::with_capacity(keep.len());
     let mut inputs: BTreeMap<String, Vec<f32>> = INPUT_FEATURES
         .iter()
         .map(|f| (f.to_string(), Vec::new()))
@@ -167,10 +168,11 @@ pub fn build(
                 &spec.preprocess,
                 &mut tensor[slot * per_image..(slot + 1) * per_image],
             );
-            let s = input_stats(&decoded.image);
-            for (name, v) in INPUT_FEATURES.iter().zip(s.values()) {
+            let described = describe(&decoded.image);
+            for (name, v) in INPUT_FEATURES.iter().zip(described.stats.values()) {
                 inputs.get_mut(*name).expect("every feature").push(v);
             }
+            descriptors.push(described.descriptor.to_vec());
         }
         let outputs = model::run_batch(session, &spec, &tensor, chunk.len())?;
         for o in outputs {
@@ -192,6 +194,7 @@ pub fn build(
         inputs,
         embeddings: (embeddings.len() == keep.len() && !embeddings.is_empty())
             .then_some(embeddings),
+        descriptors: Some(descriptors),
         summary: None,
     };
     debug_assert_eq!(profile.labels.len(), classes);

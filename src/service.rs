@@ -44,8 +44,9 @@ pub struct Version {
     pub labels: Vec<Arc<str>>,
     /// The file it was loaded from.
     pub path: PathBuf,
-    /// The out-of-distribution detector fitted on the reference embeddings (`None` without a
-    /// reference built for this version, or without an embedding output).
+    /// The out-of-distribution detector fitted on the reference embeddings and image
+    /// descriptors (`None` without a reference built for this version, or when the reference
+    /// holds neither).
     pub ood: Option<Arc<OodDetector>>,
 }
 
@@ -507,9 +508,23 @@ fn load_version(
     let ood = reference.and_then(|path| {
         let quantile = config.candidates.as_ref().map_or(0.99, |c| c.ood_quantile);
         let profile = read_reference(path, spec).ok()?;
-        let embeddings = profile.embeddings?;
-        match OodDetector::fit(&embeddings, quantile) {
-            Ok(d) => Some(Arc::new(d)),
+        if profile.descriptors.is_none() {
+            tracing::warn!(model = %spec.name, reference = %path.display(),
+                "the reference profile holds no image descriptors (built before they existed): \
+                 the out-of-distribution score uses the embedding alone; rebuild the profile \
+                 with `shiftwatch reference`");
+        }
+        match OodDetector::fit(
+            profile.embeddings.as_deref(),
+            profile.descriptors.as_deref(),
+            quantile,
+        ) {
+            Ok(d) => {
+                let (embedding, descriptor) = d.spaces();
+                tracing::info!(model = %spec.name, embedding, descriptor,
+                    "out-of-distribution detector fitted");
+                Some(Arc::new(d))
+            }
             Err(e) => {
                 tracing::warn!(model = %spec.name, reference = %path.display(), error = %e,
                     "no out-of-distribution detector: ood_suspect falls back to the monitor's centroids");

@@ -421,20 +421,78 @@ fn confidently_wrong_out_of_distribution_images_lead_the_candidates() {
     let (normal, photos, in_top, classes) = ood_run("photos");
     assert!(normal <= 0.02, "false flags on normal traffic: {normal}");
     assert!(photos >= 0.95, "photos flagged: {photos}");
-    assert!(in_top >= 30, "{in_top} photos in the top 100");
+    assert!(in_top >= 40, "{in_top} photos in the top 100");
     assert_eq!(classes.len(), 10, "in-distribution classes {classes:?}");
-    // The bundled out-of-distribution set (noise, sparse, patterns, shapes, letters).
+    // The bundled out-of-distribution set (noise, sparse, patterns, shapes, letters). These 60
+    // hold 4 of the 8 images the score misses over the whole set (56 of 60): the next test
+    // asserts 95% over all 200.
     let (normal, ood, in_top, classes) = ood_run("ood");
     assert!(normal <= 0.02, "false flags on normal traffic: {normal}");
     assert!(
-        ood >= 0.85,
+        ood >= 0.9,
         "bundled out-of-distribution images flagged: {ood}"
     );
     assert!(
-        in_top >= 30,
+        in_top >= 40,
         "{in_top} bundled out-of-distribution images in the top 100"
     );
     assert_eq!(classes.len(), 10, "in-distribution classes {classes:?}");
+}
+
+/// `ood_suspect` over the whole bundled sets, through the sidecar: at most 2% of normal
+/// traffic, at least 95% of the bundled out-of-distribution images (each kind printed), and the
+/// natural-photo crops, which nothing was tuned on.
+#[test]
+fn ood_suspect_flags_the_bundled_out_of_distribution_sets_and_little_normal_traffic() {
+    let server = Server::start(&[]);
+    let flagged_share = |folder: &str| -> (usize, usize, Vec<bool>) {
+        let files = labels_csv(format!("data/traffic/{folder}/labels.csv"));
+        let flags: Vec<bool> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (file, _))| {
+                let raw = crate::support::classify_request(
+                    "",
+                    &format!("{folder}-{i:04}"),
+                    &read(format!("data/traffic/{folder}/{file}")),
+                );
+                let r = crate::support::request(server.addr, &raw);
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                r.json()["flags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == "ood_suspect")
+            })
+            .collect();
+        let n = flags.iter().filter(|&&f| f).count();
+        println!("{folder}: {n} of {} flagged ood_suspect", flags.len());
+        (n, flags.len(), flags)
+    };
+    let (normal, n_normal, _) = flagged_share("normal");
+    let (ood, n_ood, flags) = flagged_share("ood");
+    let (photos, n_photos, _) = flagged_share("photos");
+    assert_eq!((n_normal, n_ood), (540, 200));
+    // The bundled set is ordered by kind, 40 each (training/digit_images.py `ood_images`).
+    for (k, kind) in ["noise", "sparse", "patterns", "shapes", "letters"]
+        .iter()
+        .enumerate()
+    {
+        let n = flags[k * 40..(k + 1) * 40].iter().filter(|&&f| f).count();
+        println!("  {kind}: {n} of 40");
+    }
+    assert!(
+        normal as f64 <= 0.02 * n_normal as f64,
+        "{normal} of {n_normal} normal images flagged"
+    );
+    assert!(
+        ood as f64 >= 0.95 * n_ood as f64,
+        "{ood} of {n_ood} bundled out-of-distribution images flagged"
+    );
+    assert!(
+        photos as f64 >= 0.95 * n_photos as f64,
+        "{photos} of {n_photos} photos flagged"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::image_stats::describe;
+use crate::image_stats::{Descriptor, describe};
 use crate::log::{Endpoint, ImageInfo};
 use crate::model::ModelSpec;
 use crate::prediction::{Flag, top_k};
@@ -81,8 +81,9 @@ const INLINE_DECODE_MAX_BYTES: usize = 16 * 1024;
 /// microseconds of work, less than the hop to the blocking pool and back costs.
 const INLINE_DECODE_MAX_COST: u64 = 256 * 1024;
 
-/// Decodes an encoded image for `spec`: the model's input tensor and what the log and the
-/// monitor keep of the image (size, sha256, dHash, input statistics). Its pixels are admitted
+/// Decodes an encoded image for `spec`: the model's input tensor, what the log and the
+/// monitor keep of the image (size, sha256, dHash, input statistics) and its descriptor (for
+/// the out-of-distribution score). Its pixels are admitted
 /// against the shared decode budget once the header says what they will cost. A small image
 /// whose header promises little work, and whose cost the budget grants at once, is decoded
 /// right here on the async worker (cheaper than a hop to the blocking pool: see the README's
@@ -93,7 +94,7 @@ pub async fn decode_image(
     bytes: axum::body::Bytes,
     declared: Option<ImageFormat>,
     spec: Arc<ModelSpec>,
-) -> Result<(Vec<f32>, ImageInfo), ApiError> {
+) -> Result<(Vec<f32>, ImageInfo, Descriptor), ApiError> {
     let limits = state.config.limits;
     let retry_after = state.config.server.retry_after_seconds;
     if bytes.len() <= INLINE_DECODE_MAX_BYTES {
@@ -144,28 +145,29 @@ pub async fn decode_image(
     .map_err(|e| ApiError::from_preprocess(e, retry_after))
 }
 
-/// Decode (admitted by `admit` once the header is read), tensor, statistics and hashes.
+/// Decode (admitted by `admit` once the header is read), tensor, statistics, hashes and the
+/// descriptor.
 fn decode_prepared(
     bytes: &[u8],
     declared: Option<ImageFormat>,
     limits: &preprocess::DecodeLimits,
     spec: &ModelSpec,
     admit: impl FnOnce(u64) -> Result<preprocess::BudgetGrant, preprocess::PreprocessError>,
-) -> Result<(Vec<f32>, ImageInfo), preprocess::PreprocessError> {
+) -> Result<(Vec<f32>, ImageInfo, Descriptor), preprocess::PreprocessError> {
     let (decoded, grant) = preprocess::decode_admitted(bytes, declared, limits, admit)?;
     let mut tensor = vec![0f32; spec.preprocess.tensor_len()];
     preprocess::to_tensor(&decoded.image, &spec.preprocess, &mut tensor);
-    let (stats, dhash) = describe(&decoded.image);
+    let described = describe(&decoded.image);
     let image = ImageInfo {
         bytes: bytes.len() as i64,
         sha256: hex::encode(Sha256::digest(bytes)),
-        dhash,
-        stats,
+        dhash: described.dhash,
+        stats: described.stats,
     };
     // The pixels go now; so does their share of the budget.
     drop(decoded);
     drop(grant);
-    Ok((tensor, image))
+    Ok((tensor, image, described.descriptor))
 }
 
 pub async fn classify(
@@ -238,7 +240,8 @@ pub async fn classify(
     // The version serving now answers this request, even if a reload swaps it meanwhile.
     let version = model.current();
     let spec = Arc::clone(&version.spec);
-    let (tensor, info) = decode_image(&state, bytes.clone(), declared, Arc::clone(&spec)).await?;
+    let (tensor, info, descriptor) =
+        decode_image(&state, bytes.clone(), declared, Arc::clone(&spec)).await?;
     let retry = server.retry_after_seconds;
     let inferred = version
         .infer(tensor)
@@ -254,6 +257,7 @@ pub async fn classify(
                 inferred,
                 image: Some(ImageInput {
                     info,
+                    descriptor,
                     bytes,
                     content_type,
                 }),

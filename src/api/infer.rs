@@ -155,12 +155,13 @@ async fn run(
         Input::Images(images) => {
             for image in images {
                 let bytes = Bytes::from(image);
-                let (tensor, info) =
+                let (tensor, info, descriptor) =
                     decode_image(state, bytes.clone(), None, Arc::clone(&spec)).await?;
                 inputs.push((
                     tensor,
                     Some(ImageInput {
                         info,
+                        descriptor,
                         bytes,
                         content_type: None,
                     }),

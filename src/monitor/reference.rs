@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::window::INPUT_FEATURES;
+use crate::image_stats::DESCRIPTOR_LEN;
 use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
 use crate::stats::conformal::Regularization;
@@ -38,6 +39,10 @@ pub struct ReferenceProfile {
     pub inputs: BTreeMap<String, Vec<f32>>,
     /// Embedding per sample, when the model has an embedding output.
     pub embeddings: Option<Vec<Vec<f32>>>,
+    /// The image descriptor per sample (`image_stats::descriptor`), for the
+    /// out-of-distribution score; absent from profiles built before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptors: Option<Vec<Vec<f32>>>,
     /// Derived numbers, for people; recomputed on load.
     pub summary: Option<ReferenceSummary>,
 }
@@ -227,6 +232,16 @@ impl ReferenceProfile {
             if e.len() != n || d == 0 || e.iter().any(|v| v.len() != d) {
                 return Err("embeddings must give one vector of one size per sample".into());
             }
+        }
+        if let Some(d) = &self.descriptors
+            && (d.len() != n
+                || d.iter().any(|v| v.len() != DESCRIPTOR_LEN)
+                || d.iter().flatten().any(|v| !v.is_finite()))
+        {
+            return Err(format!(
+                "descriptors must give {DESCRIPTOR_LEN} finite values per sample; \
+                 rebuild the profile with `shiftwatch reference`"
+            ));
         }
         Ok(())
     }
@@ -574,6 +589,7 @@ mod tests {
             true_classes: Some(truth),
             inputs,
             embeddings: Some(embeddings),
+            descriptors: None,
             summary: None,
         }
     }
@@ -612,6 +628,34 @@ mod tests {
         let mut p = toy_profile();
         p.true_classes = None;
         assert!(Reference::prepare(&p, true, 1).is_err());
+        let mut p = toy_profile();
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN - 1]; 200]);
+        assert!(p.validate().unwrap_err().contains("descriptors"));
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN]; 199]);
+        assert!(p.validate().unwrap_err().contains("descriptors"));
+        p.descriptors = Some(vec![vec![0.0; DESCRIPTOR_LEN]; 200]);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn profiles_without_descriptors_still_load() {
+        // Written before descriptors existed: no `descriptors` key at all.
+        let mut json = serde_json::to_value(toy_profile()).unwrap();
+        assert!(
+            json.as_object_mut()
+                .unwrap()
+                .remove("descriptors")
+                .is_none()
+        );
+        let p: ReferenceProfile = serde_json::from_value(json).unwrap();
+        assert_eq!(p.descriptors, None);
+        p.validate().unwrap();
+        // With them, they survive the round trip.
+        let mut with = toy_profile();
+        with.descriptors = Some(vec![vec![0.125; DESCRIPTOR_LEN]; 200]);
+        let back: ReferenceProfile =
+            serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 
     #[test]

@@ -499,6 +499,7 @@ mod tests {
             true_classes: Some(draws.iter().map(|d| d.truth).collect()),
             inputs,
             embeddings: Some(draws.iter().map(|d| d.embedding.clone()).collect()),
+            descriptors: None,
             summary: None,
         };
         let mut r = Reference::prepare(&profile, false, 1).unwrap();

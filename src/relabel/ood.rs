@@ -1,17 +1,23 @@
 //! Out-of-distribution score of a prediction that does not lean on the model's own uncertainty:
-//! how far its embedding lies from the reference embeddings, calibrated on the reference itself.
+//! how far it lies from the reference images, calibrated on the reference itself, in two spaces.
 //!
-//! Fitted on the reference profile's embeddings: a Mahalanobis whitening (shrunk covariance,
-//! [`SHRINKAGE`]), then an exact index of the whitened reference. A prediction's distance is the
-//! whitened distance to its nearest reference embedding; its score is that distance over the
-//! `quantile` (default 0.99) of the reference's own leave-one-out nearest distances, so that a
-//! score above 1 is as far out as fewer than 1% of reference images are from the rest (`ood_suspect`).
-//! A confidently wrong input (a photograph the model calls "8" at 0.99) scores high while its
-//! entropy says nothing.
+//! - The model's embedding, when it has one: a Mahalanobis whitening (shrunk covariance,
+//!   [`SHRINKAGE`]), then the whitened distance to the nearest reference embedding.
+//! - The image descriptor (`image_stats::descriptor`: a normalized 8×8 gray thumbnail, the same
+//!   for every model), when the reference profile holds the reference images' descriptors: the
+//!   Euclidean distance to the nearest reference descriptor.
 //!
-//! On the bundled digits model (reference: 300 images), it flags 10 of 540 normal traffic images
-//! (1.9%), 181 of 200 bundled out-of-distribution images (90.5%) and every natural-photo crop
-//! (tests/candidates.rs measures it through the sidecar).
+//! Each distance is divided by the `quantile` (default 0.99) of the reference's own
+//! leave-one-out nearest distances in its space; the score is the mean of the two (the one there
+//! is when a space is missing: a profile built before descriptors, a model without an embedding,
+//! a tensor request without an image). Above 1 is `ood_suspect`. A confidently wrong input (a
+//! photograph the model calls "8" at 0.99) scores high while its entropy says nothing; the
+//! descriptor catches what the model's embedding folds onto the digits (letters, shapes).
+//!
+//! On the bundled digits model (reference: 300 images) the mean of the two flags 3 of 540 normal
+//! traffic images (0.6%), 192 of 200 bundled out-of-distribution images (96%) and every
+//! natural-photo crop; the embedding alone flagged 10 (1.9%) and 181 (90.5%)
+//! (tests/candidates.rs measures it through the sidecar; the README compares the choices).
 
 use crate::stats::knn::{KnnError, KnnIndex, Whitening};
 
@@ -19,36 +25,51 @@ use crate::stats::knn::{KnnError, KnnIndex, Whitening};
 /// rows estimate a 32 × 32 covariance poorly).
 pub const SHRINKAGE: f64 = 0.1;
 
-/// The fitted detector.
+/// Why a detector cannot be fitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OodError {
+    #[error("the reference has neither embeddings nor image descriptors")]
+    NothingToSearch,
+    #[error("reference embeddings: {0}")]
+    Embeddings(KnnError),
+    #[error("reference descriptors: {0}")]
+    Descriptors(KnnError),
+}
+
+/// One space's calibrated nearest distance.
 #[derive(Debug, Clone)]
-pub struct OodDetector {
-    whitening: Whitening,
+struct Calibrated {
+    /// `None`: plain Euclidean distances.
+    whitening: Option<Whitening>,
     index: KnnIndex,
-    /// The calibrated radius: a score is the nearest distance over it.
+    /// A score is the nearest distance over it.
     radius: f64,
 }
 
-impl OodDetector {
-    /// Fits on the reference embeddings (at least 3, all of one length and finite); `quantile`
-    /// in (0, 1] of the leave-one-out nearest distances is the radius.
-    pub fn fit(embeddings: &[Vec<f32>], quantile: f64) -> Result<OodDetector, KnnError> {
-        let dim = embeddings.first().map_or(0, Vec::len);
-        if let Some(row) = embeddings.iter().position(|e| e.len() != dim) {
+impl Calibrated {
+    fn fit(vectors: &[Vec<f32>], whiten: bool, quantile: f64) -> Result<Calibrated, KnnError> {
+        let dim = vectors.first().map_or(0, Vec::len);
+        if let Some(row) = vectors.iter().position(|e| e.len() != dim) {
             return Err(KnnError::Ragged {
-                values: embeddings[row].len(),
+                values: vectors[row].len(),
                 dim,
             });
         }
-        if embeddings.len() < 3 {
+        if vectors.len() < 3 {
             return Err(KnnError::Singular);
         }
-        let rows = embeddings.concat();
-        let whitening = Whitening::fit(dim, &rows, SHRINKAGE)?;
-        let whitened = embeddings
-            .iter()
-            .flat_map(|e| whitening.apply(e).unwrap_or_default())
-            .collect();
-        let index = KnnIndex::new(dim, whitened)?;
+        let rows = vectors.concat();
+        let (whitening, rows) = if whiten {
+            let whitening = Whitening::fit(dim, &rows, SHRINKAGE)?;
+            let whitened = vectors
+                .iter()
+                .flat_map(|e| whitening.apply(e).unwrap_or_default())
+                .collect();
+            (Some(whitening), whitened)
+        } else {
+            (None, rows)
+        };
+        let index = KnnIndex::new(dim, rows)?;
         let mut loo = index.leave_one_out(1);
         loo.sort_by(f64::total_cmp);
         let q = if quantile.is_finite() {
@@ -60,20 +81,69 @@ impl OodDetector {
         if !(radius.is_finite() && radius > 0.0) {
             return Err(KnnError::Singular);
         }
-        Ok(OodDetector {
+        Ok(Calibrated {
             whitening,
             index,
             radius,
         })
     }
 
-    /// The score of an embedding: its whitened nearest distance to the reference over the
-    /// radius (above 1: out of distribution). `None` for an embedding of another length or
-    /// with a value that is not finite.
-    pub fn score(&self, embedding: &[f32]) -> Option<f64> {
-        let z = self.whitening.apply(embedding)?;
-        let nearest = self.index.nearest(&z, 1, None).first()?.distance;
-        Some(nearest / self.radius)
+    fn score(&self, v: &[f32]) -> Option<f64> {
+        let nearest = match &self.whitening {
+            Some(w) => self.index.nearest(&w.apply(v)?, 1, None),
+            None => self.index.nearest(v, 1, None),
+        };
+        Some(nearest.first()?.distance / self.radius)
+    }
+}
+
+/// The fitted detector.
+#[derive(Debug, Clone)]
+pub struct OodDetector {
+    embedding: Option<Calibrated>,
+    descriptor: Option<Calibrated>,
+}
+
+impl OodDetector {
+    /// Fits on the reference embeddings and descriptors, either of which may be missing (at
+    /// least 3 rows each, all of one length and finite); `quantile` in (0, 1] of each space's
+    /// leave-one-out nearest distances is its radius.
+    pub fn fit(
+        embeddings: Option<&[Vec<f32>]>,
+        descriptors: Option<&[Vec<f32>]>,
+        quantile: f64,
+    ) -> Result<OodDetector, OodError> {
+        if embeddings.is_none() && descriptors.is_none() {
+            return Err(OodError::NothingToSearch);
+        }
+        let embedding = embeddings
+            .map(|e| Calibrated::fit(e, true, quantile))
+            .transpose()
+            .map_err(OodError::Embeddings)?;
+        let descriptor = descriptors
+            .map(|d| Calibrated::fit(d, false, quantile))
+            .transpose()
+            .map_err(OodError::Descriptors)?;
+        Ok(OodDetector {
+            embedding,
+            descriptor,
+        })
+    }
+
+    /// The score of a prediction: the mean, over the spaces that both the detector and the
+    /// prediction have, of its nearest distance to the reference over that space's radius
+    /// (above 1: out of distribution). `None` when no space applies (a vector of another length,
+    /// or with a value that is not finite, does not apply).
+    pub fn score(&self, embedding: Option<&[f32]>, descriptor: Option<&[f32]>) -> Option<f64> {
+        let scores = [
+            self.embedding.as_ref().zip(embedding),
+            self.descriptor.as_ref().zip(descriptor),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|(space, v)| space.score(v));
+        let (sum, n) = scores.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+        (n > 0).then(|| sum / n as f64)
     }
 
     /// Whether a score says out of distribution.
@@ -81,8 +151,9 @@ impl OodDetector {
         score > 1.0
     }
 
-    pub fn radius(&self) -> f64 {
-        self.radius
+    /// Whether the detector searches the embeddings and the image descriptors.
+    pub fn spaces(&self) -> (bool, bool) {
+        (self.embedding.is_some(), self.descriptor.is_some())
     }
 }
 
@@ -122,10 +193,12 @@ mod tests {
         };
         let reference = draw(400);
         let fresh = draw(2000);
-        let detector = OodDetector::fit(&reference, 0.99).unwrap();
+        let detector = OodDetector::fit(Some(&reference), None, 0.99).unwrap();
+        assert_eq!(detector.spaces(), (true, false));
+        let score = |e: &[f32]| detector.score(Some(e), None);
         let flagged = fresh
             .iter()
-            .filter(|e| OodDetector::is_ood(detector.score(e).unwrap()))
+            .filter(|e| OodDetector::is_ood(score(e).unwrap()))
             .count();
         // New draws from the reference's distribution pass the 99% radius about 1% of the time.
         println!(
@@ -134,42 +207,78 @@ mod tests {
         );
         assert!(flagged <= 60, "{flagged}");
         // A reference point is its own nearest neighbour.
-        assert_eq!(detector.score(&reference[3]), Some(0.0));
+        assert_eq!(score(&reference[3]), Some(0.0));
         // Off the short axes by a few of their spreads: far; along the long axis: not.
-        assert!(detector.score(&[0.0, 0.0, 6.0, 6.0]).unwrap() > 1.5);
-        assert!(detector.score(&[15.0, 0.0, 0.0, 0.0]).unwrap() < 1.0);
-        assert!(detector.score(&[1.0, 2.0]).is_none());
-        assert!(detector.score(&[f32::NAN, 0.0, 0.0, 0.0]).is_none());
-        assert!(detector.radius() > 0.0);
+        assert!(score(&[0.0, 0.0, 6.0, 6.0]).unwrap() > 1.5);
+        assert!(score(&[15.0, 0.0, 0.0, 0.0]).unwrap() < 1.0);
+        assert!(score(&[1.0, 2.0]).is_none());
+        assert!(score(&[f32::NAN, 0.0, 0.0, 0.0]).is_none());
+        // A descriptor the detector has no space for changes nothing.
+        assert_eq!(
+            detector.score(Some(&[0.0, 0.0, 6.0, 6.0]), Some(&[1.0; 64])),
+            score(&[0.0, 0.0, 6.0, 6.0])
+        );
+    }
+
+    #[test]
+    fn the_score_is_the_mean_of_the_spaces_the_prediction_has() {
+        // Embeddings on a line, descriptors on another: each space's radius is its own.
+        let embeddings: Vec<Vec<f32>> = (0..50).map(|i| vec![i as f32, 0.0]).collect();
+        let descriptors: Vec<Vec<f32>> = (0..50).map(|i| vec![0.0, 0.0, 3.0 * i as f32]).collect();
+        let both = OodDetector::fit(Some(&embeddings), Some(&descriptors), 0.99).unwrap();
+        assert_eq!(both.spaces(), (true, true));
+        let e_only = OodDetector::fit(Some(&embeddings), None, 0.99).unwrap();
+        let d_only = OodDetector::fit(None, Some(&descriptors), 0.99).unwrap();
+        assert_eq!(d_only.spaces(), (false, true));
+        let (e, d) = ([10.0, 5.0], [12.0, 0.0, 30.0]);
+        let se = e_only.score(Some(&e), None).unwrap();
+        let sd = d_only.score(None, Some(&d)).unwrap();
+        // Unwhitened, the descriptor space's radius is the spacing 3: 12 away scores 4.
+        assert!((sd - 4.0).abs() < 1e-9, "{sd}");
+        assert!(se > 0.0);
+        let mean = both.score(Some(&e), Some(&d)).unwrap();
+        assert!((mean - (se + sd) / 2.0).abs() < 1e-12, "{mean}");
+        // A tensor request has no image: the embedding alone; a descriptor of another length
+        // does not apply.
+        assert_eq!(both.score(Some(&e), None), Some(se));
+        assert_eq!(both.score(Some(&e), Some(&[1.0])), Some(se));
+        assert_eq!(both.score(None, Some(&d)), Some(sd));
+        assert_eq!(both.score(None, None), None);
     }
 
     #[test]
     fn scores_are_exact_and_their_request_path_cost_is_printed() {
-        // The bundled model's shape: 300 reference embeddings of 32 values.
+        // The bundled model's shape: 300 reference images, embeddings of 32 values and
+        // descriptors of 64.
         let mut rng = SplitMix64::new(5);
-        let reference: Vec<Vec<f32>> = (0..300)
-            .map(|_| (0..32).map(|_| (rng.unit() * 10.0) as f32).collect())
-            .collect();
-        let queries: Vec<Vec<f32>> = (0..1000)
-            .map(|_| (0..32).map(|_| (rng.unit() * 10.0) as f32).collect())
-            .collect();
-        let detector = OodDetector::fit(&reference, 0.99).unwrap();
-        // The f32 ranking of the scan finds the same nearest row as a plain f64 scan.
+        let mut rows = |n: usize, dim: usize| -> Vec<Vec<f32>> {
+            (0..n)
+                .map(|_| (0..dim).map(|_| (rng.unit() * 10.0) as f32).collect())
+                .collect()
+        };
+        let (reference, descriptors) = (rows(300, 32), rows(300, 64));
+        let (queries, query_descriptors) = (rows(1000, 32), rows(1000, 64));
+        let detector = OodDetector::fit(Some(&reference), Some(&descriptors), 0.99).unwrap();
+        // The f32 ranking of the scan finds the same nearest rows as plain f64 scans.
+        let embedding = detector.embedding.as_ref().unwrap();
+        let whitening = embedding.whitening.as_ref().unwrap();
         let whitened: Vec<Vec<f32>> = reference
             .iter()
-            .map(|r| detector.whitening.apply(r).unwrap())
+            .map(|r| whitening.apply(r).unwrap())
             .collect();
-        for q in &queries[..200] {
-            let z = detector.whitening.apply(q).unwrap();
-            let plain = whitened
-                .iter()
-                .map(|r| crate::stats::knn::euclidean(&z, r))
-                .fold(f64::INFINITY, f64::min);
-            let score = detector.score(q).unwrap();
-            assert!(
-                (score - plain / detector.radius()).abs() <= 1e-9 * score,
-                "{score}"
-            );
+        let radius_d = detector.descriptor.as_ref().unwrap().radius;
+        for (q, qd) in queries.iter().zip(&query_descriptors).take(200) {
+            let z = whitening.apply(q).unwrap();
+            let nearest = |rows: &[Vec<f32>], v: &[f32]| {
+                rows.iter()
+                    .map(|r| crate::stats::knn::euclidean(v, r))
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let plain = (nearest(&whitened, &z) / embedding.radius
+                + nearest(&descriptors, qd) / radius_d)
+                / 2.0;
+            let score = detector.score(Some(q), Some(qd)).unwrap();
+            assert!((score - plain).abs() <= 1e-9 * score, "{score} vs {plain}");
         }
         // The fastest of 30 rounds of 1,000 (2 in a debug build): the machine is shared,
         // interference only slows. `cargo test --release --lib scores_are_exact -- --nocapture`.
@@ -178,23 +287,30 @@ mod tests {
         let per = (0..rounds)
             .map(|_| {
                 let started = std::time::Instant::now();
-                for q in &queries {
-                    flagged += usize::from(OodDetector::is_ood(detector.score(q).unwrap()));
+                for (q, qd) in queries.iter().zip(&query_descriptors) {
+                    let score = detector.score(Some(q), Some(qd)).unwrap();
+                    flagged += usize::from(OodDetector::is_ood(score));
                 }
                 started.elapsed().as_nanos() as f64 / queries.len() as f64
             })
             .fold(f64::INFINITY, f64::min);
         println!(
-            "score: {per:.0} ns per prediction (fastest of {rounds} rounds; {flagged} flagged)"
+            "score: {per:.0} ns per prediction (300 reference rows, both spaces; fastest of \
+             {rounds} rounds; {flagged} flagged)"
         );
     }
 
     #[test]
     fn too_little_or_inconsistent_reference_is_refused() {
-        assert!(OodDetector::fit(&[], 0.99).is_err());
-        assert!(OodDetector::fit(&[vec![1.0, 2.0], vec![2.0, 1.0]], 0.99).is_err());
-        assert!(OodDetector::fit(&[vec![1.0, 2.0], vec![2.0], vec![0.0, 0.0]], 0.99).is_err());
-        assert!(OodDetector::fit(&vec![vec![1.0, 2.0]; 5], 0.99).is_err());
+        let fit = |e: &[Vec<f32>], q| OodDetector::fit(Some(e), None, q);
+        assert_eq!(
+            OodDetector::fit(None, None, 0.99).unwrap_err(),
+            OodError::NothingToSearch
+        );
+        assert!(fit(&[], 0.99).is_err());
+        assert!(fit(&[vec![1.0, 2.0], vec![2.0, 1.0]], 0.99).is_err());
+        assert!(fit(&[vec![1.0, 2.0], vec![2.0], vec![0.0, 0.0]], 0.99).is_err());
+        assert!(fit(&vec![vec![1.0, 2.0]; 5], 0.99).is_err());
         let ok = [
             vec![0.0, 0.0],
             vec![1.0, 0.5],
@@ -202,7 +318,12 @@ mod tests {
             vec![3.0, 1.0],
         ];
         for q in [f64::NAN, -1.0, 2.0, 0.5] {
-            assert!(OodDetector::fit(&ok, q).is_ok(), "{q}");
+            assert!(fit(&ok, q).is_ok(), "{q}");
         }
+        // Identical descriptors have no spread to calibrate on.
+        assert!(matches!(
+            OodDetector::fit(Some(&ok), Some(&vec![vec![0.5; 3]; 4]), 0.99),
+            Err(OodError::Descriptors(_))
+        ));
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{ModelService, Version};
 use crate::feedback::Remembered;
+use crate::image_stats::Descriptor;
 use crate::inference::Inferred;
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
 use crate::model::RawOutput;
@@ -22,6 +23,8 @@ use crate::stats;
 /// none.
 pub struct ImageInput {
     pub info: ImageInfo,
+    /// The out-of-distribution descriptor (`image_stats::descriptor`).
+    pub descriptor: Descriptor,
     pub bytes: Bytes,
     pub content_type: Option<String>,
 }
@@ -70,12 +73,14 @@ impl ModelService {
         let label = &version.labels[summary.class];
         let prediction_set =
             monitor.and_then(|m| m.prediction_set(&output.probabilities, &p.request_id));
-        // How far the embedding lies from the reference's, when there is a detector for it.
-        let ood_score = version
-            .ood
-            .as_deref()
-            .zip(output.embedding.as_deref())
-            .and_then(|(d, e)| d.score(e));
+        // How far the embedding and the image lie from the reference's, when there is a
+        // detector for them.
+        let ood_score = version.ood.as_deref().and_then(|d| {
+            d.score(
+                output.embedding.as_deref(),
+                p.image.as_ref().map(|i| &i.descriptor[..]),
+            )
+        });
         if let Some(monitor) = monitor {
             let monitor_flags = monitor.flags(
                 summary.class,
