@@ -16,7 +16,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// The end of a partition's time range (seconds since the epoch), from its `date=`/`hour=` path.
-fn partition_end(dir: &Path) -> Option<i64> {
+pub(super) fn partition_end(dir: &Path) -> Option<i64> {
     let mut date = None;
     let mut hour = None;
     for part in dir.components() {
