@@ -10,3 +10,4 @@ mod models;
 mod monitor;
 mod prometheus;
 mod serve;
+mod upload;
