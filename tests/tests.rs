@@ -3,6 +3,7 @@
 mod support;
 
 mod candidates;
+mod fleet;
 mod fuzz;
 mod hostile;
 mod log;
