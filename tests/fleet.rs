@@ -88,7 +88,10 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
     let mut env: Vec<(String, String)> = s3.env();
     env.push(("SHIFTWATCH__LOG__UPLOAD_URL".into(), url.clone()));
     env.push(("SHIFTWATCH__LOG__ROTATE_SECONDS".into(), "1".into()));
-    env.push(("SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS".into(), "0.5".into()));
+    env.push((
+        "SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS".into(),
+        "0.5".into(),
+    ));
     let pairs = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
         env.iter()
             .cloned()
@@ -107,7 +110,10 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
     ]);
     let mut stable = start(&stable_env);
     let mut canary = start(&pairs(&[
-        ("SHIFTWATCH__MODEL__PATH", "models/digits-overconfident.onnx"),
+        (
+            "SHIFTWATCH__MODEL__PATH",
+            "models/digits-overconfident.onnx",
+        ),
         (
             "SHIFTWATCH__MONITOR__REFERENCE",
             "models/digits-overconfident.reference.json",
@@ -119,7 +125,10 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
     stable_images.extend(images("class_prior", 150));
     let stable_answers = classify_all(&stable, "stable", &stable_images);
     let canary_answers = classify_all(&canary, "canary", &images("normal", 200));
-    assert_ne!(stable_answers[0].0, canary_answers[0].0, "two model versions");
+    assert_ne!(
+        stable_answers[0].0, canary_answers[0].0,
+        "two model versions"
+    );
 
     // The stable replica's monitor once it has evaluated all 300 predictions.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -132,7 +141,10 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
         if chi2.is_some_and(|t| t["n_window"] == 300 && t["statistic"].is_number()) {
             break v;
         }
-        assert!(Instant::now() < deadline, "the monitor never evaluated 300: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never evaluated 300: {v}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let monitor = local.path().join("monitor-snapshot.json");
@@ -143,7 +155,11 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
         assert!(server.wait(Duration::from_secs(60)).success());
     }
 
-    let all: Vec<_> = stable_answers.iter().chain(&canary_answers).cloned().collect();
+    let all: Vec<_> = stable_answers
+        .iter()
+        .chain(&canary_answers)
+        .cloned()
+        .collect();
     let monitor = monitor.to_str().unwrap();
     let fleet = run_recipes(
         &s3.env(),
@@ -166,5 +182,8 @@ fn the_readme_fleet_recipes_agree_with_the_answers_and_the_sidecars_chi_square()
     assert_eq!(folder["folder_view"], true);
     assert_eq!(fleet["chi_square"]["window"], 300);
     // The shift is visible: the chi-square is large, its p-value small.
-    assert!(fleet["chi_square"]["p_value"].as_f64().unwrap() < 0.01, "{fleet}");
+    assert!(
+        fleet["chi_square"]["p_value"].as_f64().unwrap() < 0.01,
+        "{fleet}"
+    );
 }

@@ -10,5 +10,6 @@ mod log;
 mod models;
 mod monitor;
 mod prometheus;
+mod report;
 mod serve;
 mod upload;

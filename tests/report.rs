@@ -1,0 +1,209 @@
+//! `shiftwatch report` over a log the sidecar wrote: its JSON statistics recomputed by scipy and
+//! numpy (`check_report.py`), and the HTML opened and screenshotted by headless Chromium.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, classify_request, labels_csv, python, read, repo, request};
+
+/// Classifies every image of `data/traffic/<folder>` as `<folder>-<i>`; the ids and true labels.
+fn send(server: &Server, folder: &str) -> Vec<(String, String)> {
+    labels_csv(format!("data/traffic/{folder}/labels.csv"))
+        .into_iter()
+        .enumerate()
+        .map(|(i, (file, label))| {
+            let id = format!("{folder}-{i:04}");
+            let png = read(format!("data/traffic/{folder}/{file}"));
+            let r = request(server.addr, &classify_request("", &id, &png));
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            (id, label)
+        })
+        .collect()
+}
+
+fn report(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
+        .arg("report")
+        .args(args)
+        .current_dir(repo())
+        .env("SHIFTWATCH__LOGGING__LEVEL", "warn")
+        .output()
+        .expect("running shiftwatch report")
+}
+
+/// Headless Chromium (Debian's `chromium`, installed by .ci/run) renders `html` to a PNG.
+fn screenshot(html: &Path, png: &Path) {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is not installed: apt-get install chromium (.ci/run does)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1400,2300",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("running chromium");
+    assert!(
+        out.status.success() && png.exists(),
+        "chromium failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
+    let mut server = Server::start(&[("SHIFTWATCH__LOG__ROTATE_SECONDS", "1")]);
+    let mut labeled = send(&server, "normal");
+    // A shift after the normal traffic: the buckets over time see it.
+    labeled.extend(send(&server, "rotation"));
+    // Delayed labels for every other prediction.
+    let feedback: Vec<(String, String)> = labeled.iter().step_by(2).cloned().collect();
+    for chunk in feedback.chunks(200) {
+        server.send_labels(chunk);
+    }
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(60)).success());
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let html = out_dir.path().join("report.html");
+    let summary = out_dir.path().join("summary.json");
+    let log = server.log_dir.to_str().unwrap().to_string();
+    let out = report(&[
+        "--log",
+        &log,
+        "--reference",
+        "models/digits.reference.json",
+        "--out",
+        html.to_str().unwrap(),
+        "--json",
+        summary.to_str().unwrap(),
+        "--buckets",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "report failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    // Not a terminal here: plain progress lines, not a bar.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading the log:"));
+
+    let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["rows"].as_u64(), Some(labeled.len() as u64));
+    assert_eq!(s["labeled_rows"].as_u64(), Some(feedback.len() as u64));
+    for block in std::iter::once(&s["period"]).chain(s["buckets"].as_array().unwrap()) {
+        for key in ["tests", "estimates", "labeled", "window"] {
+            assert!(block.get(key).is_some(), "no {key} in {block}");
+        }
+    }
+    // The rotation shows: the last bucket alerts on the class mix, the first does not.
+    let chi2_status = |b: &Value| {
+        b["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["test"] == "class_chi2")
+            .map(|t| t["status"].clone())
+            .unwrap()
+    };
+    let buckets = s["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 4);
+    assert_eq!(chi2_status(&buckets[0]), json!("ok"), "{}", buckets[0]);
+    assert_eq!(chi2_status(&buckets[3]), json!("alert"), "{}", buckets[3]);
+
+    let checked = Command::new(python())
+        .arg(repo().join("tests/check_report.py"))
+        .arg(&summary)
+        .arg(&server.log_dir)
+        .arg(repo().join("models/digits.reference.json"))
+        .output()
+        .expect("running check_report.py");
+    assert!(
+        checked.status.success(),
+        "check_report.py failed:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    println!(
+        "scipy agrees: {}",
+        String::from_utf8_lossy(&checked.stdout).trim()
+    );
+
+    // Self-contained: no script, nothing fetched; every plot is an inline SVG.
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert!(!text.contains("<script"), "a script in the report");
+    let without_namespace = text.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    assert!(
+        !without_namespace.contains("http://") && !without_namespace.contains("https://"),
+        "the report refers to the network"
+    );
+    for plot in [
+        "plot-class-mix",
+        "plot-confidence",
+        "plot-entropy",
+        "plot-tests",
+        "plot-accuracy",
+        "plot-reliability",
+    ] {
+        let at = text
+            .find(&format!("<figure id=\"{plot}\">"))
+            .unwrap_or_else(|| panic!("no {plot}"));
+        assert!(text[at..].starts_with(&format!("<figure id=\"{plot}\"><figcaption>")));
+        assert!(text[at..].contains("<svg"), "{plot} has no SVG");
+    }
+    let png = out_dir.path().join("report.png");
+    screenshot(&html, &png);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    assert!(
+        bytes.len() > 50_000,
+        "a {} byte screenshot is blank",
+        bytes.len()
+    );
+    // Kept for a look (`target/report-screenshot.png`).
+    let keep = repo().join("target/report-screenshot.png");
+    let _ = std::fs::copy(&png, &keep);
+
+    // A bad period and a missing log are clear errors, not panics.
+    let out = report(&[
+        "--log",
+        &log,
+        "--reference",
+        "models/digits.reference.json",
+        "--out",
+        html.to_str().unwrap(),
+        "--from",
+        "yesterday",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an RFC 3339 time"));
+    let out = report(&[
+        "--log",
+        "/nonexistent/log",
+        "--reference",
+        "models/digits.reference.json",
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such folder"));
+}
