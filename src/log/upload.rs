@@ -740,7 +740,7 @@ fn remove_ended_partition(dir: &Path, rel: &Path) {
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("date=") || n.starts_with("hour="));
         if !is_partition
-            || !partition_end(f).is_some_and(|end| end + EMPTY_PARTITION_GRACE_SECONDS < now)
+            || partition_end(f).is_none_or(|end| end + EMPTY_PARTITION_GRACE_SECONDS >= now)
         {
             return;
         }

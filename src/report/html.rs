@@ -401,11 +401,14 @@ fn tests_over_time(summary: &Summary) -> String {
     f.finish(&legend)
 }
 
+/// One number of a snapshot, where it has it.
+type Measure = fn(&crate::monitor::Snapshot) -> Option<f64>;
+
 /// Per bucket, the label-free accuracy estimates beside the labeled accuracy where labels came
 /// back.
 fn accuracy_over_time(summary: &Summary) -> String {
     let n = summary.buckets.len();
-    let series: [(&str, fn(&crate::monitor::Snapshot) -> Option<f64>); 4] = [
+    let series: [(&str, Measure); 4] = [
         ("ATC estimate", |s| s.estimates.atc),
         ("DoC estimate", |s| s.estimates.doc),
         ("average confidence", |s| s.estimates.ac),
