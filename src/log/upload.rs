@@ -238,15 +238,17 @@ impl Uploader {
     }
 
     /// Ships the completed files under `root` (relative to the log dir), counted in `metrics`.
+    /// A root already shipped is not added twice (its files would be listed twice).
     pub fn add_stream(&self, name: &'static str, root: &Path, metrics: &LogMetrics) {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Shipped {
-                name,
-                root: root.to_path_buf(),
-                metrics: metrics.clone(),
-            });
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if streams.iter().any(|s| s.root == root) {
+            return;
+        }
+        streams.push(Shipped {
+            name,
+            root: root.to_path_buf(),
+            metrics: metrics.clone(),
+        });
     }
 
     /// Uploads what waits (at most `log.upload_drain_seconds`) and stops. Call it once every
@@ -1074,6 +1076,35 @@ mod tests {
         assert_eq!(shipper.backoff, RETRY_MIN);
         assert_eq!(health.degraded(), None);
         assert!(!log.path().join(HOUR).join("0001.parquet").exists());
+    }
+
+    #[test]
+    fn a_stream_added_twice_is_shipped_once() {
+        let log = log_dir();
+        let bucket = tempfile::tempdir().unwrap();
+        let url = Url::parse(&format!("file://{}", bucket.path().display())).unwrap();
+        let health = Arc::new(LogHealth::default());
+        let uploader = Uploader::start(
+            log.path(),
+            config(&url, true),
+            Arc::clone(&health),
+            Arc::new(DirLock::new(log.path())),
+        );
+        let metrics = Metrics::new("m").shared.log;
+        for _ in 0..2 {
+            uploader.add_stream("predictions", Path::new("predictions/model=m"), &metrics);
+        }
+        assert_eq!(uploader.streams.lock().unwrap().len(), 1);
+        // Closing drains: the file is shipped (once) before the thread ends.
+        uploader.close();
+        assert_eq!(
+            metrics
+                .upload_files
+                .with_label_values(&["predictions"])
+                .get(),
+            1
+        );
+        assert!(bucket.path().join(HOUR).join("0001.parquet").exists());
     }
 
     #[test]
