@@ -52,7 +52,10 @@ def main() -> None:
     summary = json.load(open(summary_path))
     reference = json.load(open(reference_path))
     ratios = np.array(reference["summary"]["class_ratios"])
-    ref_confidence = np.array([max(p) for p in reference["probabilities"]], dtype=np.float64)
+    # The profile's probabilities are the model's float32 outputs, as the sidecar reads them.
+    ref_confidence = (
+        np.array(reference["probabilities"], dtype=np.float32).max(axis=1).astype(np.float64)
+    )
 
     table = ds.dataset(
         os.path.join(log_dir, "predictions"), format="parquet", partitioning="hive"

@@ -207,3 +207,72 @@ fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such folder"));
 }
+
+#[test]
+fn a_report_on_100000_predictions_agrees_with_scipy() {
+    let log = tempfile::tempdir().unwrap();
+    let made = Command::new(python())
+        .arg(repo().join("scripts/make_report_log.py"))
+        .arg(log.path())
+        .arg("100000")
+        .output()
+        .expect("running make_report_log.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let summary = out_dir.path().join("summary.json");
+    let started = std::time::Instant::now();
+    let out = report(&[
+        "--log",
+        log.path().to_str().unwrap(),
+        "--reference",
+        "models/digits.reference.json",
+        "--out",
+        out_dir.path().join("report.html").to_str().unwrap(),
+        "--json",
+        summary.to_str().unwrap(),
+        "--buckets",
+        "24",
+    ]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "report failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["rows"], 100_000);
+    let buckets = s["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 24);
+    // The class mix shifts from the 13th hour on.
+    let chi2 = |b: &Value| {
+        b["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["test"] == "class_chi2")
+            .map(|t| t["status"].clone())
+            .unwrap()
+    };
+    assert_eq!(chi2(&buckets[0]), json!("ok"));
+    assert_eq!(chi2(&buckets[23]), json!("alert"));
+    let checked = Command::new(python())
+        .arg(repo().join("tests/check_report.py"))
+        .arg(&summary)
+        .arg(log.path())
+        .arg(repo().join("models/digits.reference.json"))
+        .output()
+        .expect("running check_report.py");
+    assert!(
+        checked.status.success(),
+        "check_report.py failed:\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    println!(
+        "report on 100,000 predictions (debug build): {:.1} s; scipy agrees on the period and 24 buckets",
+        took.as_secs_f64()
+    );
+}
