@@ -489,10 +489,23 @@ pub fn run(options: &Options, config: &MonitorConfig) -> anyhow::Result<Summary>
         .iter()
         .filter(|r| labels.contains_key(&r.request_id))
         .count();
-    let plots = html::PlotData::new(
+    let mut plots = html::PlotData::new(
         &reference,
         rows.iter().map(|r| (r.class, r.confidence, r.entropy)),
     );
+    if let Some((ref_embeddings, dim)) = &reference.embeddings {
+        let step = rows.len().div_ceil(MAP_POINTS).max(1);
+        let period: Vec<&[f32]> = rows
+            .iter()
+            .step_by(step)
+            .filter_map(|r| r.embedding.as_deref().filter(|e| e.len() == *dim))
+            .collect();
+        let reference_rows: Vec<&[f32]> = ref_embeddings.chunks_exact(*dim).collect();
+        if let Some((r, p)) = pca_map(&reference_rows, &period) {
+            plots.embedding_reference = r;
+            plots.embedding_period = p;
+        }
+    }
     let summary = Summary {
         model: options.model.clone(),
         model_version: reference.model_version.clone(),
@@ -515,6 +528,81 @@ pub fn run(options: &Options, config: &MonitorConfig) -> anyhow::Result<Summary>
     Ok(summary)
 }
 
+/// Period predictions on the embedding map at most (every k-th).
+const MAP_POINTS: usize = 1000;
+
+/// Points on a 2-D map: the reference's and the period's.
+type Map = (Vec<(f64, f64)>, Vec<(f64, f64)>);
+
+/// The reference's and the period's embeddings on the reference's first two principal
+/// components (centred on the reference's mean; power iteration with deflation on its
+/// covariance). `None` without at least two reference rows of one dimension.
+fn pca_map(reference: &[&[f32]], period: &[&[f32]]) -> Option<Map> {
+    let dim = reference.first()?.len();
+    if reference.len() < 2 || dim == 0 || reference.iter().any(|r| r.len() != dim) {
+        return None;
+    }
+    let n = reference.len() as f64;
+    let mut mean = vec![0.0f64; dim];
+    for r in reference {
+        for (m, v) in mean.iter_mut().zip(*r) {
+            *m += f64::from(*v) / n;
+        }
+    }
+    let mut cov = vec![0.0f64; dim * dim];
+    for r in reference {
+        for i in 0..dim {
+            let a = f64::from(r[i]) - mean[i];
+            for j in 0..dim {
+                cov[i * dim + j] += a * (f64::from(r[j]) - mean[j]) / (n - 1.0);
+            }
+        }
+    }
+    let mut components: Vec<Vec<f64>> = Vec::new();
+    for c in 0..2 {
+        // A fixed, generic start (not orthogonal to any axis), then 200 steps.
+        let mut v: Vec<f64> = (0..dim).map(|i| 1.0 + (i + c) as f64 * 0.1).collect();
+        let mut eigenvalue = 0.0;
+        for _ in 0..200 {
+            let mut w: Vec<f64> = (0..dim)
+                .map(|i| (0..dim).map(|j| cov[i * dim + j] * v[j]).sum())
+                .collect();
+            for u in &components {
+                let dot: f64 = w.iter().zip(u).map(|(a, b)| a * b).sum();
+                for (x, y) in w.iter_mut().zip(u) {
+                    *x -= dot * y;
+                }
+            }
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if !(norm.is_finite() && norm > 0.0) {
+                break;
+            }
+            eigenvalue = norm;
+            v = w.into_iter().map(|x| x / norm).collect();
+        }
+        if eigenvalue == 0.0 {
+            v = vec![0.0; dim];
+        }
+        components.push(v);
+    }
+    let project = |rows: &[&[f32]]| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| r.len() == dim)
+            .map(|r| {
+                let at = |u: &[f64]| -> f64 {
+                    r.iter()
+                        .zip(&mean)
+                        .zip(u)
+                        .map(|((v, m), c)| (f64::from(*v) - m) * c)
+                        .sum()
+                };
+                (at(&components[0]), at(&components[1]))
+            })
+            .collect()
+    };
+    Some((project(reference), project(period)))
+}
+
 /// Writes a file through a temporary name beside it.
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let name = path
@@ -530,6 +618,35 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_map_keeps_the_reference_spread_on_its_first_axis() {
+        // Reference points along (1, 1, 0) with a little spread along (0, 0, 1).
+        let rows: Vec<Vec<f32>> = (0..50)
+            .map(|i| {
+                let t = i as f32 - 25.0;
+                vec![t, t, 0.1 * ((i % 5) as f32 - 2.0)]
+            })
+            .collect();
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let period: Vec<f32> = vec![10.0, 10.0, 0.0];
+        let (r, p) = pca_map(&refs, &[period.as_slice()]).unwrap();
+        assert_eq!(r.len(), 50);
+        // The first axis carries the spread: |x| = |t - mean| * sqrt(2); the second the small one.
+        let mean_t = -0.5f64;
+        assert!(
+            (r[0].0.abs() - (25.0 + mean_t) * 2f64.sqrt()).abs() < 1e-3,
+            "{:?}",
+            r[0]
+        );
+        assert!(r.iter().all(|(_, y)| y.abs() < 0.5));
+        assert!(
+            (p[0].0.abs() - (10.0 - mean_t) * 2f64.sqrt()).abs() < 1e-3,
+            "{:?}",
+            p[0]
+        );
+        assert!(pca_map(&[], &[]).is_none());
+    }
 
     #[test]
     fn partitions_bound_the_files_read() {

@@ -53,7 +53,7 @@ fn screenshot(html: &Path, png: &Path) {
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--hide-scrollbars",
-            "--window-size=1400,2300",
+            "--window-size=1400,2750",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", png.display()))
@@ -163,6 +163,7 @@ fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
         "plot-tests",
         "plot-accuracy",
         "plot-reliability",
+        "plot-embeddings",
     ] {
         let at = text
             .find(&format!("<figure id=\"{plot}\">"))

@@ -21,6 +21,9 @@ pub struct PlotData {
     pub entropy_reference: Vec<f64>,
     /// The entropy axis ends at ln K.
     pub entropy_max: f64,
+    /// Embeddings on the reference's first two principal components (empty without embeddings).
+    pub embedding_reference: Vec<(f64, f64)>,
+    pub embedding_period: Vec<(f64, f64)>,
 }
 
 /// Shares of `values` in `BINS` equal bins of [0, max] (the last bin closed).
@@ -61,6 +64,8 @@ impl PlotData {
             entropy: histogram(entropy.into_iter(), entropy_max),
             entropy_reference: histogram(reference.entropy_sorted.iter().copied(), entropy_max),
             entropy_max,
+            embedding_reference: Vec::new(),
+            embedding_period: Vec::new(),
         }
     }
 }
@@ -205,6 +210,18 @@ impl Frame {
             let _ = write!(
                 self.svg,
                 r#"<circle cx="{x}" cy="{y}" r="2.5" fill="{colour}"/>"#
+            );
+        }
+    }
+
+    /// A small translucent dot (scatter plots).
+    fn point(&mut self, x: f64, y: f64, colour: &str) {
+        if x.is_finite() && y.is_finite() {
+            let _ = write!(
+                self.svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2" fill="{colour}" fill-opacity="0.45"/>"#,
+                self.x(x),
+                self.y(y)
             );
         }
     }
@@ -461,6 +478,41 @@ fn reliability(summary: &Summary) -> String {
     f.finish(&[("accuracy", PERIOD), ("mean confidence", "#ef6c00")])
 }
 
+/// The reference's and the period's embeddings on the reference's first two principal axes.
+fn embedding_map(summary: &Summary) -> String {
+    let (r, p) = (
+        &summary.plots.embedding_reference,
+        &summary.plots.embedding_period,
+    );
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in r
+        .iter()
+        .chain(p.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+    {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+    }
+    let title = if r.is_empty() {
+        "Embeddings: the model has no embedding output (or the reference none)"
+    } else {
+        "Embeddings on the reference's first two principal components: reference and period"
+    };
+    let mut f = Frame::new("plot-embeddings", title, (x0, x1), (y0, y1));
+    for &(x, y) in r {
+        f.point(x, y, REFERENCE);
+    }
+    for &(x, y) in p {
+        f.point(x, y, PERIOD);
+    }
+    f.finish(&[
+        ("reference", REFERENCE),
+        ("period (every k-th prediction)", PERIOD),
+    ])
+}
+
 /// The whole report.
 pub fn render(summary: &Summary, reference: &Reference) -> String {
     let s = summary;
@@ -567,6 +619,7 @@ period {from} to {to}; {buckets} time buckets. Every statistic comes from the si
     out.push_str(&tests_over_time(s));
     out.push_str(&accuracy_over_time(s));
     out.push_str(&reliability(s));
+    out.push_str(&embedding_map(s));
     out.push_str("</body></html>\n");
     out
 }
