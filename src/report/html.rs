@@ -96,6 +96,7 @@ fn status_colour(s: Status) -> &'static str {
 
 const PERIOD: &str = "#1565c0";
 const REFERENCE: &str = "#9e9e9e";
+const REFERENCE_POINTS: &str = "#424242";
 const SERIES: [&str; 6] = [
     "#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f",
 ];
@@ -501,14 +502,15 @@ fn embedding_map(summary: &Summary) -> String {
         "Embeddings on the reference's first two principal components: reference and period"
     };
     let mut f = Frame::new("plot-embeddings", title, (x0, x1), (y0, y1));
-    for &(x, y) in r {
-        f.point(x, y, REFERENCE);
-    }
+    // The period first, the (fewer) reference points on top, darker.
     for &(x, y) in p {
         f.point(x, y, PERIOD);
     }
+    for &(x, y) in r {
+        f.point(x, y, REFERENCE_POINTS);
+    }
     f.finish(&[
-        ("reference", REFERENCE),
+        ("reference", REFERENCE_POINTS),
         ("period (every k-th prediction)", PERIOD),
     ])
 }
