@@ -74,6 +74,9 @@ pub enum Command {
         /// Time buckets the period is cut into (for the plots over time)
         #[arg(long, default_value_t = 12)]
         buckets: usize,
+        /// A candidate store's folder (candidates.dir): its best candidates as thumbnails
+        #[arg(long)]
+        candidates: Option<PathBuf>,
     },
     /// Relabel candidates: export the best stored ones for Label Studio (offline, from the log)
     Candidates {
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> ExitCode {
             out,
             json,
             buckets,
+            candidates,
         } => config.select_model(model.as_deref()).and_then(|m| {
             let time = |flag: &str, v: Option<String>| -> anyhow::Result<Option<i64>> {
                 v.map(|t| {
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     buckets,
                     out,
                     json,
+                    candidates,
                 },
             )
         }),

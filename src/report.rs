@@ -42,6 +42,8 @@ pub struct Options {
     pub buckets: usize,
     pub out: PathBuf,
     pub json: Option<PathBuf>,
+    /// A candidate store's folder: its best candidates are shown as thumbnails.
+    pub candidates: Option<PathBuf>,
 }
 
 /// One logged prediction, as the monitor sees it.
@@ -80,6 +82,49 @@ pub struct Summary {
     /// What the plots show beside the snapshots (histograms, class mix).
     #[serde(skip)]
     pub plots: html::PlotData,
+    /// The best stored relabel candidates of the version (with `--candidates`).
+    pub candidates: Vec<Thumbnail>,
+}
+
+/// A relabel candidate shown in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Thumbnail {
+    pub request_id: String,
+    pub predicted_label: String,
+    pub confidence: f32,
+    pub score: f64,
+    #[serde(skip)]
+    pub content_type: String,
+    #[serde(skip)]
+    pub image: Vec<u8>,
+}
+
+/// Candidates shown at most, and the largest image inlined.
+const THUMBNAILS: usize = 12;
+const THUMBNAIL_MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The best candidates of `version` in the store at `dir` (its validated index; images read only
+/// from its `images/` folder, under the size bound).
+fn thumbnails(dir: &Path, version: &str) -> anyhow::Result<Vec<Thumbnail>> {
+    let mut stored = crate::relabel::read_index(dir)
+        .with_context(|| format!("--candidates {}: cannot read its index.json", dir.display()))?;
+    stored.retain(|c| c.model_version == version && c.bytes <= THUMBNAIL_MAX_BYTES);
+    stored.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(stored
+        .into_iter()
+        .filter_map(|c| {
+            let image = std::fs::read(dir.join("images").join(&c.file)).ok()?;
+            Some(Thumbnail {
+                request_id: c.candidate.request_id,
+                predicted_label: c.predicted_label,
+                confidence: c.candidate.confidence,
+                score: c.score,
+                content_type: c.content_type.unwrap_or_else(|| "image/png".into()),
+                image,
+            })
+        })
+        .take(THUMBNAILS)
+        .collect())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -519,6 +564,10 @@ pub fn run(options: &Options, config: &MonitorConfig) -> anyhow::Result<Summary>
         period,
         buckets,
         plots,
+        candidates: match &options.candidates {
+            Some(dir) => thumbnails(dir, &reference.model_version)?,
+            None => Vec::new(),
+        },
     };
     write(&options.out, html::render(&summary, &reference).as_bytes())?;
     if let Some(json) = &options.json {

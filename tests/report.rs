@@ -69,7 +69,12 @@ fn screenshot(html: &Path, png: &Path) {
 
 #[test]
 fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
-    let mut server = Server::start(&[("SHIFTWATCH__LOG__ROTATE_SECONDS", "1")]);
+    let store = tempfile::tempdir().unwrap();
+    let store_dir = store.path().to_str().unwrap().to_string();
+    let mut server = Server::start(&[
+        ("SHIFTWATCH__LOG__ROTATE_SECONDS", "1"),
+        ("SHIFTWATCH__CANDIDATES__DIR", store_dir.as_str()),
+    ]);
     let mut labeled = send(&server, "normal");
     // A shift after the normal traffic: the buckets over time see it.
     labeled.extend(send(&server, "rotation"));
@@ -96,6 +101,8 @@ fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
         summary.to_str().unwrap(),
         "--buckets",
         "4",
+        "--candidates",
+        &store_dir,
     ]);
     assert!(
         out.status.success(),
@@ -110,6 +117,11 @@ fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
     let s: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     assert_eq!(s["rows"].as_u64(), Some(labeled.len() as u64));
     assert_eq!(s["labeled_rows"].as_u64(), Some(feedback.len() as u64));
+    // The store's best candidates, best first, inlined as images.
+    let shown = s["candidates"].as_array().unwrap();
+    assert!(!shown.is_empty() && shown.len() <= 12, "{shown:?}");
+    let scores: Vec<f64> = shown.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
     for block in std::iter::once(&s["period"]).chain(s["buckets"].as_array().unwrap()) {
         for key in ["tests", "estimates", "labeled", "window"] {
             assert!(block.get(key).is_some(), "no {key} in {block}");
@@ -164,12 +176,16 @@ fn the_report_agrees_with_scipy_and_renders_every_plot_in_chromium() {
         "plot-accuracy",
         "plot-reliability",
         "plot-embeddings",
+        "plot-candidates",
     ] {
         let at = text
             .find(&format!("<figure id=\"{plot}\">"))
             .unwrap_or_else(|| panic!("no {plot}"));
         assert!(text[at..].starts_with(&format!("<figure id=\"{plot}\"><figcaption>")));
-        assert!(text[at..].contains("<svg"), "{plot} has no SVG");
+        assert!(
+            text[at..].contains("<svg") || text[at..].contains("src=\"data:image/"),
+            "{plot} has no SVG or inlined image"
+        );
     }
     let png = out_dir.path().join("report.png");
     screenshot(&html, &png);

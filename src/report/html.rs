@@ -515,6 +515,52 @@ fn embedding_map(summary: &Summary) -> String {
     ])
 }
 
+/// Standard base64 (RFC 4648, padded), for images inlined as data URIs.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The best relabel candidates as thumbnails (images inlined), when a store was given.
+fn candidates(summary: &Summary) -> String {
+    if summary.candidates.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<figure id=\"plot-candidates\"><figcaption>The best relabel candidates of this version (score · predicted label · confidence)</figcaption><div>\n",
+    );
+    for c in &summary.candidates {
+        let _ = writeln!(
+            out,
+            r#"<div style="display:inline-block;margin:4px;text-align:center;font-size:11px"><img alt="{}" src="data:{};base64,{}" width="64" height="64" style="image-rendering:pixelated;border:1px solid #bdbdbd"><br>{:.3} · {} · {:.2}</div>"#,
+            escape(&c.request_id),
+            escape(&c.content_type),
+            base64(&c.image),
+            c.score,
+            escape(&c.predicted_label),
+            c.confidence
+        );
+    }
+    out.push_str("</div></figure>\n");
+    out
+}
+
 /// The whole report.
 pub fn render(summary: &Summary, reference: &Reference) -> String {
     let s = summary;
@@ -622,6 +668,7 @@ period {from} to {to}; {buckets} time buckets. Every statistic comes from the si
     out.push_str(&accuracy_over_time(s));
     out.push_str(&reliability(s));
     out.push_str(&embedding_map(s));
+    out.push_str(&candidates(s));
     out.push_str("</body></html>\n");
     out
 }
@@ -637,6 +684,16 @@ mod tests {
         assert_eq!(h[0], 0.25);
         assert_eq!(h[BINS / 2], 0.25);
         assert_eq!(h[BINS - 1], 0.5);
+        for (raw, encoded) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xff, 0xfe, 0x00][..], "//4A"),
+        ] {
+            assert_eq!(base64(raw), encoded);
+        }
         assert_eq!(
             escape("<a href=\"x\">&"),
             "&lt;a href=&quot;x&quot;&gt;&amp;"
