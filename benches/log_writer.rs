@@ -72,6 +72,7 @@ fn config(dir: &std::path::Path, durability: Durability) -> LogConfig {
         row_group_rows: 65_536,
         retention: None,
         max_disk_bytes: None,
+        upload: None,
     }
 }
 

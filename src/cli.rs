@@ -1,5 +1,5 @@
-//! The command line: `shiftwatch serve | reference | candidates export | check-config`, each
-//! with `--config`.
+//! The command line: `shiftwatch serve | reference | report | candidates export | check-config`,
+//! each with `--config`.
 //!
 //! Exit codes: 0 success, 64 the config is invalid, 1 anything else.
 
@@ -45,6 +45,38 @@ pub enum Command {
         /// Which configured model (default: the first by name)
         #[arg(long)]
         model: Option<String>,
+    },
+    /// Evaluate a period of the Parquet log (a folder or a bucket) with the monitor's code: one
+    /// self-contained HTML report with plots, and a JSON summary
+    Report {
+        /// The log's root: a folder, or s3://bucket/prefix, gs://…, az://…, file:///… (the
+        /// store's credentials from its standard environment variables)
+        #[arg(long)]
+        log: String,
+        /// The reference profile of the model version to report on
+        #[arg(long)]
+        reference: PathBuf,
+        /// Which model's partition (default: the first configured)
+        #[arg(long)]
+        model: Option<String>,
+        /// Start of the period (RFC 3339, inclusive; default: the first prediction)
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period (RFC 3339, exclusive; default: after the last prediction)
+        #[arg(long)]
+        to: Option<String>,
+        /// The HTML report to write
+        #[arg(long)]
+        out: PathBuf,
+        /// The JSON summary to write
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Time buckets the period is cut into (for the plots over time)
+        #[arg(long, default_value_t = 12)]
+        buckets: usize,
+        /// A candidate store's folder (candidates.dir): its best candidates as thumbnails
+        #[arg(long)]
+        candidates: Option<PathBuf>,
     },
     /// Relabel candidates: export the best stored ones for Label Studio (offline, from the log)
     Candidates {
@@ -95,6 +127,40 @@ pub fn run(cli: Cli) -> ExitCode {
         } => config
             .select_model(model.as_deref())
             .and_then(|m| export_candidates(&config, m, &out, limit)),
+        Command::Report {
+            log,
+            reference,
+            model,
+            from,
+            to,
+            out,
+            json,
+            buckets,
+            candidates,
+        } => config.select_model(model.as_deref()).and_then(|m| {
+            let time = |flag: &str, v: Option<String>| -> anyhow::Result<Option<i64>> {
+                v.map(|t| {
+                    crate::time::parse_rfc3339(&t).ok_or_else(|| {
+                        anyhow::anyhow!("{flag} {t} is not an RFC 3339 time (2026-12-06T22:00:00Z)")
+                    })
+                })
+                .transpose()
+            };
+            report(
+                &config,
+                &crate::report::Options {
+                    log,
+                    reference,
+                    model: m.name.clone(),
+                    from: time("--from", from)?,
+                    to: time("--to", to)?,
+                    buckets,
+                    out,
+                    json,
+                    candidates,
+                },
+            )
+        }),
         Command::Reference {
             images,
             labels,
@@ -160,6 +226,32 @@ fn reference(
     } else {
         println!("  (no labels: accuracy, ECE, temperature and ATC need --labels)");
     }
+    Ok(())
+}
+
+fn report(config: &Config, options: &crate::report::Options) -> anyhow::Result<()> {
+    crate::telemetry::init(&config.logging);
+    let monitor = match &config.monitor {
+        Some(m) => m.clone(),
+        None => crate::monitor::RawMonitor::default()
+            .validate(&mut |_, _| {})
+            .ok_or_else(|| anyhow::anyhow!("the default monitor settings do not validate"))?,
+    };
+    let summary = crate::report::run(options, &monitor)?;
+    println!(
+        "report {}: {} predictions of model {} version {} in {} files, {} buckets{}",
+        options.out.display(),
+        summary.rows,
+        summary.model,
+        summary.model_version,
+        summary.files,
+        summary.buckets.len(),
+        options
+            .json
+            .as_ref()
+            .map(|j| format!("; summary {}", j.display()))
+            .unwrap_or_default()
+    );
     Ok(())
 }
 

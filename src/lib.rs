@@ -16,6 +16,7 @@ pub mod prediction;
 pub mod preprocess;
 pub mod profile;
 pub mod relabel;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod stats;

@@ -12,12 +12,15 @@
 //! Layout (Hive partitions, by arrival time in UTC):
 //! `<dir>/predictions/model=<name>/date=<YYYY-MM-DD>/hour=<HH>/<uuid>.parquet`,
 //! `<dir>/feedback/date=<YYYY-MM-DD>/<uuid>.parquet`, segments under `<dir>/wal/<stream>/`.
+//! With `log.upload_url`, completed files are shipped to object storage under the same keys
+//! (`upload.rs`).
 
 mod config;
 mod retention;
 pub mod schema;
 pub mod segment;
 mod sink;
+mod upload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use tokio::sync::oneshot;
 pub use self::config::{LogConfig, RawLog};
 pub use self::sink::{Appended, LogHealth};
 use self::sink::{DirLock, Sink, StreamSpec};
+use self::upload::Uploader;
+pub use self::upload::{UploadConfig, open_store};
 use crate::image_stats::InputStats;
 use crate::metrics::LogMetrics;
 use crate::time::date_hour;
@@ -159,6 +164,7 @@ pub struct PredictionLog {
     config: LogConfig,
     health: Arc<LogHealth>,
     lock: Arc<DirLock>,
+    uploader: Option<Uploader>,
 }
 
 impl std::fmt::Debug for PredictionLog {
@@ -217,6 +223,16 @@ impl PredictionLog {
             tracing::error!(error = %e, "the log directory cannot be used now; serving goes on without it, rows are dropped and counted, and the log retries");
         }
         let spec = feedback_stream();
+        let uploader = config.upload.as_ref().map(|upload| {
+            let uploader = Uploader::start(
+                &config.dir,
+                upload.clone(),
+                Arc::clone(&health),
+                Arc::clone(&lock),
+            );
+            uploader.add_stream(spec.name, &spec.root, metrics);
+            uploader
+        });
         let pass = sink::recover(&config.dir, &spec, metrics, &health, &lock, &[]);
         let feedback = Sink::start(
             config,
@@ -232,6 +248,7 @@ impl PredictionLog {
                 config: config.clone(),
                 health,
                 lock,
+                uploader,
             },
             pass.rows,
         )
@@ -241,6 +258,9 @@ impl PredictionLog {
     /// stream and the rows recovered (never fails: see [`PredictionLog::open`]).
     pub fn predictions(&self, model: &str, metrics: &LogMetrics) -> (PredictionStream, usize) {
         let spec = prediction_stream(model);
+        if let Some(uploader) = &self.uploader {
+            uploader.add_stream(spec.name, &spec.root, metrics);
+        }
         let pass = sink::recover(
             &self.config.dir,
             &spec,
@@ -277,10 +297,14 @@ impl PredictionLog {
         &self.config.dir
     }
 
-    /// Writes out the feedback queue, closes its files, and stops its writer (close every
-    /// [`PredictionStream`] first).
+    /// Writes out the feedback queue, closes its files, and stops its writer; then uploads
+    /// what waits (with `log.upload_url`, at most `log.upload_drain_seconds`). Close every
+    /// [`PredictionStream`] first.
     pub fn close(&self) {
         self.feedback.close();
+        if let Some(uploader) = &self.uploader {
+            uploader.close();
+        }
     }
 }
 

@@ -69,6 +69,37 @@ impl QuarantineReason {
     }
 }
 
+/// Why an attempt to upload a log file to object storage failed (it is retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFailure {
+    /// The store answered with an error or could not be reached.
+    Store,
+    /// The attempt took longer than `log.upload_timeout_seconds`.
+    Timeout,
+    /// The local file could not be read.
+    Read,
+    /// The store holds an object of another size than the file after the put.
+    Mismatch,
+}
+
+impl UploadFailure {
+    pub const ALL: [UploadFailure; 4] = [
+        UploadFailure::Store,
+        UploadFailure::Timeout,
+        UploadFailure::Read,
+        UploadFailure::Mismatch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadFailure::Store => "store",
+            UploadFailure::Timeout => "timeout",
+            UploadFailure::Read => "read",
+            UploadFailure::Mismatch => "mismatch",
+        }
+    }
+}
+
 /// What became of one feedback item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,6 +132,15 @@ pub struct LogMetrics {
     pub files_deleted: IntCounterVec,
     /// Write-ahead segments set aside in `quarantine/` at recovery, by [`QuarantineReason`].
     pub segments_quarantined: IntCounterVec,
+    /// Files uploaded to `log.upload_url` and confirmed there.
+    pub upload_files: IntCounterVec,
+    pub upload_bytes: IntCounterVec,
+    /// Failed upload attempts, by [`UploadFailure`] (each is retried).
+    pub upload_failures: IntCounterVec,
+    /// Completed files waiting for their upload now, their bytes, and the oldest one's age.
+    pub upload_backlog_files: IntGaugeVec,
+    pub upload_backlog_bytes: IntGaugeVec,
+    pub upload_backlog_age: GaugeVec,
 }
 
 /// Every metric family of the sidecar.
@@ -154,6 +194,12 @@ impl SharedFamilies {
             register(
                 r,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let int_gauge_vec = |name: &str, help: &str| {
+            register(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), &["stream"]).expect("valid gauge"),
             )
         };
         SharedFamilies {
@@ -224,6 +270,40 @@ impl SharedFamilies {
                     "Write-ahead segments (or their damaged tails) set aside in quarantine/ at recovery, by reason",
                     &["stream", "reason"],
                 ),
+                upload_files: counter_vec(
+                    "shiftwatch_log_upload_files_total",
+                    "Parquet files uploaded to log.upload_url and confirmed there",
+                    &["stream"],
+                ),
+                upload_bytes: counter_vec(
+                    "shiftwatch_log_upload_bytes_total",
+                    "Bytes of the Parquet files uploaded to log.upload_url",
+                    &["stream"],
+                ),
+                upload_failures: counter_vec(
+                    "shiftwatch_log_upload_failures_total",
+                    "Failed attempts to upload a Parquet file (each is retried), by reason",
+                    &["stream", "reason"],
+                ),
+                upload_backlog_files: int_gauge_vec(
+                    "shiftwatch_log_upload_backlog_files",
+                    "Completed Parquet files waiting for their upload",
+                ),
+                upload_backlog_bytes: int_gauge_vec(
+                    "shiftwatch_log_upload_backlog_bytes",
+                    "Bytes of the completed Parquet files waiting for their upload",
+                ),
+                upload_backlog_age: register(
+                    r,
+                    GaugeVec::new(
+                        Opts::new(
+                            "shiftwatch_log_upload_backlog_age_seconds",
+                            "Age of the oldest completed Parquet file waiting for its upload (0: none waits)",
+                        ),
+                        &["stream"],
+                    )
+                    .expect("valid gauge"),
+                ),
             },
         }
     }
@@ -245,6 +325,15 @@ impl SharedFamilies {
         }
         for reason in QuarantineReason::ALL {
             log.segments_quarantined
+                .with_label_values(&[stream, reason.as_str()]);
+        }
+        log.upload_files.with_label_values(&[stream]);
+        log.upload_bytes.with_label_values(&[stream]);
+        log.upload_backlog_files.with_label_values(&[stream]);
+        log.upload_backlog_bytes.with_label_values(&[stream]);
+        log.upload_backlog_age.with_label_values(&[stream]);
+        for reason in UploadFailure::ALL {
+            log.upload_failures
                 .with_label_values(&[stream, reason.as_str()]);
         }
     }

@@ -31,14 +31,14 @@ fn check_log(log_dir: &Path, expected: &Value) -> Value {
     serde_json::from_slice(&out.stdout).expect("check_log.py prints JSON")
 }
 
-fn traffic() -> Vec<Vec<u8>> {
+pub(crate) fn traffic() -> Vec<Vec<u8>> {
     labels_csv("data/traffic/normal/labels.csv")
         .iter()
         .map(|(f, _)| read(format!("data/traffic/normal/{f}")))
         .collect()
 }
 
-fn classify(addr: std::net::SocketAddr, id: &str, body: &[u8]) -> Option<Vec<f64>> {
+pub(crate) fn classify(addr: std::net::SocketAddr, id: &str, body: &[u8]) -> Option<Vec<f64>> {
     let raw = crate::support::classify_request("?top_k=10", id, body);
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream
@@ -160,14 +160,14 @@ fn every_answered_prediction_and_label_is_in_parquet_after_sigterm() {
 }
 
 /// Load from 4 threads until `stop`; records sent ids and answers with the time of each answer.
-struct Load {
-    sent: Mutex<Vec<String>>,
-    answered: Mutex<HashMap<String, (Vec<f64>, Instant)>>,
-    stop: AtomicBool,
+pub(crate) struct Load {
+    pub(crate) sent: Mutex<Vec<String>>,
+    pub(crate) answered: Mutex<HashMap<String, (Vec<f64>, Instant)>>,
+    pub(crate) stop: AtomicBool,
 }
 
 impl Load {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Load {
             sent: Mutex::new(Vec::new()),
             answered: Mutex::new(HashMap::new()),
@@ -175,7 +175,7 @@ impl Load {
         })
     }
 
-    fn run(
+    pub(crate) fn run(
         self: &Arc<Self>,
         addr: std::net::SocketAddr,
         prefix: &str,

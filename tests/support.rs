@@ -386,3 +386,141 @@ pub fn labels_csv(path: impl AsRef<Path>) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A real S3 API on loopback: moto's server (`moto[server]` from the project's Python, pinned
+/// in `training/requirements.txt`) on a free port, killed on drop. Unsigned requests are
+/// accepted; the sidecar signs with the credentials `testing`.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    output: Arc<Mutex<String>>,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let moto = repo().join(".venv/bin/moto_server");
+        assert!(
+            moto.exists(),
+            "{} is missing: run `make venv` (make test does) to install moto[server]",
+            moto.display()
+        );
+        // A port the OS says is free; another process may take it before moto binds it, so a
+        // moto that exits at once is started again on another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut child = Command::new(&moto)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting moto_server");
+            let output = Arc::new(Mutex::new(String::new()));
+            {
+                let sink = Arc::clone(&output);
+                let pipe = child.stderr.take().expect("stderr");
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        let mut s = sink.lock().unwrap();
+                        // Keep the tail only: moto logs every request.
+                        if s.len() > 64 * 1024 {
+                            s.drain(..32 * 1024);
+                        }
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                });
+            }
+            let mut server = S3Server {
+                child,
+                port,
+                output,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if server.child.try_wait().expect("try_wait").is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            eprintln!(
+                "moto_server did not start on port {port}:\n{}",
+                server.output()
+            );
+        }
+        panic!("moto_server did not start");
+    }
+
+    /// `host:port`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Creates a bucket (path-style `PUT /<bucket>`).
+    pub fn create_bucket(&self, bucket: &str) {
+        let raw = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.endpoint()
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let r = request(addr, raw.as_bytes());
+        assert_eq!(
+            r.status,
+            200,
+            "creating bucket {bucket}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    /// The environment a sidecar needs to ship its log here (`[log] upload_url` aside).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.endpoint())),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Stops the server where it is (SIGSTOP): connections are accepted by the kernel and never
+    /// answered, as with a store that hangs. Its objects stay.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {sig} failed");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

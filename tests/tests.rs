@@ -3,10 +3,13 @@
 mod support;
 
 mod candidates;
+mod fleet;
 mod fuzz;
 mod hostile;
 mod log;
 mod models;
 mod monitor;
 mod prometheus;
+mod report;
 mod serve;
+mod upload;

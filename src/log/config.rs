@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Durability;
+use super::upload::UploadConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +22,12 @@ pub struct RawLog {
     pub row_group_rows: usize,
     pub retention_hours: f64,
     pub max_disk_bytes: u64,
+    pub upload_url: String,
+    pub upload_keep_local: bool,
+    pub upload_max_backlog_files: usize,
+    pub upload_timeout_seconds: f64,
+    pub upload_retry_max_seconds: f64,
+    pub upload_drain_seconds: f64,
 }
 
 impl Default for RawLog {
@@ -37,6 +44,12 @@ impl Default for RawLog {
             row_group_rows: 65_536,
             retention_hours: 0.0,
             max_disk_bytes: 0,
+            upload_url: String::new(),
+            upload_keep_local: false,
+            upload_max_backlog_files: 100,
+            upload_timeout_seconds: 60.0,
+            upload_retry_max_seconds: 60.0,
+            upload_drain_seconds: 30.0,
         }
     }
 }
@@ -54,6 +67,8 @@ pub struct LogConfig {
     pub row_group_rows: usize,
     pub retention: Option<Duration>,
     pub max_disk_bytes: Option<u64>,
+    /// Where completed files are shipped (`log.upload_url`); `None`: they stay local.
+    pub upload: Option<UploadConfig>,
 }
 
 impl RawLog {
@@ -89,6 +104,7 @@ impl RawLog {
         for (key, v) in [
             ("log.rotate_seconds", self.rotate_seconds),
             ("log.retention_hours", self.retention_hours),
+            ("log.upload_drain_seconds", self.upload_drain_seconds),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 bad(key, "must be a non-negative number".into());
@@ -97,8 +113,51 @@ impl RawLog {
         if self.rotate_seconds == 0.0 {
             bad("log.rotate_seconds", "must be above 0".into());
         }
-        let seconds =
-            |v: f64| Duration::from_secs_f64(if v.is_finite() { v.max(0.0) } else { 0.0 });
+        for (key, v) in [
+            ("log.upload_timeout_seconds", self.upload_timeout_seconds),
+            (
+                "log.upload_retry_max_seconds",
+                self.upload_retry_max_seconds,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bad(
+                    key,
+                    "must be a number of seconds above 0 and at most 86400".into(),
+                );
+            }
+        }
+        if self.upload_drain_seconds > 86_400.0 {
+            bad("log.upload_drain_seconds", "must be at most 86400".into());
+        }
+        if self.upload_max_backlog_files == 0 {
+            bad("log.upload_max_backlog_files", "must be at least 1".into());
+        }
+        let seconds = |v: f64| {
+            Duration::from_secs_f64(if v.is_finite() {
+                v.clamp(0.0, 1e12)
+            } else {
+                0.0
+            })
+        };
+        let upload = if self.upload_url.is_empty() {
+            None
+        } else {
+            match UploadConfig::parse_url(&self.upload_url) {
+                Ok(url) => Some(UploadConfig {
+                    url,
+                    keep_local: self.upload_keep_local,
+                    max_backlog_files: self.upload_max_backlog_files.max(1),
+                    timeout: seconds(self.upload_timeout_seconds.min(86_400.0)),
+                    retry_max: seconds(self.upload_retry_max_seconds.min(86_400.0)),
+                    drain: seconds(self.upload_drain_seconds.min(86_400.0)),
+                }),
+                Err(e) => {
+                    bad("log.upload_url", e);
+                    None
+                }
+            }
+        };
         self.enabled.then(|| LogConfig {
             dir: PathBuf::from(&self.dir),
             durability: durability.unwrap_or(Durability::Interval),
@@ -110,6 +169,7 @@ impl RawLog {
             row_group_rows: self.row_group_rows,
             retention: (self.retention_hours > 0.0).then(|| seconds(self.retention_hours * 3600.0)),
             max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
+            upload,
         })
     }
 }

@@ -4,19 +4,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+use crate::time::days_from_civil;
 
 /// The end of a partition's time range (seconds since the epoch), from its `date=`/`hour=` path.
-fn partition_end(dir: &Path) -> Option<i64> {
+pub(super) fn partition_end(dir: &Path) -> Option<i64> {
     let mut date = None;
     let mut hour = None;
     for part in dir.components() {
