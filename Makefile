@@ -17,7 +17,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: compare soak peer-venv fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+.PHONY: compare soak peer-venv monitor-peers-venv report-compare fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
 	check-deploy deploy-tools test-cuda runtime-gpu test-label-studio label-studio
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
@@ -79,6 +79,22 @@ $(PEER_VENV)/.installed: benches/peers/requirements.txt
 compare: runtime venv peer-venv
 	$(CARGO) build --release --locked
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
+
+## monitor-peers-venv: Evidently and NannyML for `make report-compare`
+## (benches/peers/monitors-requirements.txt, pinned) in .venv-monitors
+MONITORS_VENV := .venv-monitors
+monitor-peers-venv: $(MONITORS_VENV)/.installed
+$(MONITORS_VENV)/.installed: benches/peers/monitors-requirements.txt
+	$(PYTHON) -m venv $(MONITORS_VENV)
+	$(MONITORS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r benches/peers/monitors-requirements.txt
+	touch $@
+
+## report-compare: `shiftwatch report` (release) beside Evidently and NannyML on the same
+## 100,000-prediction log, one run each under /usr/bin/time -v (README "At scale")
+report-compare: runtime venv monitor-peers-venv
+	$(CARGO) build --release --locked
+	$(PY) scripts/report_compare.py $(REPORT_COMPARE_ARGS)
 
 ## soak: 1,000,000 classify requests with everything on, RSS sampled every second, every row
 ## checked in Parquet (README "Performance"; needs ab: apt-get install apache2-utils)
