@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod prediction;
 pub mod preprocess;
 pub mod profile;
+pub mod progress;
 pub mod relabel;
 pub mod report;
 pub mod server;

@@ -6,7 +6,6 @@
 //! image descriptors), and writes `monitor::reference::ReferenceProfile` as JSON.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -17,6 +16,7 @@ use crate::model;
 use crate::monitor::reference::{FORMAT, ReferenceProfile, subsample};
 use crate::monitor::window::INPUT_FEATURES;
 use crate::preprocess;
+use crate::progress::Progress;
 
 /// Options of `shiftwatch reference`.
 #[derive(Debug, Clone)]
@@ -30,51 +30,6 @@ pub struct ProfileOptions {
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
-
-/// Progress on a terminal as a bar, elsewhere as a line every 10%.
-struct Progress {
-    total: usize,
-    done: usize,
-    terminal: bool,
-    last_decile: usize,
-}
-
-impl Progress {
-    fn new(total: usize) -> Self {
-        Progress {
-            total,
-            done: 0,
-            terminal: std::io::stderr().is_terminal(),
-            last_decile: 0,
-        }
-    }
-
-    fn advance(&mut self, n: usize) {
-        self.done += n;
-        let fraction = self.done as f64 / self.total.max(1) as f64;
-        if self.terminal {
-            let width = 40;
-            let filled = (fraction * width as f64) as usize;
-            eprint!(
-                "\r  [{}{}] {}/{} images",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                self.done,
-                self.total
-            );
-            let _ = std::io::stderr().flush();
-            if self.done >= self.total {
-                eprintln!();
-            }
-        } else {
-            let decile = (fraction * 10.0) as usize;
-            if decile > self.last_decile || self.done == self.total {
-                self.last_decile = decile;
-                tracing::info!(done = self.done, total = self.total, "profiling images");
-            }
-        }
-    }
-}
 
 fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     let text =
@@ -181,7 +136,12 @@ pub fn build(
                 embeddings.push(e);
             }
         }
-        progress.advance(chunk.len());
+        progress.advance(
+            chunk.len(),
+            ("  ", 40, "#"),
+            |done, total| format!("{done}/{total} images"),
+            |done, total| tracing::info!(done, total, "profiling images"),
+        );
     }
     let mut profile = ReferenceProfile {
         format: FORMAT.into(),

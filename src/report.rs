@@ -7,7 +7,6 @@
 mod html;
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::window::Observation;
 use crate::monitor::{Monitor, MonitorConfig, Snapshot};
+use crate::progress::Progress;
 
 /// What to report on.
 #[derive(Debug, Clone)]
@@ -147,53 +147,6 @@ fn open_log(log: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, Key)> {
     };
     crate::log::open_store(&url, std::time::Duration::from_secs(120))
         .map_err(|e| anyhow::anyhow!("--log: {e}"))
-}
-
-/// Progress on stderr: a bar on a terminal, a plain line every tenth elsewhere.
-struct Progress {
-    total: usize,
-    done: usize,
-    terminal: bool,
-    last_tenth: usize,
-}
-
-impl Progress {
-    fn new(total: usize) -> Self {
-        Progress {
-            total,
-            done: 0,
-            terminal: std::io::stderr().is_terminal(),
-            last_tenth: 0,
-        }
-    }
-
-    fn step(&mut self, rows: usize) {
-        self.done += 1;
-        let total = self.total.max(1);
-        if self.terminal {
-            let width = 30;
-            let filled = self.done * width / total;
-            eprint!(
-                "\rreading the log [{}{}] {}/{} files, {rows} rows",
-                "=".repeat(filled),
-                " ".repeat(width - filled),
-                self.done,
-                self.total
-            );
-            if self.done == self.total {
-                eprintln!();
-            }
-        } else {
-            let tenth = self.done * 10 / total;
-            if tenth > self.last_tenth || self.done == self.total {
-                self.last_tenth = tenth;
-                eprintln!(
-                    "reading the log: {}/{} files, {rows} rows",
-                    self.done, self.total
-                );
-            }
-        }
-    }
 }
 
 /// `(start, end)` in microseconds of a partition key's `date=`/`hour=` parts, when it has them.
@@ -478,13 +431,27 @@ pub fn run(options: &Options, config: &MonitorConfig) -> anyhow::Result<Summary>
             for batch in batches(store.as_ref(), key).await? {
                 prediction_rows(&batch, &mut rows).with_context(|| format!("{key}"))?;
             }
-            progress.step(rows.len());
+            progress.advance(
+                1,
+                ("reading the log ", 30, "="),
+                |done, total| format!("{done}/{total} files, {} rows", rows.len()),
+                |done, total| {
+                    eprintln!("reading the log: {done}/{total} files, {} rows", rows.len())
+                },
+            );
         }
         for key in &feedback_files {
             for batch in batches(store.as_ref(), key).await? {
                 feedback_rows(&batch, &mut labels).with_context(|| format!("{key}"))?;
             }
-            progress.step(rows.len());
+            progress.advance(
+                1,
+                ("reading the log ", 30, "="),
+                |done, total| format!("{done}/{total} files, {} rows", rows.len()),
+                |done, total| {
+                    eprintln!("reading the log: {done}/{total} files, {} rows", rows.len())
+                },
+            );
         }
         anyhow::Ok(())
     })?;
