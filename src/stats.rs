@@ -15,9 +15,8 @@
 //! Map:
 //! - `kolmogorov`: the two-sample Kolmogorov–Smirnov test and the distribution of the
 //!   Kolmogorov statistic D_n;
-//! - `gamma`: ln Γ and the chi-square survival function;
-//! - `shift`: chi-square goodness of fit on class counts, PSI, decile bins, Jensen–Shannon,
-//!   Wasserstein;
+//! - `shift`: chi-square goodness of fit on class counts (the distribution from statrs), PSI,
+//!   decile bins, Jensen–Shannon, Wasserstein;
 //! - `mmd`: maximum mean discrepancy with a permutation p-value;
 //! - `calibration`: reliability bins, ECE, adaptive ECE, MCE, Brier, NLL, temperature
 //!   scaling, ATC and DoC;
@@ -30,7 +29,6 @@
 
 mod calibration;
 pub mod conformal;
-mod gamma;
 pub mod knn;
 mod kolmogorov;
 mod mmd;
@@ -46,12 +44,11 @@ pub use calibration::{
     atc_estimate, atc_threshold, brier, doc_estimate, ece, fit_temperature, mce, nll,
     reliability_bins,
 };
-pub use gamma::chi2_sf;
 pub use kolmogorov::{kolmogorov_sf, ks_2samp, ks_2samp_sorted};
 pub use mmd::{median_heuristic_sigma, mmd_permutation_test, mmd2_unbiased};
 pub use shift::{
-    PROPORTION_FLOOR, bin_proportions, chi_square, decile_edges, js_distance, proportions, psi,
-    wasserstein_distance, wasserstein_normalized,
+    PROPORTION_FLOOR, bin_proportions, chi_square, chi2_sf, decile_edges, js_distance, proportions,
+    psi, wasserstein_distance, wasserstein_normalized,
 };
 
 /// The outcome of a hypothesis test: its statistic and p-value.

@@ -29,8 +29,9 @@
 //! for n = 1667 (10,000 against 2,000) and 90 µs at n = 4000. The sum and the matrix only run
 //! for shifted data (n·d² ≥ 2.2, p < 0.025) or small samples.
 
+use statrs::function::factorial::ln_factorial;
+
 use super::TestResult;
-use super::gamma::ln_gamma;
 
 /// Up to this n the body of the distribution (n·d² < [`TAIL_NDD`]) is Durbin's exact matrix
 /// (Simard & L'Ecuyer's switch to Pelz–Good).
@@ -95,7 +96,7 @@ fn clamp_probability(p: f64) -> f64 {
 /// ln(n! / nⁿ).
 fn ln_factorial_over_power(n: u64) -> f64 {
     let nf = n as f64;
-    ln_gamma(nf + 1.0) - nf * nf.ln()
+    ln_factorial(n) - nf * nf.ln()
 }
 
 /// Smirnov's exact one-sided tail (Smirnov 1944; Birnbaum & Tingey 1951):
