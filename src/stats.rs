@@ -71,19 +71,15 @@ impl TestResult {
     }
 }
 
-/// Arithmetic mean `Σ values / n`; NaN for an empty slice (and when a value is NaN).
+/// Arithmetic mean (statrs's running mean); NaN for an empty slice (and when a value is NaN).
 pub fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.iter().sum::<f64>() / values.len() as f64
+    statrs::statistics::Statistics::mean(values)
 }
 
-/// Population standard deviation (ddof = 0, as `numpy.std`); NaN for an empty slice.
+/// Population standard deviation (ddof = 0, as `numpy.std`; statrs's running moments); NaN for
+/// an empty slice.
 fn population_std(values: &[f64]) -> f64 {
-    let m = mean(values);
-    let squares: f64 = values.iter().map(|v| (v - m) * (v - m)).sum();
-    (squares / values.len() as f64).sqrt()
+    statrs::statistics::Statistics::population_std_dev(values)
 }
 
 #[cfg(test)]

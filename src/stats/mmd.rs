@@ -3,6 +3,8 @@
 //!
 //! Samples are row-major `f32` slices with `dim` columns; arithmetic is in f64.
 
+use statrs::statistics::{Data, OrderStatistics};
+
 use super::TestResult;
 use super::random::SplitMix64;
 
@@ -231,17 +233,10 @@ pub fn median_heuristic_sigma(x: &[f32], y: &[f32], dim: usize, max_points: usiz
     }
 }
 
-/// The median of a non-empty slice (mean of the middle two for an even length); reorders it.
+/// The median of a non-empty slice (mean of the middle two for an even length, as
+/// `numpy.median`), by statrs's selection; reorders it.
 fn median_in_place(values: &mut [f64]) -> f64 {
-    let len = values.len();
-    let (below, middle, _) = values.select_nth_unstable_by(len / 2, f64::total_cmp);
-    let upper = *middle;
-    if len % 2 == 1 {
-        upper
-    } else {
-        let lower = below.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (lower + upper) / 2.0
-    }
+    Data::new(values).median()
 }
 
 #[cfg(test)]
