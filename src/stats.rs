@@ -12,6 +12,15 @@
 //! [`TestResult`] whose statistic and p-value are both NaN; each function's documentation names
 //! the exceptions (for instance a temperature falls back to 1, the identity).
 //!
+//! Built on statrs where it has the thing: the chi-square distribution ([`chi2_sf`]), ln n!
+//! (in the Kolmogorov distribution), the mean, the standard deviation and the median. The rest
+//! is hand-written because statrs lacks it or gets it wrong for these fixtures, each said where
+//! it is: the Kolmogorov distribution and the two-sample KS p-value (`kolmogorov`), the
+//! chi-square test's p-value in the far tail ([`chi_square`]), numpy's linear quantiles
+//! ([`decile_edges`]). PSI, Jensen–Shannon, Wasserstein, MMD, the calibration metrics and the
+//! temperature fit, conformal sets, e-detectors, nearest neighbours and whitening have no statrs
+//! counterpart.
+//!
 //! Map:
 //! - `kolmogorov`: the two-sample Kolmogorov–Smirnov test and the distribution of the
 //!   Kolmogorov statistic D_n;
