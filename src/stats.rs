@@ -38,6 +38,7 @@
 
 mod calibration;
 pub mod conformal;
+pub mod estimate;
 pub mod knn;
 mod kolmogorov;
 mod mmd;
