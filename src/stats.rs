@@ -36,6 +36,7 @@
 //! - `knn`: exact nearest-neighbour search and Mahalanobis whitening (checked against
 //!   `tests/data/knn_fixture.json`, written by `tests/data/make_knn_fixture.py`).
 
+pub mod boost;
 mod calibration;
 pub mod conformal;
 pub mod estimate;
