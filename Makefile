@@ -17,7 +17,7 @@ CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where the binaries and tests find the runtime (see src/model/runtime.rs for the search order).
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: compare soak peer-venv monitor-peers-venv report-compare fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
+.PHONY: compare estimates-table soak peer-venv monitor-peers-venv report-compare fuzz demo test test-rust test-python lint fmt venv runtime model reference bench clean-runtime \
 	check-deploy deploy-tools test-cuda runtime-gpu test-label-studio label-studio
 
 ## demo: build, start the sidecar on the bundled model, replay the bundled traffic, summarise
@@ -95,6 +95,13 @@ $(MONITORS_VENV)/.installed: benches/peers/monitors-requirements.txt
 report-compare: runtime venv monitor-peers-venv
 	$(CARGO) build --release --locked
 	$(PY) scripts/report_compare.py $(REPORT_COMPARE_ARGS)
+
+## estimates-table: every label-free accuracy estimate against the truth on the bundled traffic
+## and on shifts the correctness model's fit never saw, both bundled models, with the targets
+## checked (README "Accuracy without labels")
+estimates-table: runtime venv
+	$(CARGO) build --release --locked
+	$(PY) scripts/estimates_table.py --check $(ESTIMATES_ARGS)
 
 ## soak: 1,000,000 classify requests with everything on, RSS sampled every second, every row
 ## checked in Parquet (README "Performance"; needs ab: apt-get install apache2-utils)

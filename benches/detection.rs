@@ -108,6 +108,7 @@ impl Feed<'_> {
                 inputs: s.inputs,
                 embedding: (self.dim > 0).then_some(&s.embedding[..]),
                 set_size,
+                correct: f32::NAN,
             });
         }
     }

@@ -57,6 +57,7 @@ fn window(
             inputs: s.inputs,
             embedding: (dim > 0).then_some(&s.embedding[..]),
             set_size: f32::NAN,
+            correct: f32::NAN,
         });
     }
     (w, (labeled == size).then(|| correct as f64 / size as f64))
@@ -252,6 +253,7 @@ fn main() {
             inputs: s.inputs,
             embedding: Some(&s.embedding),
             set_size: f32::NAN,
+            correct: f32::NAN,
         });
     }
     let per = t.elapsed().as_nanos() as f64 / n as f64;

@@ -197,7 +197,10 @@ def main() -> int:
             )
         failed = sum(s["sent"] - s["ok"] for s in summary.values())
         print("\nWhat the monitor saw, without labels (window: the last 150 predictions):")
-        print(f"{'phase':<12} {'ATC est.':>8} {'DoC est.':>8} {'true acc':>8} {'gap':>6}  tests in alert")
+        print(
+            f"{'phase':<12} {'served':>8} {'ATC est.':>8} {'DoC est.':>8} {'true acc':>8} {'conf-est':>8} "
+            f"{'verdict':>8} {'shift':>8}  tests in alert"
+        )
         for name, _ in PHASES:
             snap = monitor[name]
             est = snap["estimates"]
@@ -213,9 +216,11 @@ def main() -> int:
             acc = summary[name]["accuracy"]
             fmt = lambda v: "   n/a" if v is None else f"{v:8.3f}"
             gap = est.get("overconfidence_gap")
+            kind = (est.get("class_mix") or {}).get("shift", "n/a")
             print(
-                f"{name:<12} {fmt(est.get('atc'))} {fmt(est.get('doc'))} {fmt(acc)} "
-                f"{'  n/a' if gap is None else f'{gap:+6.3f}'}  {', '.join(alerts) or '-'}"
+                f"{name:<12} {fmt(est.get('accuracy'))} {fmt(est.get('atc'))} {fmt(est.get('doc'))} {fmt(acc)} "
+                f"{'     n/a' if gap is None else f'{gap:+8.3f}'} {est.get('overconfidence') or 'n/a':>8} "
+                f"{kind:>8}  {', '.join(alerts) or '-'}"
             )
 
         top = get_json(addr, "/v1/candidates?limit=100")["candidates"]

@@ -1,4 +1,5 @@
-//! The command line: `shiftwatch serve | reference | report | candidates export | check-config`,
+//! The command line: `shiftwatch serve | reference | report | estimates | candidates export |
+//! check-config`,
 //! each with `--config`.
 //!
 //! Exit codes: 0 success, 64 the config is invalid, 1 anything else.
@@ -77,6 +78,32 @@ pub enum Command {
         /// A candidate store's folder (candidates.dir): its best candidates as thumbnails
         #[arg(long)]
         candidates: Option<PathBuf>,
+    },
+    /// How closely each label-free accuracy estimate follows the true accuracy, on labeled
+    /// folders of images and mixtures of them (a Markdown table)
+    Estimates {
+        /// The reference profile of the model
+        #[arg(long)]
+        reference: PathBuf,
+        /// `name=DIR`: a folder with labels.csv (`file,label`; an empty label for an
+        /// out-of-distribution image); `group/name=DIR` adds it to the group's summary
+        #[arg(long, required = true)]
+        traffic: Vec<String>,
+        /// `name=a:0.5,b:0.5`: a mixture of traffic already named, by weight
+        #[arg(long)]
+        mix: Vec<String>,
+        /// Predictions per window
+        #[arg(long, default_value_t = 500)]
+        window: usize,
+        /// Windows drawn per traffic
+        #[arg(long, default_value_t = 20)]
+        windows: usize,
+        /// Where to write the results as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Which configured model (default: the first by name)
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Relabel candidates: export the best stored ones for Label Studio (offline, from the log)
     Candidates {
@@ -161,6 +188,19 @@ pub fn run(cli: Cli) -> ExitCode {
                 },
             )
         }),
+        Command::Estimates {
+            reference,
+            traffic,
+            mix,
+            window,
+            windows,
+            json,
+            model,
+        } => config.select_model(model.as_deref()).and_then(|m| {
+            let options = estimates_options(reference, &traffic, &mix, window, windows, json)?;
+            crate::telemetry::init(&config.logging);
+            crate::accuracy::run(&config, m, &options).map(|_| ())
+        }),
         Command::Reference {
             images,
             labels,
@@ -188,6 +228,61 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn estimates_options(
+    reference: PathBuf,
+    traffic: &[String],
+    mix: &[String],
+    window: usize,
+    windows: usize,
+    json: Option<PathBuf>,
+) -> anyhow::Result<crate::accuracy::Options> {
+    let traffic = traffic
+        .iter()
+        .map(|t| {
+            t.split_once('=')
+                .map(|(n, d)| (n.to_string(), PathBuf::from(d)))
+                .ok_or_else(|| anyhow::anyhow!("--traffic {t} is not name=DIR"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mixes = mix
+        .iter()
+        .map(|m| {
+            let (name, parts) = m
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--mix {m} is not name=a:0.5,b:0.5"))?;
+            let parts = parts
+                .split(',')
+                .map(|p| {
+                    let (t, w) = p
+                        .split_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("--mix {m}: `{p}` is not name:weight"))?;
+                    let w: f64 = w
+                        .parse()
+                        .ok()
+                        .filter(|w: &f64| w.is_finite() && *w > 0.0)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--mix {m}: weight `{w}` is not positive")
+                        })?;
+                    Ok((t.to_string(), w))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((name.to_string(), parts))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if window == 0 || windows == 0 {
+        anyhow::bail!("--window and --windows must be at least 1");
+    }
+    Ok(crate::accuracy::Options {
+        reference,
+        traffic,
+        mixes,
+        window,
+        windows,
+        seed: 7,
+        json,
+    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

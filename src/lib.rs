@@ -1,6 +1,7 @@
 //! shiftwatch: a sidecar that serves an ONNX image classifier and watches it for
 //! overconfidence and shift. See ARCHITECTURE.md for the map.
 
+pub mod accuracy;
 pub mod api;
 pub mod cli;
 pub mod config;

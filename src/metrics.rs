@@ -165,8 +165,11 @@ pub struct Metrics {
     pub window_predictions: IntGauge,
     pub window_capacity: IntGauge,
     pub estimated_accuracy: GaugeVec,
-    pub overconfidence_gap: Gauge,
-    pub labeled_accuracy: Gauge,
+    /// No labels: absent until defined, removed when it becomes undefined.
+    pub overconfidence_gap: GaugeVec,
+    pub overconfidence_status: IntGaugeVec,
+    pub labeled_accuracy: GaugeVec,
+    pub estimated_class_ratio: GaugeVec,
     pub calibration_error: GaugeVec,
     pub reference_class_ratio: GaugeVec,
     pub candidates_stored: IntGauge,
@@ -570,16 +573,28 @@ impl Metrics {
             ),
             estimated_accuracy: float_vec(
                 "shiftwatch_estimated_accuracy",
-                "Label-free accuracy estimate of the window, by method (atc, ac, doc)",
+                "Label-free accuracy estimate of the window, by method (served, correctness, atc, atc_ne, doc, cot, nuclear, ac)",
                 &["method"],
             ),
-            overconfidence_gap: float(
+            overconfidence_gap: float_vec(
                 "shiftwatch_overconfidence_gap",
-                "Average confidence minus the ATC accuracy estimate",
+                "Average confidence minus the served accuracy estimate (absent while undefined)",
+                &[],
             ),
-            labeled_accuracy: float(
+            overconfidence_status: gauge_vec(
+                "shiftwatch_overconfidence_status",
+                "Overconfidence verdict: -1 insufficient data, 0 ok, 1 warn, 2 alert (absent while undefined)",
+                &[],
+            ),
+            labeled_accuracy: float_vec(
                 "shiftwatch_labeled_accuracy",
-                "Accuracy over the last labeled predictions",
+                "Accuracy over the last labeled predictions (absent before any label)",
+                &[],
+            ),
+            estimated_class_ratio: float_vec(
+                "shiftwatch_estimated_class_ratio",
+                "BBSE's estimate of each true class's share of the window",
+                &["class"],
             ),
             calibration_error: float_vec(
                 "shiftwatch_calibration_error",

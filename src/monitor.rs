@@ -11,7 +11,10 @@
 //! its threshold (so every alert carries the run-length guarantee); its window test then says
 //! `warn` at most, and `insufficient_data`/`ok` as before (see `combined_status`).
 
+pub mod augment;
 mod config;
+pub mod correctness;
+pub mod estimates;
 pub mod evaluate;
 pub mod reference;
 pub mod sequential;
@@ -30,6 +33,9 @@ use self::sequential::{Sequential, SequentialReport};
 use self::window::{Observation, Window, WindowData};
 use crate::metrics::Metrics;
 use crate::stats;
+
+/// The label values of a family without labels (absent until set, removable).
+const NO_LABELS: &[&str] = &[];
 
 /// Labeled predictions, last N.
 #[derive(Debug)]
@@ -555,20 +561,46 @@ impl Monitor {
                     .set(f.p_value);
             }
         }
-        for (method, value) in [
-            ("ac", estimates.ac),
-            ("doc", estimates.doc),
-            ("atc", estimates.atc),
-        ] {
-            if let Some(v) = value {
-                m.estimated_accuracy.with_label_values(&[method]).set(v);
+        // A method, a class share or a verdict that is undefined now is removed, not left at
+        // its last value (nor exported before it is first defined).
+        let served = [("served", estimates.accuracy)];
+        for (method, value) in estimates.methods().into_iter().chain(served) {
+            match value {
+                Some(v) => m.estimated_accuracy.with_label_values(&[method]).set(v),
+                None => {
+                    let _ = m.estimated_accuracy.remove_label_values(&[method]);
+                }
             }
         }
-        if let Some(gap) = estimates.overconfidence_gap {
-            m.overconfidence_gap.set(gap);
+        match estimates.overconfidence_gap {
+            Some(gap) => m.overconfidence_gap.with_label_values(NO_LABELS).set(gap),
+            None => {
+                let _ = m.overconfidence_gap.remove_label_values(NO_LABELS);
+            }
+        }
+        match estimates.overconfidence {
+            Some(status) => m
+                .overconfidence_status
+                .with_label_values(NO_LABELS)
+                .set(status.gauge()),
+            None => {
+                let _ = m.overconfidence_status.remove_label_values(NO_LABELS);
+            }
+        }
+        m.estimated_class_ratio.reset();
+        if let Some(mix) = &estimates.class_mix {
+            for (label, v) in self.reference.labels.iter().zip(&mix.estimated) {
+                m.estimated_class_ratio.with_label_values(&[label]).set(*v);
+            }
+        }
+        if labeled.is_none() {
+            let _ = m.labeled_accuracy.remove_label_values(NO_LABELS);
+            m.calibration_error.reset();
         }
         if let Some(l) = labeled {
-            m.labeled_accuracy.set(l.accuracy);
+            m.labeled_accuracy
+                .with_label_values(NO_LABELS)
+                .set(l.accuracy);
             for (metric, v) in [
                 ("ece", l.ece),
                 ("mce", l.mce),

@@ -370,6 +370,7 @@ fn evaluate(
             inputs: r.inputs,
             embedding: r.embedding.as_deref().filter(|e| e.len() == dim),
             set_size: r.set_size,
+            correct: f32::NAN,
         });
         if let Some((_, class)) = labels.get(&r.request_id) {
             monitor.observe_label(&r.probabilities, *class, &r.request_id);

@@ -27,6 +27,7 @@ use crate::log::{FeedbackRecord, PredictionLog, PredictionStream};
 use crate::metrics::{FeedbackOutcome, Metrics, ProcessMetrics};
 use crate::model::config::ModelConfig;
 use crate::model::{self, LoadOptions, ModelSpec};
+use crate::monitor::correctness::Correctness;
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::{Monitor, MonitorConfig, Snapshot};
 use crate::relabel::ood::OodDetector;
@@ -48,6 +49,9 @@ pub struct Version {
     /// descriptors (`None` without a reference built for this version, or when the reference
     /// holds neither).
     pub ood: Option<Arc<OodDetector>>,
+    /// The per-prediction correctness model of the reference (`None` without one: a profile
+    /// built without labels or before it existed, or without a detector to place predictions).
+    pub correctness: Option<Arc<Correctness>>,
 }
 
 impl std::fmt::Debug for Version {
@@ -505,9 +509,9 @@ fn load_version(
         }
         _ => None,
     };
-    let ood = reference.and_then(|path| {
+    let profile = reference.and_then(|path| read_reference(path, spec).ok());
+    let ood = reference.zip(profile.as_ref()).and_then(|(path, profile)| {
         let quantile = config.candidates.as_ref().map_or(0.99, |c| c.ood_quantile);
-        let profile = read_reference(path, spec).ok()?;
         if profile.descriptors.is_none() {
             tracing::warn!(model = %spec.name, reference = %path.display(),
                 "the reference profile holds no image descriptors (built before they existed): \
@@ -532,6 +536,27 @@ fn load_version(
             }
         }
     });
+    let correctness = match (&profile, &ood) {
+        (Some(profile), Some(_)) => match (&profile.correctness, &profile.true_classes) {
+            (Some(c), Some(truth)) => match Correctness::new(c.clone(), truth.clone()) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(model = %spec.name, error = %e,
+                        "the reference's correctness model cannot be used: the served accuracy \
+                         estimate falls back to ATC");
+                    None
+                }
+            },
+            _ => {
+                tracing::warn!(model = %spec.name,
+                    "the reference profile holds no correctness model (built without labels or \
+                     before it existed): the served accuracy estimate falls back to ATC; rebuild \
+                     it with `shiftwatch reference --labels`");
+                None
+            }
+        },
+        _ => None,
+    };
     let version: Arc<str> = Arc::from(spec.version.as_str());
     let labels = spec.labels.iter().map(|l| Arc::from(l.as_str())).collect();
     let pool = InferencePool::start(
@@ -551,6 +576,7 @@ fn load_version(
         labels,
         path: path.to_path_buf(),
         ood,
+        correctness,
     })
 }
 

@@ -82,6 +82,15 @@ impl TestResult {
     }
 }
 
+/// P(Z > z) for a standard normal Z (statrs's normal distribution).
+pub fn normal_sf(z: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal};
+    if z.is_nan() {
+        return f64::NAN;
+    }
+    Normal::standard().sf(z)
+}
+
 /// Arithmetic mean (statrs's running mean); NaN for an empty slice (and when a value is NaN).
 pub fn mean(values: &[f64]) -> f64 {
     statrs::statistics::Statistics::mean(values)

@@ -149,9 +149,63 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         }
     }
     let est = &snap["estimates"];
-    for key in ["ac", "doc", "atc", "overconfidence_gap"] {
+    for key in [
+        "accuracy",
+        "ac",
+        "doc",
+        "atc",
+        "atc_ne",
+        "cot",
+        "nuclear",
+        "correctness",
+        "overconfidence_gap",
+    ] {
         assert!(est[key].is_number(), "{key}: {est}");
     }
+    // The served estimate is the correctness model's (the bundled profile has one), close to
+    // the test split's accuracy (0.97), and the model is not confidently wrong.
+    assert_eq!(est["method"], "correctness", "{est}");
+    assert_eq!(est["accuracy"], est["correctness"], "{est}");
+    let served = est["accuracy"].as_f64().unwrap();
+    assert!((0.92..=1.0).contains(&served), "{est}");
+    assert_eq!(est["overconfidence"], "ok", "{est}");
+    assert_eq!(est["class_mix"]["shift"], "none", "{est}");
+    let mix: f64 = est["class_mix"]["estimated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((mix - 1.0).abs() < 1e-9, "{est}");
+    // Defined series only: an estimate for every method and the served one, no labeled
+    // accuracy before any label.
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    for method in [
+        "served",
+        "correctness",
+        "atc",
+        "atc_ne",
+        "doc",
+        "cot",
+        "nuclear",
+        "ac",
+    ] {
+        let series =
+            format!("shiftwatch_estimated_accuracy{{method=\"{method}\",model=\"digits\"}}");
+        assert!(metrics.contains(&series), "{series}: {metrics}");
+    }
+    assert!(
+        metrics.contains("shiftwatch_overconfidence_status{model=\"digits\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shiftwatch_estimated_class_ratio{class=\"7\",model=\"digits\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("shiftwatch_labeled_accuracy{"),
+        "no labeled accuracy before any label: {metrics}"
+    );
 
     // Out-of-distribution traffic: input and embedding tests alert within one window, and
     // the sequential detectors of the input statistics and embeddings alarm.
@@ -181,6 +235,17 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
             "{test} on out-of-distribution traffic: {snap}"
         );
     }
+    // Confidently wrong: nothing in the bundled out-of-distribution set is right, while the
+    // model's confidence stays near 0.8. The served estimate says so, and the verdict alerts.
+    let est = &snap["estimates"];
+    assert!(est["accuracy"].as_f64().unwrap() < 0.3, "{est}");
+    assert_eq!(est["overconfidence"], "alert", "{est}");
+    assert_eq!(est["class_mix"]["shift"], "inputs", "{est}");
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("shiftwatch_overconfidence_status{model=\"digits\"} 2"),
+        "{metrics}"
+    );
     // A class-prior shift: the class-mix tests alert.
     replay(&server, "class_prior", "prior");
     let snap = settled_evaluation(&server);
@@ -213,6 +278,11 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
     let snap = settled_evaluation(&server);
     let labeled = snap["labeled"].clone();
     assert_eq!(labeled["n"], normal.len());
+    let metrics = String::from_utf8(server.get("/metrics").body).unwrap();
+    assert!(
+        metrics.contains("shiftwatch_labeled_accuracy{model=\"digits\"}"),
+        "labeled accuracy once labels came: {metrics}"
+    );
     assert!(labeled["accuracy"].as_f64().unwrap() > 0.9, "{labeled}");
     assert_eq!(labeled["reliability"].as_array().unwrap().len(), 15);
     // Prediction sets: calibrated for 0.9 on the reference, measured on the test split.

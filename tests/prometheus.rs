@@ -366,6 +366,8 @@ fn dashboard_has_current_schema_variables_and_model_filtered_queries() {
         "shiftwatch_window_capacity",
         "shiftwatch_estimated_accuracy",
         "shiftwatch_overconfidence_gap",
+        "shiftwatch_overconfidence_status",
+        "shiftwatch_estimated_class_ratio",
         "shiftwatch_labeled_accuracy",
         "shiftwatch_calibration_error",
         "shiftwatch_feedback_total",

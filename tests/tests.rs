@@ -3,6 +3,7 @@
 mod support;
 
 mod candidates;
+mod estimates;
 mod fleet;
 mod fuzz;
 mod hostile;

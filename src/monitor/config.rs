@@ -20,6 +20,7 @@ pub struct RawMonitor {
     pub evaluate_every_seconds: f64,
     pub min_samples: usize,
     pub alpha: f64,
+    pub overconfidence_min_effect: f64,
     pub clear_after: u32,
     pub labeled_window: usize,
     pub apply_temperature: bool,
@@ -51,6 +52,7 @@ impl Default for RawMonitor {
             evaluate_every_seconds: 5.0,
             min_samples: 100,
             alpha: 0.01,
+            overconfidence_min_effect: 0.05,
             clear_after: 3,
             labeled_window: 1000,
             apply_temperature: false,
@@ -227,6 +229,12 @@ impl RawMonitor {
         if !(m.alpha > 0.0 && m.alpha < 1.0) {
             bad("monitor.alpha", "must be between 0 and 1".into());
         }
+        if !(m.overconfidence_min_effect > 0.0 && m.overconfidence_min_effect <= 1.0) {
+            bad(
+                "monitor.overconfidence_min_effect",
+                "must be above 0 and at most 1".into(),
+            );
+        }
         for (key, v) in [
             ("monitor.max_age_seconds", m.max_age_seconds),
             ("monitor.evaluate_every_seconds", m.evaluate_every_seconds),
@@ -285,6 +293,7 @@ impl RawMonitor {
             settings: Settings {
                 min_samples: m.min_samples,
                 alpha: m.alpha,
+                overconfidence_min_effect: m.overconfidence_min_effect,
                 min_effect,
                 mmd_permutations: m.mmd_permutations,
                 mmd_max_window: m.mmd_max_window,

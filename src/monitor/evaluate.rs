@@ -164,6 +164,8 @@ impl Status {
 pub struct Settings {
     pub min_samples: usize,
     pub alpha: f64,
+    /// Average confidence minus the served accuracy estimate that alerts (half of it warns).
+    pub overconfidence_min_effect: f64,
     /// Minimum effect size for an alert, per family (same order as [`TestKind::ALL`]).
     pub min_effect: [f64; TestKind::COUNT],
     pub mmd_permutations: usize,
@@ -201,14 +203,7 @@ pub struct TestOutcome {
     pub raw: Status,
 }
 
-/// Label-free estimates of the window's accuracy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Estimates {
-    pub ac: Option<f64>,
-    pub doc: Option<f64>,
-    pub atc: Option<f64>,
-    pub overconfidence_gap: Option<f64>,
-}
+pub use crate::monitor::estimates::Estimates;
 
 /// The verdict of one result: see the module docs.
 pub fn verdict(
@@ -457,21 +452,7 @@ pub fn evaluate(
     }
 
     // Label-free estimates.
-    let confidences: Vec<f64> = window.confidence.iter().map(|c| f64::from(*c)).collect();
-    let ac = (n > 0).then(|| stats::mean(&confidences));
-    let (doc, atc) = match (&reference.labeled, ac) {
-        (Some(l), Some(ac)) => (
-            Some(stats::doc_estimate(l.accuracy, l.mean_confidence, ac)),
-            Some(stats::atc_estimate(l.atc_threshold, &confidences)),
-        ),
-        _ => (None, None),
-    };
-    let estimates = Estimates {
-        ac,
-        doc,
-        atc,
-        overconfidence_gap: ac.zip(atc).map(|(a, t)| a - t),
-    };
+    let estimates = crate::monitor::estimates::estimate(reference, window, settings, &out);
     (out, estimates)
 }
 
@@ -551,6 +532,7 @@ mod tests {
         let s = Settings {
             min_samples: 50,
             alpha: 0.01,
+            overconfidence_min_effect: 0.1,
             min_effect: [0.2; TestKind::COUNT],
             mmd_permutations: 10,
             mmd_max_window: 10,

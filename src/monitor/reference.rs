@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::window::INPUT_FEATURES;
 use crate::image_stats::DESCRIPTOR_LEN;
+use crate::monitor::correctness::CorrectnessProfile;
 use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
 use crate::stats::conformal::Regularization;
@@ -43,6 +44,10 @@ pub struct ReferenceProfile {
     /// out-of-distribution score; absent from profiles built before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descriptors: Option<Vec<Vec<f32>>>,
+    /// The per-prediction correctness model behind the served accuracy estimate
+    /// (`monitor::correctness`), fitted when the profile was built with labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correctness: Option<CorrectnessProfile>,
     /// Derived numbers, for people; recomputed on load.
     pub summary: Option<ReferenceSummary>,
 }
@@ -70,6 +75,30 @@ pub struct LabeledReference {
     pub temperature: f64,
     /// On the probabilities as the monitor sees them (after the temperature when applied).
     pub atc_threshold: f64,
+    /// ATC's threshold on 1 − the normalized entropy (ATC-NE).
+    pub atc_ne_threshold: f64,
+    /// The true class mix of the labeled reference (COT's target, BBSE's p(y)).
+    pub label_prior: Vec<f64>,
+    /// BBSE's joint distribution of predicted and true class, `[pred * k + true]`.
+    pub confusion: Vec<f64>,
+    /// Per reference row: its true class, and its brightness, contrast and sharpness (NaN where
+    /// unknown), for the tests against the reference re-weighted by BBSE's class weights.
+    pub truth: Vec<usize>,
+    pub inputs: [Vec<f64>; 3],
+    /// (reference row, leave-one-out distance to its 5th nearest neighbour) for every searched
+    /// row.
+    pub neighbor_rows: Vec<(usize, f64)>,
+    /// Deng et al.'s nuclear-norm score → accuracy, fitted with the correctness model.
+    pub nuclear_fit: Option<(f64, f64)>,
+}
+
+/// 1 − the entropy over ln k: ATC-NE's score (1 for a one-hot prediction).
+pub fn entropy_certainty(entropy: f64, k: usize) -> f64 {
+    if k > 1 {
+        1.0 - entropy / (k as f64).ln()
+    } else {
+        1.0
+    }
 }
 
 /// The profile prepared for evaluation.
@@ -315,14 +344,41 @@ impl Reference {
 
         let labeled = profile.true_classes.as_ref().map(|truth| {
             let correct: Vec<bool> = predicted.iter().zip(truth).map(|(p, t)| p == t).collect();
+            let certainty: Vec<f64> = entropies.iter().map(|h| entropy_certainty(*h, k)).collect();
+            let mut prior = vec![0f64; k];
+            for t in truth {
+                prior[*t] += 1.0;
+            }
+            let column = |name: &str| -> Vec<f64> {
+                profile
+                    .inputs
+                    .get(name)
+                    .filter(|v| v.len() == n)
+                    .map_or_else(
+                        || vec![f64::NAN; n],
+                        |v| v.iter().map(|x| f64::from(*x)).collect(),
+                    )
+            };
             LabeledReference {
                 accuracy: correct.iter().filter(|c| **c).count() as f64 / n as f64,
                 mean_confidence,
                 ece: stats::ece(&confidence, &correct, 15),
                 temperature: temperature.unwrap_or(1.0),
                 atc_threshold: stats::atc_threshold(&confidence, &correct),
+                atc_ne_threshold: stats::atc_threshold(&certainty, &correct),
+                label_prior: stats::proportions(&prior),
+                confusion: stats::estimate::bbse_confusion(&predicted, truth, k),
+                truth: truth.clone(),
+                inputs: [
+                    column("brightness"),
+                    column("contrast"),
+                    column("sharpness"),
+                ],
+                neighbor_rows: Vec::new(),
+                nuclear_fit: profile.correctness.as_ref().and_then(|c| c.nuclear_fit),
             }
         });
+        let mut labeled = labeled;
 
         let inputs_sorted = INPUT_FEATURES
             .iter()
@@ -385,11 +441,16 @@ impl Reference {
                     .flat_map(|&i| rows[i].iter().copied())
                     .collect();
                 if let Ok(index) = stats::knn::KnnIndex::new(dim, flat) {
-                    neighbor_distances = index
-                        .leave_one_out(NEIGHBORS)
-                        .into_iter()
-                        .filter(|d| d.is_finite())
-                        .collect();
+                    let loo = index.leave_one_out(NEIGHBORS);
+                    if let Some(l) = labeled.as_mut() {
+                        l.neighbor_rows = searched
+                            .iter()
+                            .zip(&loo)
+                            .filter(|(_, d)| d.is_finite())
+                            .map(|(&row, &d)| (row, d))
+                            .collect();
+                    }
+                    neighbor_distances = loo.into_iter().filter(|d| d.is_finite()).collect();
                     neighbors = Some(index);
                 }
                 let sample = subsample(rows.len(), MMD_REFERENCE_MAX, seed);
@@ -555,7 +616,7 @@ pub fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn toy_profile() -> ReferenceProfile {
@@ -590,6 +651,7 @@ mod tests {
             inputs,
             embeddings: Some(embeddings),
             descriptors: None,
+            correctness: None,
             summary: None,
         }
     }

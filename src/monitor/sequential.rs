@@ -500,6 +500,7 @@ mod tests {
             inputs,
             embeddings: Some(draws.iter().map(|d| d.embedding.clone()).collect()),
             descriptors: None,
+            correctness: None,
             summary: None,
         };
         let mut r = Reference::prepare(&profile, false, 1).unwrap();
@@ -540,6 +541,7 @@ mod tests {
                 inputs: d.inputs,
                 embedding: Some(&d.embedding),
                 set_size: set.len() as f32,
+                correct: f32::NAN,
             });
             if (i + 1) % 50 == 0 {
                 let fresh = block.since(seq.seen());

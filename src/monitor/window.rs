@@ -27,6 +27,8 @@ pub struct Observation<'a> {
     pub embedding: Option<&'a [f32]>,
     /// The size of the conformal prediction set; NaN when sets are off.
     pub set_size: f32,
+    /// The correctness model's probability that the prediction is right; NaN without one.
+    pub correct: f32,
 }
 
 /// A copy of the window's contents, oldest first. Serialized as the saved window (JSON, where an
@@ -51,6 +53,10 @@ pub struct WindowData {
     /// has none: empty).
     #[serde(with = "nan_as_null", default)]
     pub set_size: Vec<f32>,
+    /// The correctness model's probability per prediction, NaN where none (a window saved
+    /// before the model existed has none: empty).
+    #[serde(with = "nan_as_null", default)]
+    pub correct: Vec<f32>,
 }
 
 /// JSON has no NaN: unknown values are written as `null` and read back as NaN.
@@ -79,11 +85,17 @@ impl WindowData {
             && self.probabilities.len() == n * self.classes
             && self.inputs.len() == n * 6
             && (self.set_size.is_empty() || self.set_size.len() == n)
+            && (self.correct.is_empty() || self.correct.len() == n)
     }
 
     /// The set size of row `i` (NaN when unknown).
     pub fn set_size(&self, i: usize) -> f32 {
         self.set_size.get(i).copied().unwrap_or(f32::NAN)
+    }
+
+    /// Row `i`'s correctness probability, NaN where none.
+    pub fn correct(&self, i: usize) -> f32 {
+        self.correct.get(i).copied().unwrap_or(f32::NAN)
     }
 
     /// Whether every row has an embedding (so row `i`'s is at `i * embedding_dim`).
@@ -120,6 +132,7 @@ pub struct Window {
     embeddings: Vec<f32>,
     has_embedding: Vec<bool>,
     set_size: Vec<f32>,
+    correct: Vec<f32>,
     /// Rows pushed since the window was made.
     pushed: u64,
 }
@@ -142,6 +155,7 @@ impl Window {
             embeddings: vec![0.0; capacity * embedding_dim],
             has_embedding: vec![false; capacity],
             set_size: vec![f32::NAN; capacity],
+            correct: vec![f32::NAN; capacity],
             pushed: 0,
         }
     }
@@ -180,6 +194,7 @@ impl Window {
             _ => self.has_embedding[i] = false,
         }
         self.set_size[i] = o.set_size;
+        self.correct[i] = o.correct;
         self.head = (self.head + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
         self.pushed += 1;
@@ -234,6 +249,7 @@ impl Window {
                 );
             }
             d.set_size.push(self.set_size[i]);
+            d.correct.push(self.correct[i]);
         }
         d
     }
@@ -259,6 +275,7 @@ impl Window {
                     &data.embeddings[k * self.embedding_dim..(k + 1) * self.embedding_dim]
                 }),
                 set_size: data.set_size(k),
+                correct: data.correct(k),
             };
             self.push(&o);
         }
@@ -279,6 +296,7 @@ mod tests {
             inputs: [ts as f32; 6],
             embedding: None,
             set_size: 1.0,
+            correct: 0.5,
         }
     }
 

@@ -19,7 +19,7 @@
 //! natural-photo crop; the embedding alone flagged 10 (1.9%) and 181 (90.5%)
 //! (tests/candidates.rs measures it through the sidecar; the README compares the choices).
 
-use crate::stats::knn::{KnnError, KnnIndex, Whitening};
+use crate::stats::knn::{KnnError, KnnIndex, Neighbor, Whitening};
 
 /// Shrinkage of the covariance towards a multiple of the identity (a few hundred reference
 /// rows estimate a 32 × 32 covariance poorly).
@@ -88,12 +88,39 @@ impl Calibrated {
         })
     }
 
-    fn score(&self, v: &[f32]) -> Option<f64> {
+    /// The `k` nearest reference rows (at least one) leaving out row `skip`, and the nearest
+    /// distance over the radius.
+    fn search(&self, v: &[f32], k: usize, skip: Option<usize>) -> Option<(f64, Vec<Neighbor>)> {
         let nearest = match &self.whitening {
-            Some(w) => self.index.nearest(&w.apply(v)?, 1, None),
-            None => self.index.nearest(v, 1, None),
+            Some(w) => self.index.nearest(&w.apply(v)?, k.max(1), skip),
+            None => self.index.nearest(v, k.max(1), skip),
         };
-        Some(nearest.first()?.distance / self.radius)
+        Some((nearest.first()?.distance / self.radius, nearest))
+    }
+}
+
+/// Where a prediction lies among the reference rows: each space's nearest distance over its
+/// radius, and the nearest reference rows in the (whitened) embedding space.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proximity {
+    pub embedding_ratio: Option<f64>,
+    pub descriptor_ratio: Option<f64>,
+    /// The distance to the nearest reference descriptor.
+    pub descriptor_distance: Option<f64>,
+    /// Nearest first; indices are rows of the reference profile.
+    pub embedding_neighbors: Vec<Neighbor>,
+    /// The same in the descriptor space.
+    pub descriptor_neighbors: Vec<Neighbor>,
+}
+
+impl Proximity {
+    /// The out-of-distribution score: the mean of the ratios there are.
+    pub fn score(&self) -> Option<f64> {
+        let (sum, n) = [self.embedding_ratio, self.descriptor_ratio]
+            .into_iter()
+            .flatten()
+            .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+        (n > 0).then(|| sum / n as f64)
     }
 }
 
@@ -135,15 +162,45 @@ impl OodDetector {
     /// (above 1: out of distribution). `None` when no space applies (a vector of another length,
     /// or with a value that is not finite, does not apply).
     pub fn score(&self, embedding: Option<&[f32]>, descriptor: Option<&[f32]>) -> Option<f64> {
-        let scores = [
-            self.embedding.as_ref().zip(embedding),
-            self.descriptor.as_ref().zip(descriptor),
-        ]
-        .into_iter()
-        .flatten()
-        .filter_map(|(space, v)| space.score(v));
-        let (sum, n) = scores.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-        (n > 0).then(|| sum / n as f64)
+        self.proximity(embedding, descriptor, 1, None).score()
+    }
+
+    /// Both spaces' ratios and the `k` nearest reference rows in each (one scan per space),
+    /// leaving out reference row `skip` (a reference image, or an altered copy of it, measured
+    /// against the others).
+    pub fn proximity(
+        &self,
+        embedding: Option<&[f32]>,
+        descriptor: Option<&[f32]>,
+        k: usize,
+        skip: Option<usize>,
+    ) -> Proximity {
+        let e = self
+            .embedding
+            .as_ref()
+            .zip(embedding)
+            .and_then(|(space, v)| space.search(v, k, skip));
+        let d = self
+            .descriptor
+            .as_ref()
+            .zip(descriptor)
+            .and_then(|(space, v)| space.search(v, k, skip));
+        let descriptor_distance = d.as_ref().and_then(|(_, n)| n.first()).map(|n| n.distance);
+        let (embedding_ratio, embedding_neighbors) = match e {
+            Some((r, n)) => (Some(r), n),
+            None => (None, Vec::new()),
+        };
+        let (descriptor_ratio, descriptor_neighbors) = match d {
+            Some((r, n)) => (Some(r), n),
+            None => (None, Vec::new()),
+        };
+        Proximity {
+            embedding_ratio,
+            descriptor_ratio,
+            descriptor_distance,
+            embedding_neighbors,
+            descriptor_neighbors,
+        }
     }
 
     /// Whether a score says out of distribution.

@@ -12,10 +12,11 @@ use crate::image_stats::Descriptor;
 use crate::inference::Inferred;
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
 use crate::model::RawOutput;
+use crate::monitor::correctness::{Inputs as CorrectnessInputs, NEIGHBORS};
 use crate::monitor::window::Observation;
 use crate::prediction::{Flag, Summary, summarize};
 use crate::relabel::Offer;
-use crate::relabel::ood::OodDetector;
+use crate::relabel::ood::{OodDetector, Proximity};
 use crate::relabel::select::{Candidate, Signals};
 use crate::stats;
 
@@ -65,6 +66,36 @@ impl ModelService {
         let mut output = p.inferred.output;
         let mut flags: Vec<Flag> = Vec::new();
         let monitor = version.monitor.as_deref();
+        // Where the embedding and the image lie among the reference's, when there is a detector
+        // for them; the correctness model reads the same search and the unscaled probabilities.
+        let proximity = version.ood.as_deref().map(|d| {
+            let k = if version.correctness.is_some() {
+                NEIGHBORS
+            } else {
+                1
+            };
+            d.proximity(
+                output.embedding.as_deref(),
+                p.image.as_ref().map(|i| &i.descriptor[..]),
+                k,
+                None,
+            )
+        });
+        let correct = version
+            .correctness
+            .as_deref()
+            .zip(proximity.as_ref())
+            .and_then(|(c, proximity)| {
+                c.probability(&CorrectnessInputs {
+                    probabilities: &output.probabilities,
+                    proximity,
+                    stats: p.image.as_ref().map(|i| {
+                        let v = i.info.stats.values();
+                        [v[0], v[1]]
+                    }),
+                })
+            })
+            .map_or(f32::NAN, |c| c as f32);
         if let Some(t) = monitor.and_then(|m| m.reference().temperature_applied) {
             stats::apply_temperature(&mut output.probabilities, spec.num_classes(), t);
             flags.push(Flag::Calibrated);
@@ -73,14 +104,7 @@ impl ModelService {
         let label = &version.labels[summary.class];
         let prediction_set =
             monitor.and_then(|m| m.prediction_set(&output.probabilities, &p.request_id));
-        // How far the embedding and the image lie from the reference's, when there is a
-        // detector for them.
-        let ood_score = version.ood.as_deref().and_then(|d| {
-            d.score(
-                output.embedding.as_deref(),
-                p.image.as_ref().map(|i| &i.descriptor[..]),
-            )
-        });
+        let ood_score = proximity.as_ref().and_then(Proximity::score);
         if let Some(monitor) = monitor {
             let monitor_flags = monitor.flags(
                 summary.class,
@@ -111,6 +135,7 @@ impl ModelService {
                     .map_or([f32::NAN; 6], |i| i.info.stats.values()),
                 embedding: output.embedding.as_deref(),
                 set_size: prediction_set.as_ref().map_or(f32::NAN, |s| s.len() as f32),
+                correct,
             });
             if monitor.is_shifted() {
                 flags.push(Flag::ShiftedWindow);

@@ -128,6 +128,10 @@ impl ModelService {
         m.drift_p_value.reset();
         m.drift_status.reset();
         m.estimated_accuracy.reset();
+        m.estimated_class_ratio.reset();
+        m.overconfidence_gap.reset();
+        m.overconfidence_status.reset();
+        m.labeled_accuracy.reset();
         m.calibration_error.reset();
         m.window_predictions.set(0);
         if next.monitor.is_none() {
