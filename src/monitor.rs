@@ -715,6 +715,88 @@ impl Monitor {
 mod tests {
     use super::*;
 
+    /// Estimates and verdicts are exported while defined and removed when they stop being:
+    /// never before the first evaluation, never a stale value once the window has aged out.
+    #[test]
+    fn estimate_series_exist_only_while_defined() {
+        let profile = crate::monitor::reference::tests::toy_profile();
+        let reference = Reference::prepare(&profile, false, 1).unwrap();
+        let mut config = crate::monitor::RawMonitor::default()
+            .validate(&mut |k, e| panic!("{k}: {e}"))
+            .unwrap();
+        config.window = 200;
+        config.max_age = Some(Duration::from_millis(800));
+        config.settings.min_samples = 50;
+        config.sequential = None;
+        config.state_file = None;
+        let metrics = Metrics::new("toy");
+        let monitor = Monitor::new("toy", config, reference, 2, metrics.clone());
+        let render = || crate::metrics::render(&[&metrics.registry]);
+        for series in [
+            "shiftwatch_estimated_accuracy{",
+            "shiftwatch_overconfidence_gap{",
+            "shiftwatch_overconfidence_status{",
+            "shiftwatch_labeled_accuracy{",
+            "shiftwatch_estimated_class_ratio{",
+        ] {
+            assert!(!render().contains(series), "{series} before any evaluation");
+        }
+        let now = crate::time::now_us();
+        for (i, (probs, embedding)) in profile
+            .probabilities
+            .iter()
+            .zip(profile.embeddings.as_ref().unwrap())
+            .enumerate()
+        {
+            let s = crate::prediction::summarize(probs);
+            monitor.observe(&Observation {
+                ts_us: now,
+                class: s.class,
+                confidence: s.confidence,
+                entropy: s.entropy,
+                probabilities: probs,
+                inputs: [
+                    profile.inputs["brightness"][i],
+                    f32::NAN,
+                    f32::NAN,
+                    f32::NAN,
+                    8.0,
+                    8.0,
+                ],
+                embedding: Some(embedding),
+                set_size: f32::NAN,
+                correct: 0.85,
+            });
+            monitor.observe_label(probs, profile.true_classes.as_ref().unwrap()[i], "id");
+        }
+        monitor.evaluate_now();
+        let text = render();
+        for series in [
+            "shiftwatch_estimated_accuracy{method=\"served\",model=\"toy\"} 0.85",
+            "shiftwatch_estimated_accuracy{method=\"atc\",model=\"toy\"}",
+            "shiftwatch_overconfidence_gap{model=\"toy\"}",
+            "shiftwatch_overconfidence_status{model=\"toy\"} 0",
+            "shiftwatch_estimated_class_ratio{class=\"a\",model=\"toy\"}",
+            "shiftwatch_labeled_accuracy{model=\"toy\"} 0.9",
+        ] {
+            assert!(text.contains(series), "{series} missing: {text}");
+        }
+        // The window ages out: no estimate, no verdict, no class mix (labels stay: their
+        // window is by count).
+        std::thread::sleep(Duration::from_millis(900));
+        monitor.evaluate_now();
+        let text = render();
+        for series in [
+            "shiftwatch_estimated_accuracy{",
+            "shiftwatch_overconfidence_gap{",
+            "shiftwatch_overconfidence_status{",
+            "shiftwatch_estimated_class_ratio{",
+        ] {
+            assert!(!text.contains(series), "{series} stale: {text}");
+        }
+        assert!(text.contains("shiftwatch_labeled_accuracy{model=\"toy\"} 0.9"));
+    }
+
     fn block(test: &'static str, status: Status) -> SequentialBlock {
         SequentialBlock {
             guarantee: String::new(),
