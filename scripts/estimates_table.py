@@ -42,7 +42,7 @@ MIXES = [
     ("noisy_mix", [("bundled/normal", 0.5), ("unseen/noisy", 0.5)]),
     ("photos_mix", [("bundled/normal", 0.7), ("unseen/photos", 0.3)]),
 ]
-METHODS = ["served", "correctness", "atc", "atc_ne", "doc", "cot", "nuclear", "ac"]
+METHODS = ["served", "correctness", "atc", "atc_ne", "doc", "cot", "cott", "nuclear", "ac"]
 
 
 def run_model(binary, onnx, reference, shifts, windows, window):

@@ -59,13 +59,14 @@ struct Row {
 }
 
 /// The methods in the table's order.
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "served",
     "correctness",
     "atc",
     "atc_ne",
     "doc",
     "cot",
+    "cott",
     "nuclear",
     "ac",
 ];

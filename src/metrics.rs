@@ -573,7 +573,7 @@ impl Metrics {
             ),
             estimated_accuracy: float_vec(
                 "shiftwatch_estimated_accuracy",
-                "Label-free accuracy estimate of the window, by method (served, correctness, atc, atc_ne, doc, cot, nuclear, ac)",
+                "Label-free accuracy estimate of the window, by method (served, correctness, atc, atc_ne, doc, cot, cott, nuclear, ac)",
                 &["method"],
             ),
             overconfidence_gap: float_vec(

@@ -156,6 +156,7 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         "atc",
         "atc_ne",
         "cot",
+        "cott",
         "nuclear",
         "correctness",
         "overconfidence_gap",
@@ -187,6 +188,7 @@ fn normal_traffic_is_ok_shift_alerts_labels_match_parquet() {
         "atc_ne",
         "doc",
         "cot",
+        "cott",
         "nuclear",
         "ac",
     ] {

@@ -7,7 +7,8 @@
 //! - `atc`, `atc_ne`: the share of the window above a threshold fitted on the labeled
 //!   reference, on the confidence and on 1 − the normalized entropy (Garg et al. 2022);
 //! - `cot`: 1 − the mean cost of the optimal transport of the window's probability vectors
-//!   onto the reference's true class mix (Lu et al. 2023);
+//!   onto the reference's true class mix (Lu et al. 2023); `cott`: the share of the window's
+//!   transport costs under a threshold fitted, as ATC's, on the labeled reference's own costs;
 //! - `nuclear`: the normalized nuclear norm of the window's probability matrix (Deng et al.
 //!   2023) mapped to accuracy by a line fitted on the reference and its altered copies;
 //! - `correctness`: the mean of the correctness model's per-prediction probabilities
@@ -48,6 +49,7 @@ pub struct Estimates {
     pub atc: Option<f64>,
     pub atc_ne: Option<f64>,
     pub cot: Option<f64>,
+    pub cott: Option<f64>,
     pub nuclear: Option<f64>,
     pub correctness: Option<f64>,
     /// Average confidence minus the served estimate.
@@ -61,13 +63,14 @@ pub struct Estimates {
 
 impl Estimates {
     /// Every method's value, by its metric label.
-    pub fn methods(&self) -> [(&'static str, Option<f64>); 7] {
+    pub fn methods(&self) -> [(&'static str, Option<f64>); 8] {
         [
             ("ac", self.ac),
             ("doc", self.doc),
             ("atc", self.atc),
             ("atc_ne", self.atc_ne),
             ("cot", self.cot),
+            ("cott", self.cott),
             ("nuclear", self.nuclear),
             ("correctness", self.correctness),
         ]
@@ -171,7 +174,11 @@ pub fn estimate(
             .map(|h| entropy_certainty(f64::from(*h), k))
             .collect();
         e.atc_ne = Some(stats::atc_estimate(l.atc_ne_threshold, &certainty));
-        e.cot = stats::estimate::cot(&probs, k, &l.label_prior).map(|c| c.accuracy);
+        if let Some(c) = stats::estimate::cot(&probs, k, &l.label_prior) {
+            e.cot = Some(c.accuracy);
+            let fits: Vec<f64> = c.costs.iter().map(|cost| 1.0 - cost).collect();
+            e.cott = l.cott_threshold.map(|t| stats::atc_estimate(t, &fits));
+        }
         e.nuclear = l.nuclear_fit.and_then(|(a, b)| {
             stats::estimate::nuclear_norm_score(&probs, k).map(|s| (a + b * s).clamp(0.0, 1.0))
         });

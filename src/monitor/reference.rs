@@ -90,6 +90,9 @@ pub struct LabeledReference {
     pub neighbor_rows: Vec<(usize, f64)>,
     /// Deng et al.'s nuclear-norm score → accuracy, fitted with the correctness model.
     pub nuclear_fit: Option<(f64, f64)>,
+    /// COTT's threshold on 1 − transport cost: the reference's own rows transported onto its
+    /// true class mix, the threshold at which the share above it equals the accuracy.
+    pub cott_threshold: Option<f64>,
 }
 
 /// 1 − the entropy over ln k: ATC-NE's score (1 for a one-hot prediction).
@@ -376,6 +379,12 @@ impl Reference {
                 ],
                 neighbor_rows: Vec::new(),
                 nuclear_fit: profile.correctness.as_ref().and_then(|c| c.nuclear_fit),
+                cott_threshold: stats::estimate::cot(&flat, k, &stats::proportions(&prior)).map(
+                    |c| {
+                        let fits: Vec<f64> = c.costs.iter().map(|cost| 1.0 - cost).collect();
+                        stats::atc_threshold(&fits, &correct)
+                    },
+                ),
             }
         });
         let mut labeled = labeled;
