@@ -49,15 +49,19 @@ test-label-studio: runtime venv label-studio
 		--label-studio $(LS_VENV)/bin/label-studio
 
 ## label-studio: the pinned Label Studio in its own environment (.venv-label-studio), installed
-## only when the pinned version is not already there
+## only when the pinned versions are not already there. sentry-sdk is pinned too: label-studio
+## 1.23.2 asks for sentry-sdk>=2.16.0, and 3.0.0 (the newest on PyPI today) refuses the option it starts
+## with (`Unknown option 'send_default_pii'`), so Label Studio would not start.
 LS_VENV := .venv-label-studio
 LABEL_STUDIO_VERSION := 1.23.2
+LS_SENTRY_VERSION := 2.76.0
 label-studio:
 	@if ! $(LS_VENV)/bin/python -c "import importlib.metadata as m, sys; \
-		sys.exit(m.version('label-studio') != '$(LABEL_STUDIO_VERSION)')" 2>/dev/null; then \
+		sys.exit(m.version('label-studio') != '$(LABEL_STUDIO_VERSION)' \
+			or m.version('sentry-sdk') != '$(LS_SENTRY_VERSION)')" 2>/dev/null; then \
 		$(PYTHON) -m venv $(LS_VENV) && \
 		$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-			label-studio==$(LABEL_STUDIO_VERSION); \
+			label-studio==$(LABEL_STUDIO_VERSION) sentry-sdk==$(LS_SENTRY_VERSION); \
 	fi
 
 ## venv: the Python environment (training, demo driver, cross-checks)
