@@ -111,7 +111,7 @@ pub struct ClassMix {
 }
 
 /// Evenly spaced row indices, at most `max`.
-fn spaced(n: usize, max: usize) -> Vec<usize> {
+pub fn spaced(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }

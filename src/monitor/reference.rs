@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::window::INPUT_FEATURES;
 use crate::image_stats::DESCRIPTOR_LEN;
 use crate::monitor::correctness::CorrectnessProfile;
+use crate::monitor::estimates::{MAX_TRANSPORT_ROWS, spaced};
 use crate::prediction::{Flag, entropy, summarize};
 use crate::stats;
 use crate::stats::conformal::Regularization;
@@ -93,6 +94,21 @@ pub struct LabeledReference {
     /// COTT's threshold on 1 − transport cost: the reference's own rows transported onto its
     /// true class mix, the threshold at which the share above it equals the accuracy.
     pub cott_threshold: Option<f64>,
+}
+
+/// COTT's threshold from the labeled reference: its rows (evenly spaced, at most
+/// [`MAX_TRANSPORT_ROWS`], as a window's) transported onto its own class mix, the threshold on
+/// 1 − cost at which the share above equals their accuracy.
+fn cott_threshold(probabilities: &[f32], k: usize, prior: &[f64], correct: &[bool]) -> Option<f64> {
+    let rows = spaced(correct.len(), MAX_TRANSPORT_ROWS);
+    let probs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| probabilities[i * k..(i + 1) * k].iter().copied())
+        .collect();
+    let correct: Vec<bool> = rows.iter().map(|&i| correct[i]).collect();
+    let c = stats::estimate::cot(&probs, k, prior)?;
+    let fits: Vec<f64> = c.costs.iter().map(|cost| 1.0 - cost).collect();
+    Some(stats::atc_threshold(&fits, &correct))
 }
 
 /// 1 − the entropy over ln k: ATC-NE's score (1 for a one-hot prediction).
@@ -379,12 +395,7 @@ impl Reference {
                 ],
                 neighbor_rows: Vec::new(),
                 nuclear_fit: profile.correctness.as_ref().and_then(|c| c.nuclear_fit),
-                cott_threshold: stats::estimate::cot(&flat, k, &stats::proportions(&prior)).map(
-                    |c| {
-                        let fits: Vec<f64> = c.costs.iter().map(|cost| 1.0 - cost).collect();
-                        stats::atc_threshold(&fits, &correct)
-                    },
-                ),
+                cott_threshold: cott_threshold(&flat, k, &stats::proportions(&prior), &correct),
             }
         });
         let mut labeled = labeled;
