@@ -95,29 +95,19 @@ pub struct TrafficResult {
 
 fn read_folder(dir: &Path, labels: &[String]) -> anyhow::Result<Vec<(PathBuf, Option<usize>)>> {
     let csv = dir.join("labels.csv");
-    let text =
-        std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
-    let mut lines = text.lines();
-    if lines.next().map(str::trim) != Some("file,label") {
-        bail!("{}: the first line must be `file,label`", csv.display());
-    }
     let mut out = Vec::new();
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let (file, label) = line
-            .split_once(',')
-            .with_context(|| format!("{}: `{line}` is not `file,label`", csv.display()))?;
-        let label = label.trim();
+    for (file, label) in crate::profile::read_label_rows(&csv)? {
         let truth = if label.is_empty() {
             None
         } else {
             Some(
                 labels
                     .iter()
-                    .position(|l| l == label)
+                    .position(|l| *l == label)
                     .with_context(|| format!("{}: unknown label `{label}`", csv.display()))?,
             )
         };
-        out.push((dir.join(file.trim()), truth));
+        out.push((dir.join(file), truth));
     }
     if out.is_empty() {
         bail!("{} lists no images", csv.display());

@@ -37,7 +37,9 @@ pub struct ProfileOptions {
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
-fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+/// A `file,label` CSV (header first, blank lines skipped) as (file, label) pairs in file order,
+/// both trimmed; `shiftwatch estimates` reads its folders' `labels.csv` with it too.
+pub(crate) fn read_label_rows(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut lines = text.lines();
@@ -45,7 +47,7 @@ fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     if header.trim() != "file,label" {
         bail!("{}: the first line must be `file,label`", path.display());
     }
-    let mut labels = HashMap::new();
+    let mut rows = Vec::new();
     for (i, line) in lines.enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -53,9 +55,13 @@ fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
         let Some((file, label)) = line.split_once(',') else {
             bail!("{}: line {} is not `file,label`", path.display(), i + 2);
         };
-        labels.insert(file.trim().to_string(), label.trim().to_string());
+        rows.push((file.trim().to_string(), label.trim().to_string()));
     }
-    Ok(labels)
+    Ok(rows)
+}
+
+fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    Ok(read_label_rows(path)?.into_iter().collect())
 }
 
 /// Builds the profile and writes it to `options.out`.

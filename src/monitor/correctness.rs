@@ -145,8 +145,8 @@ pub fn all_features(
         f[9] = share;
         f[10] = ratio;
     }
-    if let Some(d) = inputs.proximity.descriptor_distance {
-        f[6] = (d + 1e-6).ln();
+    if let Some(nearest) = inputs.proximity.descriptor_neighbors.first() {
+        f[6] = (nearest.distance + 1e-6).ln();
     }
     if let Some(st) = inputs.stats {
         for (j, x) in st.iter().enumerate() {
@@ -238,7 +238,6 @@ mod tests {
         let proximity = Proximity {
             embedding_ratio: Some(0.5),
             descriptor_ratio: Some(2.0),
-            descriptor_distance: Some(3.0),
             embedding_neighbors: vec![neighbor(2, 1.0), neighbor(0, 2.0), neighbor(1, 4.0)],
             descriptor_neighbors: vec![neighbor(3, 0.5), neighbor(2, 1.5)],
         };
@@ -263,7 +262,7 @@ mod tests {
             2.0 / 3.0,
             ((2.0 + 1e-6) / (1.0 + 1e-6f64)).ln(),
             (1.0 + 1e-6f64).ln(),
-            (3.0 + 1e-6f64).ln(),
+            (0.5 + 1e-6f64).ln(),
             2f64.ln_1p(),
             1f64.ln_1p(),
             0.0,
@@ -280,7 +279,6 @@ mod tests {
         // A tensor request: no image statistics, no descriptor.
         let bare = Proximity {
             descriptor_ratio: None,
-            descriptor_distance: None,
             descriptor_neighbors: vec![],
             ..proximity
         };

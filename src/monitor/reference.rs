@@ -378,6 +378,7 @@ impl Reference {
                         |v| v.iter().map(|x| f64::from(*x)).collect(),
                     )
             };
+            let label_prior = stats::proportions(&prior);
             LabeledReference {
                 accuracy: correct.iter().filter(|c| **c).count() as f64 / n as f64,
                 mean_confidence,
@@ -385,7 +386,8 @@ impl Reference {
                 temperature: temperature.unwrap_or(1.0),
                 atc_threshold: stats::atc_threshold(&confidence, &correct),
                 atc_ne_threshold: stats::atc_threshold(&certainty, &correct),
-                label_prior: stats::proportions(&prior),
+                cott_threshold: cott_threshold(&flat, k, &label_prior, &correct),
+                label_prior,
                 confusion: stats::estimate::bbse_confusion(&predicted, truth, k),
                 truth: truth.clone(),
                 inputs: [
@@ -395,7 +397,6 @@ impl Reference {
                 ],
                 neighbor_rows: Vec::new(),
                 nuclear_fit: profile.correctness.as_ref().and_then(|c| c.nuclear_fit),
-                cott_threshold: cott_threshold(&flat, k, &stats::proportions(&prior), &correct),
             }
         });
         let mut labeled = labeled;

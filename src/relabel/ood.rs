@@ -105,8 +105,6 @@ impl Calibrated {
 pub struct Proximity {
     pub embedding_ratio: Option<f64>,
     pub descriptor_ratio: Option<f64>,
-    /// The distance to the nearest reference descriptor.
-    pub descriptor_distance: Option<f64>,
     /// Nearest first; indices are rows of the reference profile.
     pub embedding_neighbors: Vec<Neighbor>,
     /// The same in the descriptor space.
@@ -185,19 +183,15 @@ impl OodDetector {
             .as_ref()
             .zip(descriptor)
             .and_then(|(space, v)| space.search(v, k, skip));
-        let descriptor_distance = d.as_ref().and_then(|(_, n)| n.first()).map(|n| n.distance);
-        let (embedding_ratio, embedding_neighbors) = match e {
-            Some((r, n)) => (Some(r), n),
-            None => (None, Vec::new()),
+        // A space that does not apply has no ratio and no neighbours.
+        let split = |found: Option<(f64, Vec<Neighbor>)>| {
+            found.map_or((None, Vec::new()), |(r, n)| (Some(r), n))
         };
-        let (descriptor_ratio, descriptor_neighbors) = match d {
-            Some((r, n)) => (Some(r), n),
-            None => (None, Vec::new()),
-        };
+        let (embedding_ratio, embedding_neighbors) = split(e);
+        let (descriptor_ratio, descriptor_neighbors) = split(d);
         Proximity {
             embedding_ratio,
             descriptor_ratio,
-            descriptor_distance,
             embedding_neighbors,
             descriptor_neighbors,
         }
