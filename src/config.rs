@@ -358,6 +358,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("inference.sessions"), "{err}");
+        assert!(err.contains("\"auto\""), "{err}");
+    }
+
+    #[test]
+    fn sessions_are_a_number_or_auto() {
+        use crate::inference::Sessions;
+        let sessions =
+            |text: &str, env: &[(&str, &str)]| load_text(text, env).map(|c| c.inference.sessions);
+        assert_eq!(sessions("", &[]).unwrap(), Sessions::Auto);
+        assert_eq!(
+            sessions("[inference]\nsessions = 3\n", &[]).unwrap(),
+            Sessions::Fixed(3)
+        );
+        assert_eq!(
+            sessions("[inference]\nsessions = \"auto\"\n", &[]).unwrap(),
+            Sessions::Auto
+        );
+        assert_eq!(
+            sessions("", &[("SHIFTWATCH__INFERENCE__SESSIONS", "2")]).unwrap(),
+            Sessions::Fixed(2)
+        );
+        assert_eq!(
+            sessions(
+                "[inference]\nsessions = 2\n",
+                &[("SHIFTWATCH__INFERENCE__SESSIONS", "auto")]
+            )
+            .unwrap(),
+            Sessions::Auto
+        );
+        for bad in ["0", "65", "-1", "2.5"] {
+            let err = sessions(&format!("[inference]\nsessions = {bad}\n"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("inference.sessions"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

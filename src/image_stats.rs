@@ -23,9 +23,11 @@
 //!   it as it is (the input-shift tests watch those); what it keeps is the image's layout. Taken
 //!   from the downscaled copy, like the dHash.
 
-use image::DynamicImage;
+use std::borrow::Cow;
 
-use crate::preprocess::{Color, Layout, Preprocess, Resize, luma_601, to_tensor};
+use image::{DynamicImage, GrayImage};
+
+use crate::preprocess::{Color, Layout, Preprocess, Resize, luma_601, resize_to_bytes, to_tensor};
 
 /// Statistics are computed on the image box-downscaled to at most this many pixels a side.
 pub const STATS_MAX_SIDE: u32 = 256;
@@ -78,11 +80,11 @@ impl InputStats {
 
 /// The image itself when its longer side is at most [`STATS_MAX_SIDE`], else its area-downscaled
 /// copy rounded back to 8 bits (gray stays gray: one channel, one pass over the pixels).
-fn bounded(image: &DynamicImage) -> std::borrow::Cow<'_, DynamicImage> {
+fn bounded(image: &DynamicImage) -> Cow<'_, DynamicImage> {
     let (w, h) = (image.width(), image.height());
     let longest = w.max(h).max(1);
     if longest <= STATS_MAX_SIDE {
-        return std::borrow::Cow::Borrowed(image);
+        return Cow::Borrowed(image);
     }
     let scale = f64::from(STATS_MAX_SIDE) / f64::from(longest);
     let tw = ((f64::from(w) * scale).round() as u32).max(1);
@@ -91,65 +93,56 @@ fn bounded(image: &DynamicImage) -> std::borrow::Cow<'_, DynamicImage> {
         image,
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_)
     );
-    let spec = Preprocess {
-        width: tw,
-        height: th,
-        color: if gray { Color::Grayscale } else { Color::Rgb },
-        layout: Layout::Nhwc,
-        resize: Resize::Area,
-        scale: 1.0,
-        mean: vec![0.0; if gray { 1 } else { 3 }],
-        std: vec![1.0; if gray { 1 } else { 3 }],
-    };
-    let mut values = vec![0f32; spec.tensor_len()];
-    to_tensor(image, &spec, &mut values);
-    let bytes: Vec<u8> = values
-        .iter()
-        .map(|v| v.round().clamp(0.0, 255.0) as u8)
-        .collect();
-    std::borrow::Cow::Owned(if gray {
+    let color = if gray { Color::Grayscale } else { Color::Rgb };
+    let bytes = resize_to_bytes(image, tw, th, color, Resize::Area);
+    Cow::Owned(if gray {
         DynamicImage::ImageLuma8(image::GrayImage::from_raw(tw, th, bytes).expect("sized above"))
     } else {
         DynamicImage::ImageRgb8(image::RgbImage::from_raw(tw, th, bytes).expect("sized above"))
     })
 }
 
-/// A bounded image's gray plane (0..255) and the sum of its pixels' saturation.
-fn gray_and_saturation(image: &DynamicImage) -> (usize, usize, Vec<f32>, f64) {
-    let (w, h) = (image.width(), image.height());
-    let n = (w * h) as usize;
-    match image {
-        DynamicImage::ImageLuma8(gray) => (
-            w as usize,
-            h as usize,
-            gray.as_raw().iter().map(|&v| f32::from(v)).collect(),
-            0.0,
-        ),
+/// A bounded image's gray plane (601 luma of RGB; gray as it is) and the sum of its pixels'
+/// saturation, in one pass over the pixels.
+fn gray_and_saturation(image: &DynamicImage) -> (Cow<'_, GrayImage>, f64) {
+    let converted;
+    let rgb = match image {
+        DynamicImage::ImageLuma8(gray) => return (Cow::Borrowed(gray), 0.0),
+        DynamicImage::ImageRgb8(rgb) => rgb,
         other => {
-            let rgb = other.to_rgb8();
-            let mut gray = Vec::with_capacity(n);
-            let mut saturation = 0f64;
-            for p in rgb.pixels() {
-                let [r, g, b] = p.0;
-                gray.push(f32::from(luma_601(r, g, b)));
-                let (max, min) = (r.max(g).max(b), r.min(g).min(b));
-                if max > 0 {
-                    saturation += f64::from(max - min) / f64::from(max);
-                }
-            }
-            (w as usize, h as usize, gray, saturation)
+            converted = other.to_rgb8();
+            &converted
+        }
+    };
+    let mut gray = Vec::with_capacity((rgb.width() * rgb.height()) as usize);
+    let mut saturation = 0f64;
+    for p in rgb.as_raw().chunks_exact(3) {
+        let (r, g, b) = (p[0], p[1], p[2]);
+        gray.push(luma_601(r, g, b));
+        let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+        if max > 0 {
+            saturation += f64::from(max - min) / f64::from(max);
         }
     }
+    let gray = GrayImage::from_raw(rgb.width(), rgb.height(), gray).expect("one value a pixel");
+    (Cow::Owned(gray), saturation)
 }
 
 /// The statistics, the dHash and the descriptor of one decoded image, from one downscaled copy
-/// when it is large.
+/// when it is large, and from one gray plane of it (the dHash and the descriptor read the same
+/// 601 luma values they would compute from RGB).
 pub fn describe(image: &DynamicImage) -> Description {
     let small = bounded(image);
+    let (gray, saturation) = gray_and_saturation(&small);
+    let stats = stats_of_gray(&gray, saturation, image.width(), image.height());
+    let gray: Cow<'_, DynamicImage> = match gray {
+        Cow::Borrowed(_) => Cow::Borrowed(&*small),
+        Cow::Owned(g) => Cow::Owned(DynamicImage::ImageLuma8(g)),
+    };
     Description {
-        stats: stats_of_bounded(&small, image.width(), image.height()),
-        dhash: dhash_of_bounded(&small),
-        descriptor: descriptor_of_bounded(&small),
+        stats,
+        dhash: dhash_of_bounded(&gray),
+        descriptor: descriptor_of_bounded(&gray),
     }
 }
 
@@ -183,22 +176,27 @@ fn descriptor_of_bounded(image: &DynamicImage) -> Descriptor {
 
 /// The statistics of one decoded image (width and height are the decoded, full size).
 pub fn input_stats(image: &DynamicImage) -> InputStats {
-    stats_of_bounded(&bounded(image), image.width(), image.height())
+    let small = bounded(image);
+    let (gray, saturation) = gray_and_saturation(&small);
+    stats_of_gray(&gray, saturation, image.width(), image.height())
 }
 
-fn stats_of_bounded(image: &DynamicImage, width: u32, height: u32) -> InputStats {
-    let (w, h, gray, saturation) = gray_and_saturation(image);
+/// The statistics from a bounded image's gray plane and saturation sum. Every sum but the
+/// saturation's is of integers (gray values, squares, Laplacians), kept exactly in integers.
+fn stats_of_gray(gray: &GrayImage, saturation: f64, width: u32, height: u32) -> InputStats {
+    let (w, h) = (gray.width() as usize, gray.height() as usize);
+    let gray = gray.as_raw();
     let n = gray.len() as f64;
-    let (mut sum, mut sum_sq) = (0f64, 0f64);
-    for &g in &gray {
-        let g = f64::from(g);
+    let (mut sum, mut sum_sq) = (0u64, 0u64);
+    for &g in gray {
+        let g = u64::from(g);
         sum += g;
         sum_sq += g * g;
     }
-    let mean = sum / n;
-    let var = (sum_sq / n - mean * mean).max(0.0);
+    let mean = sum as f64 / n;
+    let var = (sum_sq as f64 / n - mean * mean).max(0.0);
     let sharpness = if w >= 3 && h >= 3 {
-        let (mut s, mut s2) = (0f64, 0f64);
+        let (mut s, mut s2) = (0i64, 0i64);
         for y in 1..h - 1 {
             let (up, row, down) = (
                 &gray[(y - 1) * w..y * w],
@@ -206,12 +204,17 @@ fn stats_of_bounded(image: &DynamicImage, width: u32, height: u32) -> InputStats
                 &gray[(y + 1) * w..(y + 2) * w],
             );
             for x in 1..w - 1 {
-                let v = f64::from(up[x] + down[x] + row[x - 1] + row[x + 1] - 4.0 * row[x]);
+                let v = i64::from(up[x])
+                    + i64::from(down[x])
+                    + i64::from(row[x - 1])
+                    + i64::from(row[x + 1])
+                    - 4 * i64::from(row[x]);
                 s += v;
                 s2 += v * v;
             }
         }
         let m = ((w - 2) * (h - 2)) as f64;
+        let (s, s2) = (s as f64, s2 as f64);
         (s2 / m - (s / m) * (s / m)).max(0.0)
     } else {
         0.0
@@ -451,6 +454,46 @@ mod tests {
                 .fold(f64::INFINITY, f64::min);
             println!("descriptor of a {side}x{side} gray image: {per:.0} ns");
         }
+    }
+
+    /// What a photo-sized image costs on the request path beside its decode: the tensor of a
+    /// 224×224 RGB model and the description (statistics, dHash, descriptor), for a 320×240 RGB
+    /// image. `cargo test --release --lib photo_preprocess_cost -- --nocapture` (the fastest of
+    /// 20 rounds; 2 in a debug build).
+    #[test]
+    fn photo_preprocess_cost_is_printed() {
+        let rounds = if cfg!(debug_assertions) { 2 } else { 20 };
+        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(320, 240, |x, y| {
+            Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y) as u8])
+        }));
+        let spec = Preprocess {
+            width: 224,
+            height: 224,
+            color: Color::Rgb,
+            layout: Layout::Nchw,
+            resize: Resize::Area,
+            scale: 1.0 / 255.0,
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        };
+        let mut tensor = vec![0f32; spec.tensor_len()];
+        let fastest = |f: &mut dyn FnMut()| {
+            (0..rounds)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    for _ in 0..10 {
+                        f();
+                    }
+                    started.elapsed().as_nanos() as f64 / 10e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let tensor_us =
+            fastest(&mut || to_tensor(std::hint::black_box(&image), &spec, &mut tensor));
+        let describe_us = fastest(&mut || {
+            std::hint::black_box(describe(std::hint::black_box(&image)));
+        });
+        println!("320x240 RGB: tensor 224x224 {tensor_us:.0} µs, describe {describe_us:.0} µs");
     }
 
     #[test]

@@ -17,11 +17,57 @@ use tokio::sync::oneshot;
 
 use crate::model::{LoadedModel, ModelSpec, RawOutput, run_batch};
 
+/// How many sessions a model gets: a number, or `"auto"`, decided when the model loads from
+/// what one image's run costs (see [`crate::model::load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    Auto,
+    Fixed(usize),
+}
+
+impl Serialize for Sessions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Sessions::Auto => s.serialize_str("auto"),
+            Sessions::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sessions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Sessions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of sessions or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Sessions, E> {
+                Ok(Sessions::Fixed(usize::try_from(v).unwrap_or(usize::MAX)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Sessions, E> {
+                // Negative: out of range, said by `validate` with the key.
+                Ok(Sessions::Fixed(usize::try_from(v).unwrap_or(0)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sessions, E> {
+                if v == "auto" {
+                    Ok(Sessions::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is neither a number of sessions nor \"auto\""
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// `[inference]`: sessions, threads and batching.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawInference {
-    pub sessions: usize,
+    pub sessions: Sessions,
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub max_batch: usize,
@@ -32,7 +78,7 @@ pub struct RawInference {
 impl Default for RawInference {
     fn default() -> Self {
         RawInference {
-            sessions: 1,
+            sessions: Sessions::Auto,
             intra_threads: 1,
             inter_threads: 1,
             max_batch: 32,
@@ -44,7 +90,7 @@ impl Default for RawInference {
 
 #[derive(Debug, Clone)]
 pub struct InferenceConfig {
-    pub sessions: usize,
+    pub sessions: Sessions,
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub max_batch: usize,
@@ -54,8 +100,15 @@ pub struct InferenceConfig {
 
 impl RawInference {
     pub fn validate(self, bad: &mut dyn FnMut(&str, String)) -> InferenceConfig {
+        if let Sessions::Fixed(n) = self.sessions
+            && !(1..=64).contains(&n)
+        {
+            bad(
+                "inference.sessions",
+                format!("{n} is outside 1..=64 (or \"auto\")"),
+            );
+        }
         for (key, v, lo, hi) in [
-            ("inference.sessions", self.sessions, 1, 64),
             ("inference.intra_threads", self.intra_threads, 1, 256),
             ("inference.inter_threads", self.inter_threads, 1, 256),
             ("inference.max_batch", self.max_batch, 1, 4096),

@@ -655,3 +655,58 @@ fn v2_infer_takes_json_and_binary_tensors() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `inference.sessions = "auto"` (the default): the bundled digits model (microseconds a run)
+/// gets one session; the compute-heavy comparison model (`training/make_heavy_model.py`,
+/// milliseconds a run) one per core, each answering.
+#[test]
+fn auto_sessions_follow_the_model_cost() {
+    let digits = Server::start(&[]);
+    let log = digits.stderr();
+    assert!(
+        log.contains("a light model, one session") && log.contains("sessions=1"),
+        "{log}"
+    );
+    drop(digits);
+
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(crate::support::python())
+        .arg(repo().join("training/make_heavy_model.py"))
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = std::fs::read_to_string(dir.path().join("heavy.toml")).unwrap();
+    let config = format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}");
+    let heavy = Server::start_with_config(&config, &[]);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let log = heavy.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("inference.sessions = \"auto\""))
+        .unwrap_or_else(|| panic!("no auto sessions line in:\n{log}"));
+    assert!(line.contains(&format!("sessions={cores}")), "{line}");
+    if cores > 1 {
+        assert!(line.contains("a compute-heavy model"), "{line}");
+    }
+    let run_us: u64 = line
+        .split("one_image_run_us=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(run_us >= 500, "{line}");
+    let photo = read(dir.path().join("photo.png"));
+    let answer = heavy.post("/v1/models/heavy/classify", Some("image/png"), &photo);
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}

@@ -53,6 +53,8 @@ pub struct CandidateMetrics {
 pub struct Offer {
     pub candidate: Candidate,
     pub image: Bytes,
+    /// The image bytes' SHA-256 (hex), computed once on the request path for the log.
+    pub sha256: String,
     pub content_type: Option<String>,
     pub predicted_label: String,
     pub model_version: String,
@@ -431,7 +433,7 @@ impl Worker {
             predicted_label: offer.predicted_label,
             score: s,
             content_type: offer.content_type,
-            sha256: hex::encode(Sha256::digest(&offer.image)),
+            sha256: offer.sha256,
             bytes: offer.image.len() as u64,
             file,
             stored_at_us: crate::time::now_us(),

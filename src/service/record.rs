@@ -178,6 +178,7 @@ impl ModelService {
                         ts_us: p.ts_us,
                     },
                     image: image.bytes.clone(),
+                    sha256: image.info.sha256.clone(),
                     content_type: image.content_type.clone(),
                     predicted_label: label.to_string(),
                     model_version: version.version.to_string(),
