@@ -126,7 +126,7 @@ pub fn run(
     let profile: ReferenceProfile = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a reference profile", options.reference.display()))?;
     let mut loaded = config
-        .load_model(model_config)
+        .load_model_one_session(model_config)
         .context("cannot load the model")?;
     let spec = loaded.spec.clone();
     if profile.model_version != spec.version {

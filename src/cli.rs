@@ -381,7 +381,7 @@ fn export_candidates(
         .collect();
     let logged = crate::relabel::offline::read_predictions(&log.dir, &model.name, &wanted)?;
     let (joined, missing) = crate::relabel::offline::join(&stored, &logged);
-    let labels = match config.load_model(model) {
+    let labels = match config.load_model_one_session(model) {
         Ok(m) => m.spec.labels,
         Err(e) => anyhow::bail!("cannot read the model's class labels: {e}"),
     };
@@ -449,6 +449,15 @@ fn check_model(config: &Config, model: &crate::model::config::ModelConfig) -> an
     let p = &spec.preprocess;
     println!("  model version    {}", spec.version);
     println!("  provider         {}", spec.execution_provider);
+    println!(
+        "  sessions         {} ({})",
+        loaded.sessions.len(),
+        match (loaded.auto_run, config.inference.sessions) {
+            (Some(run), _) => format!("\"auto\": one image's run {} µs", run.as_micros()),
+            (None, crate::inference::Sessions::Auto) => "\"auto\": one on CUDA".to_string(),
+            (None, crate::inference::Sessions::Fixed(_)) => "inference.sessions".to_string(),
+        }
+    );
     println!(
         "  input            {} {:?} ({})",
         spec.input_name, spec.input_shape, spec.described_by

@@ -122,6 +122,23 @@ impl Config {
             },
         )
     }
+
+    /// [`Config::load_model`] with one session whatever `inference.sessions` says: for the
+    /// commands that run the model from one thread (`reference`, `estimates`).
+    pub fn load_model_one_session(&self, model: &ModelConfig) -> Result<LoadedModel, ModelError> {
+        let inference = InferenceConfig {
+            sessions: crate::inference::Sessions::Fixed(1),
+            ..self.inference.clone()
+        };
+        crate::model::load(
+            model,
+            LoadOptions {
+                path: &model.path,
+                inference: &inference,
+                library: self.runtime_library.as_deref(),
+            },
+        )
+    }
 }
 
 /// Reads `path`, applies environment overrides from `vars`, and validates.

@@ -126,6 +126,8 @@ pub struct RawOutput {
 pub struct LoadedModel {
     pub spec: ModelSpec,
     pub sessions: Vec<Session>,
+    /// With `sessions = "auto"` on CPU: the median one-image run that decided their number.
+    pub auto_run: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -133,6 +135,7 @@ impl std::fmt::Debug for LoadedModel {
         f.debug_struct("LoadedModel")
             .field("spec", &self.spec)
             .field("sessions", &self.sessions.len())
+            .field("auto_run", &self.auto_run)
             .finish()
     }
 }
@@ -204,8 +207,10 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
             spec.embedding_dim = out.first().and_then(|o| o.embedding.as_ref().map(Vec::len));
         }
     }
+    let mut auto_run = None;
     if options.inference.sessions == Sessions::Auto && provider == ExecutionProvider::Cpu {
         let run = one_image_run(&mut sessions[0], &spec)?;
+        auto_run = Some(run);
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let target = auto_sessions(run, cores, options.inference.intra_threads);
         while sessions.len() < target {
@@ -232,7 +237,11 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
             }
         );
     }
-    Ok(LoadedModel { spec, sessions })
+    Ok(LoadedModel {
+        spec,
+        sessions,
+        auto_run,
+    })
 }
 
 /// With `sessions = "auto"`, a model whose one-image run takes at least this long gets one

@@ -86,7 +86,9 @@ pub fn build(
     }
     let labels = options.labels.as_deref().map(read_labels).transpose()?;
 
-    let mut loaded = config.load_model(model).context("cannot load the model")?;
+    let mut loaded = config
+        .load_model_one_session(model)
+        .context("cannot load the model")?;
     let spec = loaded.spec.clone();
     let session = &mut loaded.sessions[0];
     let classes = spec.num_classes();

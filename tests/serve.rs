@@ -709,4 +709,30 @@ fn auto_sessions_follow_the_model_cost() {
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
+    drop(heavy);
+
+    // `check-config` says what "auto" chose and why.
+    let config_path = dir.path().join("check.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config_path)
+        .env("SHIFTWATCH__LOG__DIR", dir.path().join("log"))
+        .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains(&format!(
+            "sessions         {cores} (\"auto\": one image's run "
+        )),
+        "{printed}"
+    );
 }
