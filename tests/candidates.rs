@@ -240,6 +240,42 @@ fn stored_images_stay_under_the_disk_quota() {
     );
 }
 
+/// Once the disk quota binds, a newcomer has to beat the lowest stored score, as when the pool is
+/// full by count: the same image sent 100 times (equal scores) fills the quota and then stops
+/// being written, instead of being written and evicted again at every request.
+#[test]
+fn a_full_disk_quota_admits_only_what_beats_the_floor() {
+    let dirs = tempfile::tempdir().unwrap();
+    let store = dirs.path().join("store");
+    let file = "normal-0000.png";
+    let size = read(format!("data/traffic/normal/{file}")).len() as u64;
+    let quota = size * 11 / 2; // room for five
+    let env = [
+        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
+        ("SHIFTWATCH__CANDIDATES__MAX_DISK_BYTES", quota.to_string()),
+        ("SHIFTWATCH__CANDIDATES__POOL_SIZE", "100000".to_string()),
+        ("SHIFTWATCH__CANDIDATES__RANDOM_RATE", "0".to_string()),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Server::start(&pairs);
+    for i in 0..100 {
+        send(&server, "normal", file, &format!("same-{i}"));
+    }
+    // The store's queue drains in well under a second; the count is read while it runs.
+    std::thread::sleep(Duration::from_millis(500));
+    let evicted = server.metric("shiftwatch_candidates_evicted_total{reason=\"disk_quota\"");
+    server.terminate();
+    assert!(server.wait(Duration::from_secs(30)).success());
+    let stored = std::fs::read_dir(store.join("images")).unwrap().count();
+    println!("{stored} stored, {evicted} evicted for the quota of {quota} bytes ({size} a file)");
+    assert_eq!(stored, 5, "the quota holds five");
+    // The store's thread sets the floor after it has written: a few offers may race it.
+    assert!(
+        evicted <= 10.0,
+        "{evicted} images written only to be evicted"
+    );
+}
+
 #[test]
 fn label_studio_webhooks_and_exports_come_back_as_feedback() {
     let env = [("SHIFTWATCH__AUTH__TOKEN", TOKEN)];
