@@ -404,12 +404,12 @@ mod tests {
             .unwrap(),
             Sessions::Auto
         );
-        for bad in ["0", "65", "-1", "2.5"] {
-            let err = sessions(&format!("[inference]\nsessions = {bad}\n"), &[]).unwrap_err();
-            assert!(
-                err.to_string().contains("inference.sessions"),
-                "{bad}: {err}"
-            );
+        for bad in ["0", "65", "-1", "2.5", "\"two\""] {
+            let err = sessions(&format!("[inference]\nsessions = {bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("inference.sessions"), "{bad}: {err}");
+            assert!(err.contains("auto"), "{bad}: {err}");
         }
     }
 

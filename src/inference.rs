@@ -46,8 +46,9 @@ impl<'de> Deserialize<'de> for Sessions {
                 Ok(Sessions::Fixed(usize::try_from(v).unwrap_or(usize::MAX)))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Sessions, E> {
-                // Negative: out of range, said by `validate` with the key.
-                Ok(Sessions::Fixed(usize::try_from(v).unwrap_or(0)))
+                usize::try_from(v)
+                    .map(Sessions::Fixed)
+                    .map_err(|_| E::custom(format!("{v} is outside 1..=64 (or \"auto\")")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sessions, E> {
                 if v == "auto" {
