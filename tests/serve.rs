@@ -684,7 +684,10 @@ fn auto_sessions_follow_the_model_cost() {
     let config = std::fs::read_to_string(dir.path().join("heavy.toml")).unwrap();
     let config = format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}");
     let heavy = Server::start_with_config(&config, &[]);
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // One session per core, at most 64.
+    let cores = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(64);
     let log = heavy.stderr();
     let line = log
         .lines()
