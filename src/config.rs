@@ -113,14 +113,7 @@ impl Config {
 
     /// Loads `model` from its configured file with this config's runtime and inference settings.
     pub fn load_model(&self, model: &ModelConfig) -> Result<LoadedModel, ModelError> {
-        crate::model::load(
-            model,
-            LoadOptions {
-                path: &model.path,
-                inference: &self.inference,
-                library: self.runtime_library.as_deref(),
-            },
-        )
+        self.load_model_with(model, &self.inference)
     }
 
     /// [`Config::load_model`] with one session whatever `inference.sessions` says: for the
@@ -130,11 +123,19 @@ impl Config {
             sessions: crate::inference::Sessions::Fixed(1),
             ..self.inference.clone()
         };
+        self.load_model_with(model, &inference)
+    }
+
+    fn load_model_with(
+        &self,
+        model: &ModelConfig,
+        inference: &InferenceConfig,
+    ) -> Result<LoadedModel, ModelError> {
         crate::model::load(
             model,
             LoadOptions {
                 path: &model.path,
-                inference: &inference,
+                inference,
                 library: self.runtime_library.as_deref(),
             },
         )

@@ -161,8 +161,7 @@ pub struct LoadOptions<'a> {
 }
 
 /// Loads the runtime, opens `inference.sessions` sessions (`"auto"`: see [`auto_sessions`]),
-/// resolves the spec and warms every
-/// session up with a full batch.
+/// resolves the spec and warms every session up with a full batch.
 pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel, ModelError> {
     let env = environment(options.library)?;
     let path = options.path;
@@ -197,33 +196,18 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     spec.execution_provider = provider;
     spec.described_by = described_by;
 
-    // Warm-up: a full batch through every session, which also checks the output shapes.
-    let batch = spec.max_batch.min(options.inference.max_batch).max(1);
-    let zeros = vec![0f32; batch * spec.preprocess.tensor_len()];
-    for session in &mut sessions {
-        let out = run_batch(session, &spec, &zeros, batch)?;
-        if spec.embedding_dim.is_none() {
-            // Declared dynamic: learn it from the warm-up.
-            spec.embedding_dim = out.first().and_then(|o| o.embedding.as_ref().map(Vec::len));
-        }
-    }
+    warm_up(&mut sessions, &mut spec, options.inference)?;
     let mut auto_run = None;
     if options.inference.sessions == Sessions::Auto && provider == ExecutionProvider::Cpu {
         let run = one_image_run(&mut sessions[0], &spec)?;
         auto_run = Some(run);
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let target = auto_sessions(run, cores, options.inference.intra_threads);
-        while sessions.len() < target {
-            let mut session = session_builder(
-                &env,
-                options.inference.intra_threads,
-                options.inference.inter_threads,
-            )?
-            .commit_from_file(path)
-            .map_err(|e| ort_err("load the model")(e.to_string()))?;
-            run_batch(&mut session, &spec, &zeros, batch)?;
-            sessions.push(session);
-        }
+        let mut more = (sessions.len()..target)
+            .map(|_| cpu_session(&env, options.inference, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        warm_up(&mut more, &mut spec, options.inference)?;
+        sessions.append(&mut more);
         tracing::info!(
             model = %spec.name,
             one_image_run_us = run.as_micros() as u64,
@@ -242,6 +226,36 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
         sessions,
         auto_run,
     })
+}
+
+/// Warm-up: a full batch through every session, which also checks the output shapes (and
+/// learns a dynamic embedding width).
+fn warm_up(
+    sessions: &mut [Session],
+    spec: &mut ModelSpec,
+    inference: &InferenceConfig,
+) -> Result<(), ModelError> {
+    let batch = spec.max_batch.min(inference.max_batch).max(1);
+    let zeros = vec![0f32; batch * spec.preprocess.tensor_len()];
+    for session in sessions {
+        let out = run_batch(session, spec, &zeros, batch)?;
+        if spec.embedding_dim.is_none() {
+            // Declared dynamic: learn it from the warm-up.
+            spec.embedding_dim = out.first().and_then(|o| o.embedding.as_ref().map(Vec::len));
+        }
+    }
+    Ok(())
+}
+
+/// One session on the CPU provider.
+fn cpu_session(
+    env: &ort::environment::Environment,
+    inference: &InferenceConfig,
+    path: &Path,
+) -> Result<Session, ModelError> {
+    session_builder(env, inference.intra_threads, inference.inter_threads)?
+        .commit_from_file(path)
+        .map_err(|e| ort_err("load the model")(e.to_string()))
 }
 
 /// With `sessions = "auto"`, a model whose one-image run takes at least this long gets one

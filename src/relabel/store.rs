@@ -3,12 +3,13 @@
 //! The request path calls [`Candidates::admits`], which decides cheaply (one atomic load, a
 //! coin flip) whether the prediction could enter the pool (its score must beat the lowest stored
 //! once the pool is full by count or by `max_disk_bytes`), and [`Candidates::offer`], which
-//! hands it to the store's thread through a bounded queue (full: skipped and counted). The thread writes the image file, adds the
-//! entry, and evicts: the lowest-scored candidate when the pool is over `pool_size`, the oldest
-//! random-sample member over `random_max`, anything older than the retention, and the
-//! lowest-scored ones while the files exceed `max_disk_bytes`. The index (`index.json`) is
-//! rewritten when it changed, at most every few seconds, and at shutdown; at start files that the
-//! index does not know are deleted and entries whose file is gone are dropped.
+//! hands it to the store's thread through a bounded queue (full: skipped and counted). The
+//! thread writes the image file, adds the entry, and evicts: the lowest-scored candidate when
+//! the pool is over `pool_size`, the oldest random-sample member over `random_max`, anything
+//! older than the retention, and the lowest-scored ones while the files exceed
+//! `max_disk_bytes`. The index (`index.json`) is rewritten when it changed, at most every few
+//! seconds, and at shutdown; at start files that the index does not know are deleted and entries
+//! whose file is gone are dropped.
 //!
 //! The index is read back like input: an entry whose `file` is not a name this store makes
 //! (32 hex digits and a known extension: no separator, no `..`, nothing absolute), or whose
