@@ -469,12 +469,18 @@ impl<R> Writer<R> {
             // Group commit: take whatever else is queued. Without strict durability nobody
             // waits for the write, so gather for up to GROUP_WAIT: one batch of many rows costs
             // far less than many batches of a few.
-            let deadline = Instant::now() + self.group_wait();
+            // With nothing to wait for, only what is already queued: `recv_deadline` with a
+            // deadline already past still spins and yields the CPU a few times before it gives
+            // up (crossbeam's backoff), which cost this thread half its time.
+            let wait = self.group_wait();
+            let deadline = Instant::now() + wait;
             while rows.len() < MAX_GROUP && !shutdown {
                 let next = if rows.is_empty() {
                     break;
+                } else if wait.is_zero() {
+                    receiver.try_recv().map_err(|_| ())
                 } else {
-                    receiver.recv_deadline(deadline)
+                    receiver.recv_deadline(deadline).map_err(|_| ())
                 };
                 match next {
                     Ok(Message::Row(r, a)) => {
