@@ -16,4 +16,6 @@ pub mod select;
 mod store;
 
 pub use self::config::{CandidatesConfig, RawCandidates};
-pub use self::store::{CandidateMetrics, Candidates, Offer, StoredCandidate, read_index};
+pub use self::store::{
+    Admit, CandidateMetrics, Candidates, Offer, StoredCandidate, read_index, sample_key,
+};

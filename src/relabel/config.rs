@@ -17,6 +17,7 @@ pub struct RawCandidates {
     pub pool_size: usize,
     pub random_rate: f64,
     pub random_max: usize,
+    pub random_half_life_hours: f64,
     pub max_disk_bytes: u64,
     pub retention_hours: f64,
     pub ood_boost: f64,
@@ -42,6 +43,7 @@ impl Default for RawCandidates {
             pool_size: 1000,
             random_rate: 0.01,
             random_max: 100,
+            random_half_life_hours: 24.0,
             max_disk_bytes: 100 * 1024 * 1024,
             retention_hours: 168.0,
             ood_boost: 1.0,
@@ -69,6 +71,9 @@ pub struct CandidatesConfig {
     pub pool_size: usize,
     pub random_rate: f64,
     pub random_max: usize,
+    /// The random sample favours recent traffic: a prediction's weight doubles every
+    /// half-life (`None`: every prediction weighs the same).
+    pub random_half_life: Option<Duration>,
     pub max_disk_bytes: u64,
     pub retention: Option<Duration>,
     pub selection: SelectionConfig,
@@ -139,6 +144,11 @@ impl RawCandidates {
             ("candidates.shift_boost", c.shift_boost, 100.0),
             ("candidates.retention_hours", c.retention_hours, f64::MAX),
             (
+                "candidates.random_half_life_hours",
+                c.random_half_life_hours,
+                f64::MAX,
+            ),
+            (
                 "candidates.propagation_max_distance",
                 c.propagation_max_distance,
                 f64::MAX,
@@ -172,9 +182,9 @@ impl RawCandidates {
             pool_size: c.pool_size,
             random_rate: c.random_rate,
             random_max: c.random_max,
+            random_half_life: hours(c.random_half_life_hours),
             max_disk_bytes: c.max_disk_bytes,
-            retention: (c.retention_hours > 0.0 && c.retention_hours.is_finite())
-                .then(|| Duration::from_secs_f64(c.retention_hours * 3600.0)),
+            retention: hours(c.retention_hours),
             selection: SelectionConfig {
                 uncertainty: uncertainty.unwrap_or(Uncertainty::Entropy),
                 classes: 0,
@@ -192,4 +202,11 @@ impl RawCandidates {
             propagation_max_distance: c.propagation_max_distance,
         })
     }
+}
+
+/// A positive number of hours as a duration; 0 (or one too large for a `Duration`): none.
+fn hours(h: f64) -> Option<Duration> {
+    (h > 0.0)
+        .then(|| Duration::try_from_secs_f64(h * 3600.0).ok())
+        .flatten()
 }

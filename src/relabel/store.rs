@@ -5,9 +5,19 @@
 //! once the pool is full by count or by `max_disk_bytes`), and [`Candidates::offer`], which
 //! hands it to the store's thread through a bounded queue (full: skipped and counted). The
 //! thread writes the image file, adds the entry, and evicts: the lowest-scored candidate when
-//! the pool is over `pool_size`, the oldest random-sample member over `random_max`, anything
-//! older than the retention, and the lowest-scored ones while the files exceed
-//! `max_disk_bytes`. The index (`index.json`) is rewritten when it changed, at most every few
+//! the pool is over `pool_size`, the random-sample member of lowest priority over `random_max`,
+//! anything older than the retention, and the lowest-scored ones while the files exceed
+//! `max_disk_bytes`.
+//!
+//! The random sample is a weighted reservoir (Efraimidis and Spirakis' A-Res, with the weights
+//! growing exponentially in time as in Cormode et al.'s forward decay): a prediction drawn at
+//! rate `random_rate` gets the priority `ln(w) - ln(-ln u)`, u uniform in (0, 1) and
+//! `w = 2^(t / half-life)`, and the sample is the `random_max` highest priorities seen. Without
+//! a half-life it is a uniform sample of all traffic the store has seen; with one, a
+//! prediction's chance halves with every half-life of age. Once the sample is full a newcomer
+//! must beat its lowest priority, so images are written a few times an hour, not at the
+//! traffic's rate (the sample used to keep the latest `random_max`: at 15,000 requests/s that
+//! was the last 0.7 s of traffic, written and deleted at 150 files/s). The index (`index.json`) is rewritten when it changed, at most every few
 //! seconds, and at shutdown; at start files that the index does not know are deleted and entries
 //! whose file is gone are dropped.
 //!
@@ -57,6 +67,8 @@ pub struct Offer {
     pub image: Bytes,
     /// The image bytes' SHA-256 (hex), computed once on the request path for the log.
     pub sha256: String,
+    /// A random-sample member's priority ([`Admit::Random`]).
+    pub sample_key: Option<f64>,
     pub content_type: Option<String>,
     pub predicted_label: String,
     pub model_version: String,
@@ -75,6 +87,30 @@ pub struct StoredCandidate {
     pub file: String,
     pub stored_at_us: i64,
     pub model_version: String,
+    /// A random-sample member's priority: the sample keeps the highest (absent in indexes
+    /// written before it had one: those go first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_key: Option<f64>,
+}
+
+/// Why a prediction may keep its image ([`Candidates::admits`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admit {
+    /// It enters the random sample with this priority.
+    Random { key: f64 },
+    /// Its score beats the pool's floor.
+    Candidate,
+}
+
+/// A random-sample priority (A-Res with forward decay): `t_us · ln 2 / half_life − ln(−ln u)`
+/// for `u` in (0, 1). The highest `k` priorities of a stream are a weighted sample without
+/// replacement of `k` items, each weighing `2^(t / half_life)`; without a half-life, a uniform
+/// sample.
+pub fn sample_key(t_us: i64, u: f64, half_life: Option<Duration>) -> f64 {
+    let growth = half_life.map_or(0.0, |h| {
+        t_us as f64 * std::f64::consts::LN_2 / (h.as_secs_f64() * 1e6)
+    });
+    growth - (-u.ln()).ln()
 }
 
 impl StoredCandidate {
@@ -116,6 +152,8 @@ pub struct Candidates {
     pool: Arc<Mutex<Pool>>,
     /// Score a new candidate must beat when the pool is full (f64 bits).
     admission: Arc<AtomicU64>,
+    /// Priority a new random-sample member must beat when the sample is full (f64 bits).
+    random_floor: Arc<AtomicU64>,
     coin: AtomicU64,
     sender: Sender<Message>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -222,11 +260,13 @@ impl Candidates {
             dirty: true,
         }));
         let admission = Arc::new(AtomicU64::new(f64::NEG_INFINITY.to_bits()));
+        let random_floor = Arc::new(AtomicU64::new(f64::NEG_INFINITY.to_bits()));
         let (sender, receiver) = crossbeam_channel::bounded(256);
         let worker = Worker {
             config: config.clone(),
             pool: Arc::clone(&pool),
             admission: Arc::clone(&admission),
+            random_floor: Arc::clone(&random_floor),
             metrics: metrics.clone(),
             last_index: Instant::now(),
         };
@@ -238,6 +278,7 @@ impl Candidates {
             config,
             pool,
             admission,
+            random_floor,
             coin: AtomicU64::new(0x5EED),
             sender,
             thread: Mutex::new(Some(thread)),
@@ -254,24 +295,32 @@ impl Candidates {
         &self.metrics
     }
 
-    /// A uniform coin flip with probability `random_rate` (lock-free SplitMix64).
-    fn coin(&self) -> bool {
+    /// A uniform draw in (0, 1) (lock-free SplitMix64).
+    fn uniform(&self) -> f64 {
         let state = self
             .coin
             .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
             .wrapping_add(GOLDEN_GAMMA);
-        (mix(state) >> 11) as f64 / (1u64 << 53) as f64 <= self.config.random_rate
+        ((mix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
-    /// Whether a prediction is worth its image bytes: `Some(true)` when a coin flip puts it in
-    /// the random sample, `Some(false)` when its score beats the pool's floor, else `None`.
-    pub fn admits(&self, signals: &Signals) -> Option<bool> {
-        if self.config.random_rate > 0.0 && self.coin() {
-            return Some(true);
+    /// Whether a prediction is worth its image bytes: drawn at `random_rate` and of a priority
+    /// above the random sample's floor ([`Admit::Random`]), or scored above the pool's floor
+    /// ([`Admit::Candidate`]).
+    pub fn admits(&self, signals: &Signals) -> Option<Admit> {
+        if self.config.random_rate > 0.0 && self.uniform() <= self.config.random_rate {
+            let key = sample_key(
+                crate::time::now_us(),
+                self.uniform(),
+                self.config.random_half_life,
+            );
+            if key > f64::from_bits(self.random_floor.load(Ordering::Relaxed)) {
+                return Some(Admit::Random { key });
+            }
         }
         (signals.score(&self.config.selection)
             > f64::from_bits(self.admission.load(Ordering::Relaxed)))
-        .then_some(false)
+        .then_some(Admit::Candidate)
     }
 
     /// Hands a prediction to the store's thread (never blocks).
@@ -392,6 +441,7 @@ struct Worker {
     config: CandidatesConfig,
     pool: Arc<Mutex<Pool>>,
     admission: Arc<AtomicU64>,
+    random_floor: Arc<AtomicU64>,
     metrics: CandidateMetrics,
     last_index: Instant,
 }
@@ -440,6 +490,7 @@ impl Worker {
             file,
             stored_at_us: crate::time::now_us(),
             model_version: offer.model_version,
+            sample_key: offer.sample_key,
         };
         let mut pool = lock(&self.pool);
         pool.bytes += stored.bytes;
@@ -472,6 +523,21 @@ impl Worker {
             .map(|c| c.candidate.request_id.clone())
     }
 
+    /// The random-sample member of lowest priority (one without a priority first, the older
+    /// first).
+    fn last_sampled(pool: &Pool) -> Option<String> {
+        pool.entries
+            .values()
+            .filter(|c| c.candidate.random)
+            .min_by(|a, b| {
+                let key = |c: &StoredCandidate| c.sample_key.unwrap_or(f64::NEG_INFINITY);
+                key(a)
+                    .total_cmp(&key(b))
+                    .then(a.stored_at_us.cmp(&b.stored_at_us))
+            })
+            .map(|c| c.candidate.request_id.clone())
+    }
+
     fn evict(&self, pool: &mut Pool) {
         let count = |pool: &Pool, random: bool| {
             pool.entries
@@ -486,23 +552,14 @@ impl Worker {
             self.remove(pool, &id, "pool_full");
         }
         while count(pool, true) > self.config.random_max {
-            let oldest = pool
-                .entries
-                .values()
-                .filter(|c| c.candidate.random)
-                .min_by_key(|c| c.stored_at_us)
-                .map(|c| c.candidate.request_id.clone());
-            let Some(id) = oldest else { break };
+            let Some(id) = Self::last_sampled(pool) else {
+                break;
+            };
             self.remove(pool, &id, "random_full");
         }
         while pool.bytes > self.config.max_disk_bytes {
-            // Candidates first (lowest score), then the random sample (oldest).
-            let id = Self::lowest(pool, false).or_else(|| {
-                pool.entries
-                    .values()
-                    .min_by_key(|c| c.stored_at_us)
-                    .map(|c| c.candidate.request_id.clone())
-            });
+            // Candidates first (lowest score), then the random sample (lowest priority).
+            let id = Self::lowest(pool, false).or_else(|| Self::last_sampled(pool));
             let Some(id) = id else { break };
             self.remove(pool, &id, "disk_quota");
         }
@@ -548,6 +605,21 @@ impl Worker {
             f64::NEG_INFINITY
         };
         self.admission.store(threshold.to_bits(), Ordering::Relaxed);
+        // The random sample, once full, takes only a priority above its lowest; an empty
+        // `random_max` takes none.
+        let (n, min) = pool
+            .entries
+            .values()
+            .filter(|c| c.candidate.random)
+            .fold((0usize, f64::INFINITY), |(n, m), c| {
+                (n + 1, m.min(c.sample_key.unwrap_or(f64::NEG_INFINITY)))
+            });
+        let floor = if n >= self.config.random_max {
+            min
+        } else {
+            f64::NEG_INFINITY
+        };
+        self.random_floor.store(floor.to_bits(), Ordering::Relaxed);
     }
 
     fn write_index(&mut self) {
@@ -570,5 +642,156 @@ impl Worker {
             tracing::warn!(error = %e, path = %path.display(), "cannot write the candidate index");
             lock(&self.pool).dirty = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Opts;
+
+    use super::*;
+    use crate::relabel::RawCandidates;
+    use crate::stats::random::SplitMix64;
+
+    fn metrics() -> CandidateMetrics {
+        let gauge = |name: &str| IntGauge::new(name, "test").unwrap();
+        CandidateMetrics {
+            stored: gauge("stored"),
+            stored_bytes: gauge("stored_bytes"),
+            exported: IntCounter::new("exported", "test").unwrap(),
+            evicted: IntCounterVec::new(Opts::new("evicted", "test"), &["reason"]).unwrap(),
+            skipped: IntCounter::new("skipped", "test").unwrap(),
+            index_rejected: IntCounter::new("index_rejected", "test").unwrap(),
+        }
+    }
+
+    fn offer(request_id: &str, sample_key: f64) -> Offer {
+        Offer {
+            candidate: Candidate {
+                request_id: request_id.into(),
+                predicted_class: 0,
+                confidence: 0.9,
+                margin: 0.8,
+                entropy: 0.1,
+                dhash: 0,
+                vector: vec![0.0; 2],
+                ood: false,
+                ood_score: 0.0,
+                shifted: false,
+                random: true,
+                ts_us: 0,
+            },
+            image: Bytes::from_static(b"not an image"),
+            sha256: "0".repeat(64),
+            sample_key: Some(sample_key),
+            content_type: Some("image/png".into()),
+            predicted_label: "0".into(),
+            model_version: "1".into(),
+        }
+    }
+
+    /// The random sample used to keep the latest `random_max` draws: the last moments of
+    /// traffic, written and deleted at the traffic's rate. It is now a uniform sample of
+    /// everything the store has seen (no half-life), and once full it takes a newcomer only when
+    /// its priority beats the lowest.
+    #[test]
+    fn the_random_sample_is_uniform_over_all_traffic_and_seldom_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RawCandidates {
+            dir: dir.path().display().to_string(),
+            export_dir: dir.path().join("exports").display().to_string(),
+            random_rate: 1.0,
+            random_max: 50,
+            random_half_life_hours: 0.0,
+            ..RawCandidates::default()
+        }
+        .validate(&mut |key, e| panic!("{key}: {e}"))
+        .unwrap();
+        let store = Candidates::open(config, metrics()).unwrap();
+        let signals = Signals {
+            confidence: 0.9,
+            margin: 0.8,
+            entropy: 0.1,
+            ood: false,
+            ood_score: 0.0,
+            shifted: false,
+        };
+        let n = 2000usize;
+        let mut written = 0;
+        for i in 0..n {
+            if let Some(Admit::Random { key }) = store.admits(&signals) {
+                written += 1;
+                store.offer(offer(&format!("r{i}"), key));
+            }
+            // The store's queue holds 256: let its thread keep up.
+            while !store.sender.is_empty() {
+                std::thread::yield_now();
+            }
+        }
+        store.close();
+        let kept: Vec<usize> = store
+            .list()
+            .iter()
+            .filter(|c| c.candidate.random)
+            .map(|c| c.candidate.request_id[1..].parse().unwrap())
+            .collect();
+        assert_eq!(kept.len(), 50);
+        let on_disk = fs::read_dir(dir.path().join("images")).unwrap().count();
+        assert_eq!(on_disk, 50, "only the sample's files remain");
+        // Uniform over 0..2000: mean 999.5, standard error 577 / √50 = 82. The latest 50 (the
+        // old rule) average 1975.
+        let mean = kept.iter().sum::<usize>() as f64 / kept.len() as f64;
+        println!("{written} of {n} draws written; the sample's mean position {mean}");
+        assert!((700.0..=1300.0).contains(&mean), "mean position {mean}");
+        // 50 to fill it, then about 50 · ln(2000 / 50) = 184 more (each draw beats the 50th
+        // highest of those before it with chance 50 / its position); the old rule wrote all 2000.
+        assert!(written < 400, "{written} images written for a sample of 50");
+        assert_eq!(
+            store
+                .metrics()
+                .evicted
+                .with_label_values(&["random_full"])
+                .get(),
+            written - 50
+        );
+    }
+
+    /// With a half-life, each half-life's predictions weigh twice those of the one before:
+    /// the sample holds about twice as many of them. Without, each stretch of time holds its
+    /// share.
+    #[test]
+    fn a_half_life_makes_each_half_life_weigh_twice_the_one_before() {
+        let half_life = Duration::from_secs(3600);
+        let (n, k, spans) = (200_000usize, 1000usize, 8usize);
+        let counts = |half_life: Option<Duration>| {
+            let mut rng = SplitMix64::new(7);
+            let mut keyed: Vec<(f64, usize)> = (0..n)
+                .map(|i| {
+                    let t_us = (i as f64 / n as f64 * spans as f64 * 3600e6) as i64;
+                    let u = rng.unit().max(f64::MIN_POSITIVE);
+                    (sample_key(t_us, u, half_life), i * spans / n)
+                })
+                .collect();
+            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut counts = vec![0usize; spans];
+            for (_, span) in &keyed[..k] {
+                counts[*span] += 1;
+            }
+            counts
+        };
+        let decayed = counts(Some(half_life));
+        println!("per half-life, oldest first: {decayed:?}");
+        // Weights 2^(t / h) over 8 half-lives: the last holds (2^8 − 2^7) / (2^8 − 1) = 50.2% of
+        // the weight, the one before 25.1%.
+        let (last, before) = (decayed[spans - 1] as f64, decayed[spans - 2] as f64);
+        assert!((430.0..=570.0).contains(&last), "{decayed:?}");
+        assert!((1.6..=2.5).contains(&(last / before)), "{decayed:?}");
+        let uniform = counts(None);
+        println!("without a half-life: {uniform:?}");
+        // 125 expected in each; a binomial's standard deviation is about 10.5.
+        assert!(
+            uniform.iter().all(|c| (85..=165).contains(c)),
+            "{uniform:?}"
+        );
     }
 }

@@ -15,9 +15,9 @@ use crate::model::RawOutput;
 use crate::monitor::correctness::{Inputs as CorrectnessInputs, NEIGHBORS};
 use crate::monitor::window::Observation;
 use crate::prediction::{Flag, Summary, summarize};
-use crate::relabel::Offer;
 use crate::relabel::ood::{OodDetector, Proximity};
 use crate::relabel::select::{Candidate, Signals};
+use crate::relabel::{Admit, Offer};
 use crate::stats;
 
 /// The encoded image behind a prediction (classify, or a v2 BYTES input); tensor inputs have
@@ -158,7 +158,11 @@ impl ModelService {
                 ood_score: ood_score.unwrap_or(0.0) as f32,
                 shifted: flags.contains(&Flag::ShiftedWindow),
             };
-            if let Some(random) = store.admits(&signals) {
+            if let Some(admit) = store.admits(&signals) {
+                let sample_key = match admit {
+                    Admit::Random { key } => Some(key),
+                    Admit::Candidate => None,
+                };
                 store.offer(Offer {
                     candidate: Candidate {
                         request_id: p.request_id.clone(),
@@ -174,11 +178,12 @@ impl ModelService {
                         ood: signals.ood,
                         ood_score: signals.ood_score,
                         shifted: signals.shifted,
-                        random,
+                        random: sample_key.is_some(),
                         ts_us: p.ts_us,
                     },
                     image: image.bytes.clone(),
                     sha256: image.info.sha256.clone(),
+                    sample_key,
                     content_type: image.content_type.clone(),
                     predicted_label: label.to_string(),
                     model_version: version.version.to_string(),
