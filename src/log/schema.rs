@@ -21,7 +21,13 @@ fn list_item(data_type: DataType) -> Arc<Field> {
 }
 
 /// Columns of a prediction row. Partition keys (model, date, hour) live in the path only.
+/// Built once: every batch of the log shares it.
 pub fn prediction_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(build_prediction_schema))
+}
+
+fn build_prediction_schema() -> SchemaRef {
     let f32_list = DataType::List(list_item(DataType::Float32));
     Arc::new(Schema::new(vec![
         Field::new("request_id", DataType::Utf8, false),
