@@ -414,6 +414,32 @@ mod tests {
         }
     }
 
+    /// Hours too many for a `Duration` mean "never" rather than a panic (a retention of 1e300
+    /// hours used to abort the start); a negative half-life is named with its key.
+    #[test]
+    fn hour_settings_of_any_size_load() {
+        let candidates = |text: &str| load_text(text, &[]).map(|c| c.candidates.unwrap());
+        let c =
+            candidates("[candidates]\nretention_hours = 1e300\nrandom_half_life_hours = 1e300\n")
+                .unwrap();
+        assert_eq!((c.retention, c.random_half_life), (None, None));
+        let c = candidates("[candidates]\nrandom_half_life_hours = 0\n").unwrap();
+        assert_eq!(c.random_half_life, None);
+        let c = candidates("").unwrap();
+        assert_eq!(
+            c.random_half_life,
+            Some(std::time::Duration::from_secs(24 * 3600))
+        );
+        let err = candidates("[candidates]\nrandom_half_life_hours = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("candidates.random_half_life_hours")
+                && err.contains("must be a number of at least 0"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn every_problem_is_reported() {
         let err = load_text(

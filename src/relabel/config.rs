@@ -155,7 +155,14 @@ impl RawCandidates {
             ),
         ] {
             if !(v.is_finite() && (0.0..=hi).contains(&v)) {
-                bad(key, format!("must be a number in 0..={hi}"));
+                bad(
+                    key,
+                    if hi == f64::MAX {
+                        "must be a number of at least 0".into()
+                    } else {
+                        format!("must be a number in 0..={hi}")
+                    },
+                );
             }
         }
         if let Err(e) = super::export::check_image_url_prefix(&c.image_url_prefix) {
