@@ -438,6 +438,11 @@ mod tests {
                 && err.contains("must be a number of at least 0"),
             "{err}"
         );
+        // A half-life of nanoseconds would make every priority infinite.
+        let err = candidates("[candidates]\nrandom_half_life_hours = 1e-12\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 0.001 hours"), "{err}");
     }
 
     #[test]

@@ -907,9 +907,10 @@ impl Filter {
         f
     }
 
-    /// [`Filter::new`], remembered by the thread for the last few sizes: a service sees the
-    /// same few image sizes again and again (every request resizes four times; computing
-    /// the weights took 1.5% of the sidecar's CPU with the digits model).
+    /// [`Filter::new`], remembered by the thread for the last 16 sizes it computed (first in,
+    /// first out): a service sees the same few image sizes again and again (every request
+    /// resizes four times; computing the weights took 1.5% of the sidecar's CPU with the
+    /// digits model).
     fn cached(src: usize, dst: usize, filter: Resize) -> Rc<Filter> {
         const KEPT: usize = 16;
         type Key = (usize, usize, Resize);

@@ -18,4 +18,5 @@ mod store;
 pub use self::config::{CandidatesConfig, RawCandidates};
 pub use self::store::{
     Admit, CandidateMetrics, Candidates, Offer, StoredCandidate, read_index, sample_key,
+    sample_noise,
 };

@@ -177,6 +177,12 @@ impl RawCandidates {
         if c.ood_clusters == 0 {
             bad("candidates.ood_clusters", "must be at least 1".into());
         }
+        if c.random_half_life_hours > 0.0 && c.random_half_life_hours < 0.001 {
+            bad(
+                "candidates.random_half_life_hours",
+                "must be 0 (no decay) or at least 0.001 hours".into(),
+            );
+        }
         if c.dhash_threshold > 64 {
             bad(
                 "candidates.dhash_threshold",

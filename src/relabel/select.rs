@@ -1,10 +1,11 @@
 //! Which stored candidates go to the labelers: near-duplicates dropped by dHash, a share reserved
-//! for the uniform random sample so the labeled set is not only hard cases, a share for the
-//! out-of-distribution candidates, ranked by their distance to the reference (`ood::OodDetector`,
-//! not the model's uncertainty: the confidently wrong come first) and balanced over clusters of
-//! their embeddings (their predicted class means nothing), and the in-distribution rest ranked by
-//! uncertainty (raised for a shifted window) and balanced by predicted class; each group spread
-//! out by greedy k-center on the embedding (or probability vector).
+//! for the random sample (not chosen by score) so the labeled set is not only hard cases, a
+//! share for the out-of-distribution candidates, ranked by their distance to the reference
+//! (`ood::OodDetector`, not the model's uncertainty: the confidently wrong come first) and
+//! balanced over clusters of their embeddings (their predicted class means nothing), and the
+//! in-distribution rest ranked by uncertainty (raised for a shifted window) and balanced by
+//! predicted class; each group spread out by greedy k-center on the embedding (or probability
+//! vector).
 //!
 //! Pure: plain data in, indices out, no IO. Every input is accepted without panicking: NaN
 //! summaries count as certain, boosts and shares out of range are clamped, a predicted class
@@ -72,7 +73,7 @@ pub struct Candidate {
     pub ood_score: f32,
     /// Came while the monitor judged the window shifted (an alert).
     pub shifted: bool,
-    /// Member of the uniform random sample of all traffic.
+    /// Member of the random sample of the traffic (the store's reservoir, not chosen by score).
     pub random: bool,
     /// When the prediction was made, microseconds since the Unix epoch.
     pub ts_us: i64,
@@ -204,7 +205,7 @@ pub enum Reason {
     OodSuspect,
     /// Made while the monitor's window was shifted.
     ShiftedWindow,
-    /// A member of the uniform random sample.
+    /// A member of the random sample.
     RandomSample,
 }
 

@@ -17,9 +17,11 @@
 //! prediction's chance halves with every half-life of age. Once the sample is full a newcomer
 //! must beat its lowest priority, so images are written a few times an hour, not at the
 //! traffic's rate (the sample used to keep the latest `random_max`: at 15,000 requests/s that
-//! was the last 0.7 s of traffic, written and deleted at 150 files/s). The index (`index.json`) is rewritten when it changed, at most every few
-//! seconds, and at shutdown; at start files that the index does not know are deleted and entries
-//! whose file is gone are dropped.
+//! was the last 0.7 s of traffic, written and deleted at 150 files/s).
+//!
+//! The index (`index.json`) is rewritten when it changed, at most every few seconds, and at
+//! shutdown; at start files that the index does not know are deleted and entries whose file is
+//! gone are dropped.
 //!
 //! The index is read back like input: an entry whose `file` is not a name this store makes
 //! (32 hex digits and a known extension: no separator, no `..`, nothing absolute), or whose
@@ -67,8 +69,8 @@ pub struct Offer {
     pub image: Bytes,
     /// The image bytes' SHA-256 (hex), computed once on the request path for the log.
     pub sha256: String,
-    /// A random-sample member's priority ([`Admit::Random`]).
-    pub sample_key: Option<f64>,
+    /// A random-sample member's draw ([`Admit::Random`]).
+    pub sample_noise: Option<f64>,
     pub content_type: Option<String>,
     pub predicted_label: String,
     pub model_version: String,
@@ -87,30 +89,47 @@ pub struct StoredCandidate {
     pub file: String,
     pub stored_at_us: i64,
     pub model_version: String,
-    /// A random-sample member's priority: the sample keeps the highest (absent in indexes
-    /// written before it had one: those go first).
+    /// A random-sample member's draw, `−ln(−ln u)` ([`sample_noise`]); its priority is
+    /// computed from it and the prediction's time under the half-life in force, so a changed
+    /// half-life re-weighs the sample instead of freezing it. Absent in indexes written before
+    /// the reservoir: those members go first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sample_key: Option<f64>,
+    pub sample_noise: Option<f64>,
+}
+
+impl StoredCandidate {
+    /// Its random-sample priority (−∞ without a draw).
+    fn sample_key(&self, half_life: Option<Duration>) -> f64 {
+        self.sample_noise.map_or(f64::NEG_INFINITY, |noise| {
+            sample_key(self.candidate.ts_us, noise, half_life)
+        })
+    }
 }
 
 /// Why a prediction may keep its image ([`Candidates::admits`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Admit {
-    /// It enters the random sample with this priority.
-    Random { key: f64 },
+    /// It enters the random sample with this draw ([`sample_noise`]).
+    Random { noise: f64 },
     /// Its score beats the pool's floor.
     Candidate,
 }
 
-/// A random-sample priority (A-Res with forward decay): `t_us · ln 2 / half_life − ln(−ln u)`
-/// for `u` in (0, 1). The highest `k` priorities of a stream are a weighted sample without
-/// replacement of `k` items, each weighing `2^(t / half_life)`; without a half-life, a uniform
-/// sample.
-pub fn sample_key(t_us: i64, u: f64, half_life: Option<Duration>) -> f64 {
+/// A random-sample member's draw: `−ln(−ln u)` (a standard Gumbel variable) for `u` in
+/// (0, 1).
+pub fn sample_noise(u: f64) -> f64 {
+    -(-u.ln()).ln()
+}
+
+/// A random-sample priority (A-Res with forward decay): `t_us · ln 2 / half_life + noise`, the
+/// noise from [`sample_noise`]. The highest `k` priorities of a stream are a weighted sample
+/// without replacement of `k` items, each weighing `2^(t / half_life)` (the logarithm of A-Res's
+/// `u^(1/w)`, negated twice); without a half-life, a uniform sample.
+pub fn sample_key(t_us: i64, noise: f64, half_life: Option<Duration>) -> f64 {
     let growth = half_life.map_or(0.0, |h| {
         t_us as f64 * std::f64::consts::LN_2 / (h.as_secs_f64() * 1e6)
     });
-    growth - (-u.ln()).ln()
+    growth + noise
 }
 
 impl StoredCandidate {
@@ -295,27 +314,26 @@ impl Candidates {
         &self.metrics
     }
 
-    /// A uniform draw in (0, 1) (lock-free SplitMix64).
+    /// A uniform draw strictly inside (0, 1) (lock-free SplitMix64; 52 bits, so that the
+    /// half added keeps it below 1 exactly).
     fn uniform(&self) -> f64 {
         let state = self
             .coin
             .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
             .wrapping_add(GOLDEN_GAMMA);
-        ((mix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        ((mix(state) >> 12) as f64 + 0.5) / (1u64 << 52) as f64
     }
 
     /// Whether a prediction is worth its image bytes: drawn at `random_rate` and of a priority
     /// above the random sample's floor ([`Admit::Random`]), or scored above the pool's floor
     /// ([`Admit::Candidate`]).
-    pub fn admits(&self, signals: &Signals) -> Option<Admit> {
+    /// `ts_us`: the prediction's time (its candidate's `ts_us`).
+    pub fn admits(&self, signals: &Signals, ts_us: i64) -> Option<Admit> {
         if self.config.random_rate > 0.0 && self.uniform() <= self.config.random_rate {
-            let key = sample_key(
-                crate::time::now_us(),
-                self.uniform(),
-                self.config.random_half_life,
-            );
+            let noise = sample_noise(self.uniform());
+            let key = sample_key(ts_us, noise, self.config.random_half_life);
             if key > f64::from_bits(self.random_floor.load(Ordering::Relaxed)) {
-                return Some(Admit::Random { key });
+                return Some(Admit::Random { noise });
             }
         }
         (signals.score(&self.config.selection)
@@ -448,6 +466,12 @@ struct Worker {
 
 const INDEX_EVERY: Duration = Duration::from_secs(2);
 
+/// The oldest `stored_at_us` a retention keeps at `now_us`: saturating, so that a retention
+/// longer than the clock's range keeps everything instead of wrapping around.
+fn retention_cutoff(now_us: i64, retention: Duration) -> i64 {
+    now_us.saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX))
+}
+
 impl Worker {
     fn run(mut self, receiver: Receiver<Message>) {
         loop {
@@ -490,7 +514,7 @@ impl Worker {
             file,
             stored_at_us: crate::time::now_us(),
             model_version: offer.model_version,
-            sample_key: offer.sample_key,
+            sample_noise: offer.sample_noise,
         };
         let mut pool = lock(&self.pool);
         pool.bytes += stored.bytes;
@@ -523,16 +547,16 @@ impl Worker {
             .map(|c| c.candidate.request_id.clone())
     }
 
-    /// The random-sample member of lowest priority (one without a priority first, the older
+    /// The random-sample member of lowest priority (one without a draw first, the older
     /// first).
-    fn last_sampled(pool: &Pool) -> Option<String> {
+    fn last_sampled(&self, pool: &Pool) -> Option<String> {
+        let half_life = self.config.random_half_life;
         pool.entries
             .values()
             .filter(|c| c.candidate.random)
             .min_by(|a, b| {
-                let key = |c: &StoredCandidate| c.sample_key.unwrap_or(f64::NEG_INFINITY);
-                key(a)
-                    .total_cmp(&key(b))
+                a.sample_key(half_life)
+                    .total_cmp(&b.sample_key(half_life))
                     .then(a.stored_at_us.cmp(&b.stored_at_us))
             })
             .map(|c| c.candidate.request_id.clone())
@@ -552,14 +576,14 @@ impl Worker {
             self.remove(pool, &id, "pool_full");
         }
         while count(pool, true) > self.config.random_max {
-            let Some(id) = Self::last_sampled(pool) else {
+            let Some(id) = self.last_sampled(pool) else {
                 break;
             };
             self.remove(pool, &id, "random_full");
         }
         while pool.bytes > self.config.max_disk_bytes {
             // Candidates first (lowest score), then the random sample (lowest priority).
-            let id = Self::lowest(pool, false).or_else(|| Self::last_sampled(pool));
+            let id = Self::lowest(pool, false).or_else(|| self.last_sampled(pool));
             let Some(id) = id else { break };
             self.remove(pool, &id, "disk_quota");
         }
@@ -571,7 +595,7 @@ impl Worker {
         let Some(retention) = self.config.retention else {
             return;
         };
-        let cutoff = crate::time::now_us() - retention.as_micros() as i64;
+        let cutoff = retention_cutoff(crate::time::now_us(), retention);
         let mut pool = lock(&self.pool);
         let old: Vec<String> = pool
             .entries
@@ -606,16 +630,20 @@ impl Worker {
         };
         self.admission.store(threshold.to_bits(), Ordering::Relaxed);
         // The random sample, once full, takes only a priority above its lowest; an empty
-        // `random_max` takes none.
-        let (n, min) = pool
+        // `random_max` takes none. Full is also a disk quota that binds with no candidate
+        // left to evict before a member: a newcomer would evict the lowest member, itself
+        // unless it beats it.
+        let half_life = self.config.random_half_life;
+        let (members, lowest) = pool
             .entries
             .values()
             .filter(|c| c.candidate.random)
             .fold((0usize, f64::INFINITY), |(n, m), c| {
-                (n + 1, m.min(c.sample_key.unwrap_or(f64::NEG_INFINITY)))
+                (n + 1, m.min(c.sample_key(half_life)))
             });
-        let floor = if n >= self.config.random_max {
-            min
+        let quota_full = n == 0 && members > 0 && pool.bytes + average > self.config.max_disk_bytes;
+        let floor = if members >= self.config.random_max || quota_full {
+            lowest
         } else {
             f64::NEG_INFINITY
         };
@@ -665,7 +693,7 @@ mod tests {
         }
     }
 
-    fn offer(request_id: &str, sample_key: f64) -> Offer {
+    fn offer(request_id: &str, sample_noise: f64) -> Offer {
         Offer {
             candidate: Candidate {
                 request_id: request_id.into(),
@@ -683,7 +711,7 @@ mod tests {
             },
             image: Bytes::from_static(b"not an image"),
             sha256: "0".repeat(64),
-            sample_key: Some(sample_key),
+            sample_noise: Some(sample_noise),
             content_type: Some("image/png".into()),
             predicted_label: "0".into(),
             model_version: "1".into(),
@@ -719,9 +747,9 @@ mod tests {
         let n = 2000usize;
         let mut written = 0;
         for i in 0..n {
-            if let Some(Admit::Random { key }) = store.admits(&signals) {
+            if let Some(Admit::Random { noise }) = store.admits(&signals, 0) {
                 written += 1;
-                store.offer(offer(&format!("r{i}"), key));
+                store.offer(offer(&format!("r{i}"), noise));
             }
             // The store's queue holds 256: let its thread keep up.
             while !store.sender.is_empty() {
@@ -756,6 +784,99 @@ mod tests {
         );
     }
 
+    fn open_store(dir: &Path, random_max: usize, half_life_hours: f64, quota: u64) -> Candidates {
+        let config = RawCandidates {
+            dir: dir.display().to_string(),
+            export_dir: dir.join("exports").display().to_string(),
+            random_rate: 1.0,
+            random_max,
+            random_half_life_hours: half_life_hours,
+            max_disk_bytes: quota,
+            ..RawCandidates::default()
+        }
+        .validate(&mut |key, e| panic!("{key}: {e}"))
+        .unwrap();
+        Candidates::open(config, metrics()).unwrap()
+    }
+
+    const SIGNALS: Signals = Signals {
+        confidence: 0.9,
+        margin: 0.8,
+        entropy: 0.1,
+        ood: false,
+        ood_score: 0.0,
+        shifted: false,
+    };
+
+    /// Offers `n` draws stamped `ts_us`, letting the store's thread keep up; how many were
+    /// admitted.
+    fn draw(store: &Candidates, n: usize, prefix: &str, ts_us: i64) -> usize {
+        let mut written = 0;
+        for i in 0..n {
+            if let Some(Admit::Random { noise }) = store.admits(&SIGNALS, ts_us) {
+                written += 1;
+                let mut o = offer(&format!("{prefix}{i}"), noise);
+                o.candidate.ts_us = ts_us;
+                store.offer(o);
+            }
+            while !store.sender.is_empty() {
+                std::thread::yield_now();
+            }
+        }
+        written
+    }
+
+    /// Priorities are computed under the half-life in force: a sample kept under a 24-hour
+    /// half-life still takes newcomers after a restart without one (stored priorities on the
+    /// 24-hour scale, about 14,000 today, would have frozen it against newcomers near 0).
+    #[test]
+    fn a_changed_half_life_reweighs_the_sample_instead_of_freezing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::time::now_us();
+        let store = open_store(dir.path(), 20, 24.0, 1 << 30);
+        draw(&store, 200, "a", now);
+        store.close();
+        drop(store);
+        let store = open_store(dir.path(), 20, 0.0, 1 << 30);
+        let written = draw(&store, 200, "b", now);
+        store.close();
+        let kept = store.list().iter().filter(|c| c.candidate.random).count();
+        println!("{written} of 200 new draws admitted");
+        assert_eq!(kept, 20);
+        // Each new draw beats the 20th highest of the 400 so far with chance about 20 / its
+        // position: about 20 · ln 2 = 14 of the 200.
+        assert!(written >= 4, "{written} admitted: the sample froze");
+    }
+
+    /// A disk quota that holds fewer members than `random_max`, with no candidate to evict
+    /// first, also sets the sample's floor: draws are not written only to be evicted.
+    #[test]
+    fn a_quota_smaller_than_the_sample_sets_its_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = offer("x", 0.0).image.len() as u64;
+        let store = open_store(dir.path(), 50, 0.0, image * 5);
+        let written = draw(&store, 500, "q", 0);
+        store.close();
+        let kept = store.list().iter().filter(|c| c.candidate.random).count();
+        println!("{written} of 500 draws written, {kept} kept");
+        assert_eq!(kept, 5);
+        // 5 to fill it, then about 5 · ln(500 / 5) = 23 more; without the floor, all 500.
+        assert!(written < 80, "{written} written for a quota of five");
+    }
+
+    #[test]
+    fn a_retention_beyond_the_clock_keeps_everything() {
+        let now = crate::time::now_us();
+        assert_eq!(
+            retention_cutoff(now, Duration::from_secs(60)),
+            now - 60_000_000
+        );
+        let forever = Duration::from_secs_f64(3e9 * 3600.0);
+        assert_eq!(retention_cutoff(now, forever), now.saturating_sub(i64::MAX));
+        assert!(retention_cutoff(now, forever) < 0);
+        assert_eq!(retention_cutoff(i64::MIN + 5, Duration::MAX), i64::MIN);
+    }
+
     /// With a half-life, each half-life's predictions weigh twice those of the one before:
     /// the sample holds about twice as many of them. Without, each stretch of time holds its
     /// share.
@@ -769,7 +890,7 @@ mod tests {
                 .map(|i| {
                     let t_us = (i as f64 / n as f64 * spans as f64 * 3600e6) as i64;
                     let u = rng.unit().max(f64::MIN_POSITIVE);
-                    (sample_key(t_us, u, half_life), i * spans / n)
+                    (sample_key(t_us, sample_noise(u), half_life), i * spans / n)
                 })
                 .collect();
             keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -781,8 +902,8 @@ mod tests {
         };
         let decayed = counts(Some(half_life));
         println!("per half-life, oldest first: {decayed:?}");
-        // Weights 2^(t / h) over 8 half-lives: the last holds (2^8 − 2^7) / (2^8 − 1) = 50.2% of
-        // the weight, the one before 25.1%.
+        // Weights 2^(t / h) over 8 half-lives: the last holds (2^8 − 2^7) / (2^8 − 1) = 50.2%
+        // of the weight, the one before 25.1%.
         let (last, before) = (decayed[spans - 1] as f64, decayed[spans - 2] as f64);
         assert!((430.0..=570.0).contains(&last), "{decayed:?}");
         assert!((1.6..=2.5).contains(&(last / before)), "{decayed:?}");

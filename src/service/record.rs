@@ -158,9 +158,9 @@ impl ModelService {
                 ood_score: ood_score.unwrap_or(0.0) as f32,
                 shifted: flags.contains(&Flag::ShiftedWindow),
             };
-            if let Some(admit) = store.admits(&signals) {
-                let sample_key = match admit {
-                    Admit::Random { key } => Some(key),
+            if let Some(admit) = store.admits(&signals, p.ts_us) {
+                let sample_noise = match admit {
+                    Admit::Random { noise } => Some(noise),
                     Admit::Candidate => None,
                 };
                 store.offer(Offer {
@@ -178,12 +178,12 @@ impl ModelService {
                         ood: signals.ood,
                         ood_score: signals.ood_score,
                         shifted: signals.shifted,
-                        random: sample_key.is_some(),
+                        random: sample_noise.is_some(),
                         ts_us: p.ts_us,
                     },
                     image: image.bytes.clone(),
                     sha256: image.info.sha256.clone(),
-                    sample_key,
+                    sample_noise,
                     content_type: image.content_type.clone(),
                     predicted_label: label.to_string(),
                     model_version: version.version.to_string(),
