@@ -15,7 +15,8 @@ request sends, a 320x240 PNG):
   5. the Python peer; 6. shiftwatch with the shipped [inference] settings and 7. with the
      settings the README recommends for a compute-heavy model on 2 cores.
 
-Prints a Markdown table and the ratios the README quotes, and writes runs/compare-<UTC>.json.
+Prints a Markdown table, where shiftwatch's CPU goes (µs per request by thread, from
+/proc/<pid>/task), and the ratios the README quotes, and writes runs/compare-<UTC>.json.
 Every run is bounded (wrk -d and a hard timeout per process); everything started is stopped at
 the end, also on error or Ctrl-C. Needs target/release/shiftwatch, wrk, and the peer's venv
 (`make peer-venv`: .venv-peer from benches/peers/requirements.txt).
@@ -181,8 +182,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def thread_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU of each of `pid`'s threads, summed by thread name with a trailing
+    number taken off (`inference-0` and `inference-1` are `inference`), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return total
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        head, _, tail = name.rpartition("-")
+        if head and tail.isdigit():
+            name = head
+        fields = stat.rsplit(")", 1)[1].split()
+        total[name] = total.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int) -> dict:
     url = f"http://{addr}{path}"
+    threads_before = thread_seconds(pid)
     server_before = cpu_seconds(pid)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result, output = loadtest.run_wrk(
@@ -190,6 +216,7 @@ def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int)
     )
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_cpu = cpu_seconds(pid) - server_before
+    threads_after = thread_seconds(pid)
     wrk_cpu = (wrk_after.ru_utime - wrk_before.ru_utime) + (
         wrk_after.ru_stime - wrk_before.ru_stime
     )
@@ -199,6 +226,15 @@ def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int)
     r["target"] = label
     # Where the two cores went: the server's CPU per request, and the load generator's share.
     r["server_cpu_us_per_request"] = server_cpu / max(1, r["requests"]) * 1e6
+    # And which of the server's threads spent it (the peer's workers are processes: only the
+    # main one's threads show).
+    spent = {
+        name: (t - threads_before.get(name, 0.0)) / max(1, r["requests"]) * 1e6
+        for name, t in threads_after.items()
+    }
+    r["server_cpu_us_per_request_by_thread"] = {
+        name: round(us, 1) for name, us in sorted(spent.items(), key=lambda kv: -kv[1]) if us > 0
+    }
     r["server_cores"] = server_cpu / r["seconds"]
     r["wrk_cores"] = wrk_cpu / r["seconds"]
     if r["non_2xx"] or r["socket_errors"]:
@@ -442,6 +478,14 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
                     f"{rate(r) / best:.2f} of bare | {cpu(r)} |"
                 )
                 ratios[f"{r['target']} / bare"] = rate(r) / best
+    lines.append("")
+    lines.append("Where shiftwatch's CPU goes, µs per request by thread (from /proc):")
+    lines.append("")
+    for r in rows:
+        threads = r.get("server_cpu_us_per_request_by_thread") or {}
+        if r["target"].startswith("shiftwatch") and threads:
+            spent = ", ".join(f"{name} {us:,.1f}" for name, us in threads.items() if us >= 0.5)
+            lines.append(f"- {r['target']}: {spent}")
     lines.append("")
     lines.append(
         f"everything on / python peer: {ratios['on_over_peer']:.2f}x (median of {len(on)} runs); "
