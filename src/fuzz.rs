@@ -14,7 +14,7 @@ use image::ImageFormat;
 use crate::api::v2::{self, Encoding, ModelPorts};
 use crate::image_stats;
 use crate::log::schema::{feedback_schema, prediction_schema};
-use crate::log::segment::{self, decode_segment};
+use crate::log::segment::{self, decode_segment_with};
 use crate::preprocess::{self, Color, DecodeLimits, Layout, Preprocess, Resize};
 
 /// A target's entry point.
@@ -188,7 +188,10 @@ pub fn wal_segment(data: &[u8]) {
     let Some((schema, bytes)) = wal_input(data) else {
         return;
     };
-    let decoded = decode_segment(&bytes, &schema);
+    // The prediction stream's segments may hold row frames.
+    let rows: Option<segment::RowDecoder<'_>> = (data[0] & 1 == 0)
+        .then_some(&crate::log::rows::predictions_batch as segment::RowDecoder<'_>);
+    let decoded = decode_segment_with(&bytes, &schema, rows);
     // What recovery writes to Parquet is in the current schema, whatever the segment held.
     for batch in &decoded.batches {
         assert_eq!(batch.schema().fields(), schema.fields());

@@ -17,6 +17,7 @@
 
 mod config;
 mod retention;
+pub mod rows;
 pub mod schema;
 pub mod segment;
 mod sink;
@@ -29,7 +30,7 @@ use tokio::sync::oneshot;
 
 pub use self::config::{LogConfig, RawLog};
 pub use self::sink::{Appended, LogHealth};
-use self::sink::{DirLock, Sink, StreamSpec};
+use self::sink::{DirLock, RowCodec, Sink, StreamSpec};
 use self::upload::Uploader;
 pub use self::upload::{UploadConfig, open_store};
 use crate::image_stats::InputStats;
@@ -196,6 +197,10 @@ fn prediction_stream(model: &str) -> StreamSpec<PredictionRecord> {
         partition: Box::new(move |ts| prediction_partition(&model, ts)),
         to_batch: Box::new(schema::prediction_batch),
         ts: Box::new(|r| r.ts_us),
+        rows: Some(RowCodec {
+            encode: rows::encode_predictions,
+            decode: rows::decode_predictions,
+        }),
     }
 }
 
@@ -208,6 +213,8 @@ pub(crate) fn feedback_stream() -> StreamSpec<FeedbackRecord> {
         partition: Box::new(feedback_partition),
         to_batch: Box::new(schema::feedback_batch),
         ts: Box::new(|r| r.ts_us),
+        // A label now and then: its frames stay Arrow IPC batches.
+        rows: None,
     }
 }
 

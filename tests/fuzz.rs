@@ -101,7 +101,7 @@ fn wal_seeds() -> Vec<(String, Vec<u8>)> {
             },
         }),
         flags: if i % 4 == 1 {
-            vec!["candidate"]
+            vec!["low_confidence"]
         } else {
             Vec::new()
         },
@@ -116,10 +116,9 @@ fn wal_seeds() -> Vec<(String, Vec<u8>)> {
     };
     let predictions: Vec<PredictionRecord> = (0..5).map(prediction).collect();
     let labels: Vec<FeedbackRecord> = (0..3).map(feedback).collect();
-    let p_batches = [
-        prediction_batch(&predictions[..1].iter().collect::<Vec<_>>()).unwrap(),
-        prediction_batch(&predictions[1..].iter().collect::<Vec<_>>()).unwrap(),
-    ];
+    // Predictions: one Arrow IPC batch frame (as older versions wrote) and one row frame (as
+    // the writer writes now).
+    let p_batches = [prediction_batch(&predictions[..1].iter().collect::<Vec<_>>()).unwrap()];
     let f_batches = [feedback_batch(&labels.iter().collect::<Vec<_>>()).unwrap()];
     let segment = |schema: &arrow_schema::Schema, batches: &[arrow_array::RecordBatch]| {
         let (mut encoder, mut bytes) = SegmentEncoder::new(schema).unwrap();
@@ -141,7 +140,13 @@ fn wal_seeds() -> Vec<(String, Vec<u8>)> {
         }
         out
     };
-    let p = segment(&prediction_schema(), &p_batches);
+    let mut p = segment(&prediction_schema(), &p_batches);
+    let mut payload = shiftwatch::log::segment::ROW_TAG.to_vec();
+    shiftwatch::log::rows::encode_predictions(
+        &predictions[1..].iter().collect::<Vec<_>>(),
+        &mut payload,
+    );
+    shiftwatch::log::segment::push_frame(&payload, &mut p).unwrap();
     let f = segment(&feedback_schema(), &f_batches);
     let with = |selector: u8, bytes: &[u8]| [&[selector][..], bytes].concat();
     vec![
@@ -175,7 +180,9 @@ fn wal_seeds_are_segments_the_writer_makes_today() {
         // Either form, taken as the target takes it, is a whole segment.
         let predictions = bytes[0] & 1 == 0;
         let (schema, segment) = shiftwatch::fuzz::wal_input(bytes).unwrap();
-        let decoded = shiftwatch::log::segment::decode_segment(&segment, &schema);
+        let rows: Option<shiftwatch::log::segment::RowDecoder<'_>> =
+            predictions.then_some(&shiftwatch::log::rows::predictions_batch as _);
+        let decoded = shiftwatch::log::segment::decode_segment_with(&segment, &schema, rows);
         assert!(decoded.stop.is_none(), "{name}: {:?}", decoded.stop);
         assert_eq!(decoded.rows(), if predictions { 5 } else { 3 }, "{name}");
     }

@@ -14,6 +14,12 @@
 //! appended batch). The schema is written once per segment: strict durability writes batches of
 //! a few rows, which a schema per frame would multiply in size.
 //!
+//! A batch frame of the prediction stream may instead be a row frame: its payload starts with
+//! [`ROW_TAG`] (an Arrow IPC message starts with `0xFFFFFFFF`, never with it), and the rest is
+//! rows encoded as they are (`super::rows`), which a reader given a row decoder
+//! ([`SegmentReader::with_rows`]) turns into a batch of the wanted schema. The writer uses them
+//! for predictions; a segment may hold both kinds.
+//!
 //! Segments of versions before the framing (`<uuid>.arrows`, a plain Arrow IPC stream without
 //! checksums) are still read: [`decode_segment`] tells the two apart by their first bytes.
 //!
@@ -47,6 +53,10 @@ pub const LEGACY_EXTENSION: &str = "arrows";
 pub const MAGIC: [u8; 4] = *b"SWF1";
 /// Bytes of a frame before its payload.
 pub const HEADER_LEN: usize = 16;
+/// The first four bytes of a row frame's payload.
+pub const ROW_TAG: [u8; 4] = *b"SWR1";
+/// Decodes a row frame's payload (after [`ROW_TAG`]) into a batch of the wanted schema.
+pub type RowDecoder<'d> = &'d dyn Fn(&[u8]) -> Result<RecordBatch, String>;
 /// How an Arrow IPC stream (a legacy segment) starts: the continuation marker.
 const IPC_CONTINUATION: [u8; 4] = [0xff; 4];
 
@@ -143,7 +153,18 @@ impl DecodedSegment {
 /// Decodes a whole segment held in memory (framed or legacy) into batches of `schema`. Total:
 /// any bytes give a result; never panics.
 pub fn decode_segment(bytes: &[u8], schema: &SchemaRef) -> DecodedSegment {
+    decode_segment_with(bytes, schema, None)
+}
+
+/// [`decode_segment`], with row frames decoded by `rows` (without one they are passed over as
+/// malformed).
+pub fn decode_segment_with(
+    bytes: &[u8],
+    schema: &SchemaRef,
+    rows: Option<RowDecoder<'_>>,
+) -> DecodedSegment {
     let mut reader = SegmentReader::new(bytes, bytes.len() as u64, schema);
+    reader.rows = rows;
     let mut batches = Vec::new();
     loop {
         match reader.next_batch() {
@@ -280,6 +301,8 @@ pub struct SegmentReader<'a> {
     dropped: Vec<String>,
     /// Damaged frames passed over (their payload's CRC or content is bad, their header sound).
     skipped: Vec<Stop>,
+    /// Decodes row frames; without it they are passed over as malformed.
+    rows: Option<RowDecoder<'a>>,
 }
 
 fn io_stop(offset: u64, what: &str, e: &std::io::Error) -> Stop {
@@ -318,7 +341,14 @@ impl<'a> SegmentReader<'a> {
             state: State::Start,
             dropped: Vec::new(),
             skipped: Vec::new(),
+            rows: None,
         }
+    }
+
+    /// Row frames are decoded by `decoder` (panics in it count as a malformed frame).
+    pub fn with_rows(mut self, decoder: RowDecoder<'a>) -> Self {
+        self.rows = Some(decoder);
+        self
     }
 
     /// The damaged frames passed over so far, in order: a frame whose header (with its own
@@ -388,6 +418,30 @@ impl<'a> SegmentReader<'a> {
                         }
                     };
                     let bad = |reason, detail: String| Stop::new(reason, at, detail);
+                    if !*legacy && payload.starts_with(&ROW_TAG) {
+                        // Rows decode straight into the wanted schema: no adapter.
+                        let decoded = match self.rows {
+                            None => Err("a row frame, and no row decoder for this stream".into()),
+                            Some(decode) => {
+                                match catch_unwind(AssertUnwindSafe(|| decode(&payload[4..]))) {
+                                    Ok(result) => result,
+                                    Err(_) => Err("the row decoder panicked".into()),
+                                }
+                            }
+                        };
+                        self.offset = at + size as u64;
+                        match decoded {
+                            Ok(batch) if batch.schema().fields() == self.want.fields() => {
+                                return Ok(Some(batch));
+                            }
+                            Ok(_) => self.skipped.push(bad(
+                                QuarantineReason::Malformed,
+                                "rows decoded to another schema".into(),
+                            )),
+                            Err(e) => self.skipped.push(bad(QuarantineReason::Malformed, e)),
+                        }
+                        continue;
+                    }
                     let batch = match decode_batch(schema_payload, found, &payload) {
                         Ok(b) => b,
                         // A framed payload that is not a batch: its length is known, so the
@@ -858,6 +912,54 @@ mod tests {
         assert_eq!(decoded.stop, None);
         assert_eq!(decoded.rows(), 12);
         assert_eq!(decoded.batches[3], batch(&s, 9, 3));
+    }
+
+    /// Row frames among batch frames: with a decoder each becomes its batch in order; a
+    /// payload the decoder refuses, or a decoder that panics, is one skipped frame; without a
+    /// decoder every row frame is skipped and the batch frames still decode.
+    #[test]
+    fn row_frames_decode_through_the_reader_given_a_decoder() {
+        let s = schema();
+        let (mut bytes, _) = segment(&s, 1);
+        // A row frame here holds "from,rows" as text; the decoder builds the batch.
+        let row_frame = |text: &str, out: &mut Vec<u8>| {
+            let payload = [&ROW_TAG[..], text.as_bytes()].concat();
+            push_frame(&payload, out).unwrap();
+        };
+        row_frame("10,2", &mut bytes);
+        row_frame("junk", &mut bytes);
+        row_frame("panic", &mut bytes);
+        row_frame("20,1", &mut bytes);
+        let (mut encoder, _) = SegmentEncoder::new(&s).unwrap();
+        encoder.encode(&batch(&s, 30, 3), &mut bytes).unwrap();
+        let decoder = |payload: &[u8]| -> Result<RecordBatch, String> {
+            let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
+            assert_ne!(text, "panic", "a decoder that panics");
+            let (from, rows) = text.split_once(',').ok_or("not rows")?;
+            let parse = |v: &str| v.parse::<i32>().map_err(|e| e.to_string());
+            Ok(batch(&s, parse(from)?, parse(rows)?))
+        };
+        let decoded = decode_segment_with(&bytes, &s, Some(&decoder));
+        assert_eq!(decoded.stop, None);
+        let firsts = ids(&decoded);
+        assert_eq!(
+            firsts,
+            [
+                "row-0", "row-1", "row-2", "row-10", "row-11", "row-20", "row-30", "row-31",
+                "row-32"
+            ]
+        );
+        assert_eq!(decoded.skipped.len(), 2, "{:?}", decoded.skipped);
+        assert!(
+            decoded
+                .skipped
+                .iter()
+                .all(|stop| stop.reason == QuarantineReason::Malformed)
+        );
+        let without = decode_segment(&bytes, &s);
+        assert_eq!(without.stop, None);
+        assert_eq!(without.rows(), 6);
+        assert_eq!(without.skipped.len(), 4);
     }
 
     #[test]

@@ -62,7 +62,20 @@ pub struct StreamSpec<R> {
     pub partition: Box<dyn Fn(i64) -> PathBuf + Send>,
     pub to_batch: ToBatch<R>,
     pub ts: Box<dyn Fn(&R) -> i64 + Send>,
+    /// With a codec the write-ahead frames hold rows as they are (`segment::ROW_TAG`), and the
+    /// Parquet batches are built from up to [`PARQUET_ROWS`] rows at once; without, each
+    /// group is one Arrow IPC batch frame and one Parquet write.
+    pub rows: Option<RowCodec<R>>,
 }
+
+/// Encodes rows into a row frame's payload, and decodes one.
+pub struct RowCodec<R> {
+    pub encode: fn(&[&R], &mut Vec<u8>),
+    pub decode: fn(&[u8]) -> Result<Vec<R>, String>,
+}
+
+/// Rows of a row-framed stream kept for one Parquet write (they are in the segment already).
+pub const PARQUET_ROWS: usize = 1024;
 
 /// What `append` did with a row.
 #[derive(Debug)]
@@ -220,6 +233,8 @@ impl<R: Send + 'static> Sink<R> {
             drops_reported: 0,
             last_drop_report: Instant::now(),
             frame: Vec::new(),
+            payload: Vec::new(),
+            pending: BTreeMap::new(),
         };
         let queue = Queue {
             receiver,
@@ -408,6 +423,17 @@ impl SegmentFile {
         self.encoder
             .encode(batch, frame)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.write_frame(frame)
+    }
+
+    /// Appends a frame holding `payload` (a row frame's).
+    fn append_payload(&mut self, payload: &[u8], frame: &mut Vec<u8>) -> Result<(), String> {
+        frame.clear();
+        segment::push_frame(payload, frame).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.write_frame(frame)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> Result<(), String> {
         if let Err(e) = self.file.write_all(frame) {
             // No torn frame left behind when the disk refused part of it.
             let _ = self.file.set_len(self.len);
@@ -439,6 +465,10 @@ struct Writer<R> {
     last_drop_report: Instant,
     /// Reused buffer of one frame.
     frame: Vec<u8>,
+    /// Reused buffer of one row frame's payload.
+    payload: Vec<u8>,
+    /// Row-framed streams: rows in their partition's segment, not yet in its Parquet writer.
+    pending: BTreeMap<PathBuf, Vec<R>>,
 }
 
 /// Rows taken from the queue in one go at most (one write-ahead batch).
@@ -527,6 +557,10 @@ impl<R> Writer<R> {
     }
 
     fn write_group(&mut self, rows: Vec<R>, acks: Vec<Option<Ack>>) {
+        if self.spec.rows.is_some() && self.config.durability != Durability::None {
+            self.write_row_group(rows, acks);
+            return;
+        }
         // Partition by arrival time, keeping order within each partition.
         let mut groups: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
         for (i, r) in rows.iter().enumerate() {
@@ -617,6 +651,120 @@ impl<R> Writer<R> {
             .collect();
         for partition in full {
             self.finish(&partition);
+        }
+    }
+
+    /// [`Self::write_group`] for a row-framed stream: each partition's rows go to its segment as
+    /// one row frame, their callers are answered, and the rows wait in `pending` for a Parquet
+    /// write of many.
+    fn write_row_group(&mut self, rows: Vec<R>, acks: Vec<Option<Ack>>) {
+        let mut groups: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            groups
+                .entry((self.spec.partition)((self.spec.ts)(r)))
+                .or_default()
+                .push(i);
+        }
+        let mut ok = vec![false; rows.len()];
+        let mut logged: Vec<(PathBuf, Vec<usize>)> = Vec::new();
+        for (partition, idx) in groups {
+            let refs: Vec<&R> = idx.iter().map(|&i| &rows[i]).collect();
+            match self.log_rows(&partition, &refs) {
+                Ok(()) => {
+                    for i in &idx {
+                        ok[*i] = true;
+                    }
+                    logged.push((partition, idx));
+                }
+                Err(e) => self.fail(&partition, &e),
+            }
+        }
+        let mut sync_error = None;
+        if self.config.durability == Durability::Strict {
+            for (partition, idx) in &logged {
+                if let Err(e) = self.sync_wal(partition) {
+                    sync_error = Some(e.to_string());
+                    self.cut_unsynced(partition);
+                    self.fail(partition, &e.to_string());
+                    for i in idx {
+                        ok[*i] = false;
+                    }
+                }
+            }
+            self.dirty_since = None;
+        } else if !logged.is_empty() {
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+        self.answer(&ok, sync_error, acks, !logged.is_empty());
+        let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
+        for (partition, idx) in logged {
+            let Some(file) = self.open.get_mut(&partition) else {
+                continue; // abandoned above (strict fsync failed): its segment is recovered
+            };
+            file.rows += idx.len();
+            let pending = self.pending.entry(partition.clone()).or_default();
+            pending.extend(idx.iter().filter_map(|&i| rows[i].take()));
+            if pending.len() >= PARQUET_ROWS {
+                self.flush_pending(&partition);
+            }
+        }
+        // Row-count rotation right away; size (Parquet bytes, behind by the pending rows) and
+        // age in `periodic`.
+        let full: Vec<PathBuf> = self
+            .open
+            .iter()
+            .filter(|(_, f)| {
+                f.rows >= self.config.rotate_rows
+                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
+                        >= self.config.rotate_bytes
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        for partition in full {
+            self.finish(&partition);
+        }
+    }
+
+    /// Writes one row frame of `rows` to the partition's segment (opening its file first when
+    /// none is open).
+    fn log_rows(&mut self, partition: &Path, rows: &[&R]) -> Result<(), String> {
+        let Some(codec) = &self.spec.rows else {
+            return Err("this stream has no row frames".into());
+        };
+        self.payload.clear();
+        self.payload.extend_from_slice(&segment::ROW_TAG);
+        (codec.encode)(rows, &mut self.payload);
+        if !self.open.contains_key(partition) {
+            let file = self.open_file(partition)?;
+            self.open.insert(partition.to_path_buf(), file);
+        }
+        let Some(file) = self.open.get_mut(partition) else {
+            return Err("the partition's file is not open".into());
+        };
+        match &mut file.wal {
+            Some(wal) => wal.append_payload(&self.payload, &mut self.frame),
+            None => Err("row frames need a write-ahead segment".into()),
+        }
+    }
+
+    /// Hands the partition's pending rows to its Parquet writer as one batch. A failure
+    /// abandons the file: its segment holds every row, for recovery.
+    fn flush_pending(&mut self, partition: &Path) {
+        let Some(rows) = self.pending.remove(partition) else {
+            return;
+        };
+        if rows.is_empty() || !self.open.contains_key(partition) {
+            return;
+        }
+        let refs: Vec<&R> = rows.iter().collect();
+        let result = (self.spec.to_batch)(&refs)
+            .map_err(|e| e.to_string())
+            .and_then(|batch| match self.open.get_mut(partition) {
+                Some(file) => file.parquet.write(&batch).map_err(|e| e.to_string()),
+                None => Err("the partition's file is not open".into()),
+            });
+        if let Err(e) = result {
+            self.fail(partition, &e);
         }
     }
 
@@ -810,6 +958,8 @@ impl<R> Writer<R> {
             &self.write_part,
             Some(format!("{}: {error}", self.spec.name)),
         );
+        // Rows not yet in Parquet are in the segment, which recovery turns into Parquet whole.
+        self.pending.remove(partition);
         let Some(file) = self.open.remove(partition) else {
             return;
         };
@@ -820,8 +970,10 @@ impl<R> Writer<R> {
         }
     }
 
-    /// Completes the file of `partition`: footer, fsync, rename, then its segment goes.
+    /// Completes the file of `partition`: its pending rows, footer, fsync, rename, then its
+    /// segment goes.
     fn finish(&mut self, partition: &Path) {
+        self.flush_pending(partition);
         let Some(file) = self.open.remove(partition) else {
             return;
         };
@@ -1140,7 +1292,17 @@ fn recover_segment<R>(
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
+    // Row frames (predictions) decode to rows, then to the same batches the writer builds.
+    let decode_rows = |payload: &[u8]| -> Result<RecordBatch, String> {
+        let codec = spec.rows.as_ref().ok_or("this stream has no row frames")?;
+        let rows = (codec.decode)(payload)?;
+        let refs: Vec<&R> = rows.iter().collect();
+        (spec.to_batch)(&refs).map_err(|e| e.to_string())
+    };
     let mut reader = SegmentReader::new(BufReader::new(file), len, &spec.schema);
+    if spec.rows.is_some() {
+        reader = reader.with_rows(&decode_rows);
+    }
     let mut out: Option<Recovering> = None;
     // The Parquet file of this segment was completed before the crash: nothing to rewrite.
     let mut done_already = false;
