@@ -187,7 +187,7 @@ impl std::fmt::Debug for PredictionStream {
     }
 }
 
-fn prediction_stream(model: &str) -> StreamSpec<PredictionRecord> {
+pub(crate) fn prediction_stream(model: &str) -> StreamSpec<PredictionRecord> {
     let model = model.to_string();
     StreamSpec {
         name: "predictions",
