@@ -147,6 +147,18 @@ fn frame_sizes(image: &ImageInfo) -> (usize, usize, f64) {
         .encode(&prediction_batch(&refs).expect("batch"), &mut many)
         .expect("frame");
     let per_row = many.len() as f64 / 1000.0;
+    // The prediction stream's row frames (what the writer writes now), tag and frame header
+    // included.
+    let row_frame = |rows: &[&PredictionRecord]| {
+        let mut payload = shiftwatch::log::segment::ROW_TAG.to_vec();
+        shiftwatch::log::rows::encode_predictions(rows, &mut payload);
+        payload.len() + shiftwatch::log::segment::HEADER_LEN
+    };
+    println!(
+        "row frames: 1 row {} bytes, 1000 rows {:.0} bytes/row",
+        row_frame(&refs[..1]),
+        row_frame(&refs) as f64 / 1000.0
+    );
     println!(
         "write-ahead frames: schema {} bytes (once per segment), a 1-row batch {} bytes, \
          a 1000-row batch {per_row:.0} bytes/row; a schema in every frame would make a 1-row frame {:.1}x larger",
