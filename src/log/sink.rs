@@ -574,14 +574,7 @@ impl<R> Writer<R> {
                 self.flush_pending(&partition);
             }
         }
-        // Partition by arrival time, keeping order within each partition.
-        let mut groups: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
-        for (i, r) in rows.iter().enumerate() {
-            groups
-                .entry((self.spec.partition)((self.spec.ts)(r)))
-                .or_default()
-                .push(i);
-        }
+        let groups = self.by_partition(&rows);
         let wal = self.config.durability != Durability::None;
         let mut ok = vec![false; rows.len()];
         // First every batch into its write-ahead segment: that is when its rows count as
@@ -605,22 +598,7 @@ impl<R> Writer<R> {
         }
         // Durability: strict fsyncs before anyone is answered; the rows of a partition whose
         // fsync fails are answered as failed (and taken out of its segment), the others not.
-        let mut sync_error = None;
-        if self.config.durability == Durability::Strict {
-            for (partition, _, idx) in &logged {
-                if let Err(e) = self.sync_wal(partition) {
-                    sync_error = Some(e.to_string());
-                    self.cut_unsynced(partition);
-                    self.fail(partition, &e.to_string());
-                    for i in idx {
-                        ok[*i] = false;
-                    }
-                }
-            }
-            self.dirty_since = None;
-        } else if self.config.durability == Durability::Interval && !logged.is_empty() {
-            self.dirty_since.get_or_insert_with(Instant::now);
-        }
+        let sync_error = self.make_durable(logged.iter().map(|(p, _, idx)| (p, idx)), &mut ok);
         let mut acks = Some(acks);
         if wal {
             self.answer(
@@ -651,7 +629,60 @@ impl<R> Writer<R> {
             let any = ok.iter().any(|o| *o);
             self.answer(&ok, None, acks, any);
         }
-        // Size and row-count rotation right away; age rotation in `periodic`.
+        self.rotate_full();
+    }
+
+    /// The rows' indices by partition (of their arrival time), in order within each.
+    fn by_partition(&self, rows: &[R]) -> BTreeMap<PathBuf, Vec<usize>> {
+        let mut groups: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            groups
+                .entry((self.spec.partition)((self.spec.ts)(r)))
+                .or_default()
+                .push(i);
+        }
+        groups
+    }
+
+    /// Durability for the partitions just written, each with its rows' indices: `strict`
+    /// fsyncs them before anyone is answered, and the rows of a partition whose fsync fails
+    /// are marked not written (and taken out of its segment); `interval` notes the oldest
+    /// data waiting for its fsync. Returns the fsync error to answer with.
+    fn make_durable<'p>(
+        &mut self,
+        logged: impl Iterator<Item = (&'p PathBuf, &'p Vec<usize>)>,
+        ok: &mut [bool],
+    ) -> Option<String> {
+        let mut sync_error = None;
+        let mut any = false;
+        for (partition, idx) in logged {
+            any = true;
+            if self.config.durability != Durability::Strict {
+                continue;
+            }
+            if let Err(e) = self.sync_wal(partition) {
+                sync_error = Some(e.to_string());
+                self.cut_unsynced(partition);
+                self.fail(partition, &e.to_string());
+                for i in idx {
+                    ok[*i] = false;
+                }
+            }
+        }
+        match self.config.durability {
+            Durability::Strict => self.dirty_since = None,
+            Durability::Interval if any => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+        sync_error
+    }
+
+    /// Size and row-count rotation, right after a group (age rotation is in `periodic`). For
+    /// a row-framed stream the size counts Parquet bytes, which trail by the pending rows: at
+    /// most `PARQUET_ROWS` − 1 rows over.
+    fn rotate_full(&mut self) {
         let full: Vec<PathBuf> = self
             .open
             .iter()
@@ -671,13 +702,7 @@ impl<R> Writer<R> {
     /// one row frame, their callers are answered, and the rows wait in `pending` for a Parquet
     /// write of many.
     fn write_row_group(&mut self, rows: Vec<R>, acks: Vec<Option<Ack>>) {
-        let mut groups: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
-        for (i, r) in rows.iter().enumerate() {
-            groups
-                .entry((self.spec.partition)((self.spec.ts)(r)))
-                .or_default()
-                .push(i);
-        }
+        let groups = self.by_partition(&rows);
         let mut ok = vec![false; rows.len()];
         let mut logged: Vec<(PathBuf, Vec<usize>)> = Vec::new();
         for (partition, idx) in groups {
@@ -692,22 +717,7 @@ impl<R> Writer<R> {
                 Err(e) => self.fail(&partition, &e),
             }
         }
-        let mut sync_error = None;
-        if self.config.durability == Durability::Strict {
-            for (partition, idx) in &logged {
-                if let Err(e) = self.sync_wal(partition) {
-                    sync_error = Some(e.to_string());
-                    self.cut_unsynced(partition);
-                    self.fail(partition, &e.to_string());
-                    for i in idx {
-                        ok[*i] = false;
-                    }
-                }
-            }
-            self.dirty_since = None;
-        } else if !logged.is_empty() {
-            self.dirty_since.get_or_insert_with(Instant::now);
-        }
+        let sync_error = self.make_durable(logged.iter().map(|(p, idx)| (p, idx)), &mut ok);
         self.answer(&ok, sync_error, acks, !logged.is_empty());
         let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
         for (partition, idx) in logged {
@@ -721,21 +731,7 @@ impl<R> Writer<R> {
                 self.flush_pending(&partition);
             }
         }
-        // Row-count and size rotation right away (the size counts Parquet bytes, which trail by
-        // the pending rows: at most PARQUET_ROWS − 1 rows over); age in `periodic`.
-        let full: Vec<PathBuf> = self
-            .open
-            .iter()
-            .filter(|(_, f)| {
-                f.rows >= self.config.rotate_rows
-                    || f.parquet.bytes_written() + f.parquet.in_progress_size()
-                        >= self.config.rotate_bytes
-            })
-            .map(|(p, _)| p.clone())
-            .collect();
-        for partition in full {
-            self.finish(&partition);
-        }
+        self.rotate_full();
     }
 
     /// Writes one row frame of `rows` to the partition's segment (opening its file first when

@@ -725,37 +725,9 @@ mod tests {
     #[test]
     fn the_random_sample_is_uniform_over_all_traffic_and_seldom_written() {
         let dir = tempfile::tempdir().unwrap();
-        let config = RawCandidates {
-            dir: dir.path().display().to_string(),
-            export_dir: dir.path().join("exports").display().to_string(),
-            random_rate: 1.0,
-            random_max: 50,
-            random_half_life_hours: 0.0,
-            ..RawCandidates::default()
-        }
-        .validate(&mut |key, e| panic!("{key}: {e}"))
-        .unwrap();
-        let store = Candidates::open(config, metrics()).unwrap();
-        let signals = Signals {
-            confidence: 0.9,
-            margin: 0.8,
-            entropy: 0.1,
-            ood: false,
-            ood_score: 0.0,
-            shifted: false,
-        };
+        let store = open_store(dir.path(), 50, 0.0, 100 * 1024 * 1024);
         let n = 2000usize;
-        let mut written = 0;
-        for i in 0..n {
-            if let Some(Admit::Random { noise }) = store.admits(&signals, 0) {
-                written += 1;
-                store.offer(offer(&format!("r{i}"), noise));
-            }
-            // The store's queue holds 256: let its thread keep up.
-            while !store.sender.is_empty() {
-                std::thread::yield_now();
-            }
-        }
+        let written = draw(&store, n, "r", 0) as u64;
         store.close();
         let kept: Vec<usize> = store
             .list()
