@@ -847,14 +847,27 @@ struct Filter {
     /// Output position `o`'s weights are `weights[ends[o - 1]..ends[o]]` (from 0 for the first).
     ends: Vec<usize>,
     weights: Vec<f32>,
+    /// The most source pixels one output position reads (kept: every resize asks).
+    widest: usize,
 }
 
 impl Filter {
     fn new(src: usize, dst: usize, filter: Resize) -> Filter {
+        let mut f = Filter::taps_of(src, dst, filter);
+        f.widest = (0..f.starts.len())
+            .map(|o| f.taps(o).1.len())
+            .max()
+            .unwrap_or(0);
+        f
+    }
+
+    /// The taps of every output position (`widest` left at 0).
+    fn taps_of(src: usize, dst: usize, filter: Resize) -> Filter {
         let mut f = Filter {
             starts: Vec::with_capacity(dst),
             ends: Vec::with_capacity(dst),
             weights: Vec::with_capacity(dst * 3),
+            widest: 0,
         };
         let one = |f: &mut Filter, start: usize, weights: &mut dyn Iterator<Item = f32>| {
             f.starts.push(start);
@@ -942,10 +955,7 @@ impl Filter {
 
     /// The most source pixels one output position reads.
     fn widest(&self) -> usize {
-        (0..self.starts.len())
-            .map(|o| self.taps(o).1.len())
-            .max()
-            .unwrap_or(0)
+        self.widest
     }
 }
 
@@ -1121,13 +1131,8 @@ mod tests {
 
     #[test]
     fn tensor_equals_the_plain_definition_to_the_bit() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::stats::random::SplitMix64::new(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         let sizes = [(1, 1), (3, 2), (32, 32), (320, 240), (57, 91), (5, 300)];
         let targets = [(1, 1), (8, 8), (28, 28), (224, 224), (9, 8), (40, 13)];
         for &(w, h) in &sizes {

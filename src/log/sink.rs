@@ -768,16 +768,13 @@ impl<R> Writer<R> {
             rows.is_empty() || self.open.contains_key(partition),
             "pending rows without their file"
         );
-        if rows.is_empty() || !self.open.contains_key(partition) {
+        let Some(file) = self.open.get_mut(partition).filter(|_| !rows.is_empty()) else {
             return;
-        }
+        };
         let refs: Vec<&R> = rows.iter().collect();
         let result = (self.spec.to_batch)(&refs)
             .map_err(|e| e.to_string())
-            .and_then(|batch| match self.open.get_mut(partition) {
-                Some(file) => file.parquet.write(&batch).map_err(|e| e.to_string()),
-                None => Err("the partition's file is not open".into()),
-            });
+            .and_then(|batch| file.parquet.write(&batch).map_err(|e| e.to_string()));
         if let Err(e) = result {
             self.fail(partition, &e);
         }

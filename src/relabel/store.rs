@@ -621,9 +621,10 @@ impl Worker {
         let candidates = pool.entries.values().filter(|c| !c.candidate.random);
         let (n, min) =
             candidates.fold((0usize, f64::INFINITY), |(n, m), c| (n + 1, m.min(c.score)));
+        // An image of the average size would no longer fit under the quota.
         let average = pool.bytes / pool.entries.len().max(1) as u64;
-        let disk_full = n > 0 && pool.bytes + average > self.config.max_disk_bytes;
-        let threshold = if n >= self.config.pool_size || disk_full {
+        let over_quota = pool.bytes + average > self.config.max_disk_bytes;
+        let threshold = if n >= self.config.pool_size || (n > 0 && over_quota) {
             min
         } else {
             f64::NEG_INFINITY
@@ -641,8 +642,7 @@ impl Worker {
             .fold((0usize, f64::INFINITY), |(n, m), c| {
                 (n + 1, m.min(c.sample_key(half_life)))
             });
-        let quota_full = n == 0 && members > 0 && pool.bytes + average > self.config.max_disk_bytes;
-        let floor = if members >= self.config.random_max || quota_full {
+        let floor = if members >= self.config.random_max || (n == 0 && members > 0 && over_quota) {
             lowest
         } else {
             f64::NEG_INFINITY
