@@ -190,19 +190,28 @@ fn shifted_and_unknown_images_lead_the_candidates_and_export_for_label_studio() 
     assert_eq!(summary["tasks"], 50);
 }
 
+/// A sidecar whose candidate store in `store` is bounded by the disk quota alone (the pool's
+/// count far above what the tests send), with `random_rate` of the traffic drawn for the sample.
+fn quota_server(store: &std::path::Path, quota: u64, random_rate: &str) -> Server {
+    let env = [
+        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
+        ("SHIFTWATCH__CANDIDATES__MAX_DISK_BYTES", quota.to_string()),
+        ("SHIFTWATCH__CANDIDATES__POOL_SIZE", "100000".to_string()),
+        (
+            "SHIFTWATCH__CANDIDATES__RANDOM_RATE",
+            random_rate.to_string(),
+        ),
+    ];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(&pairs)
+}
+
 #[test]
 fn stored_images_stay_under_the_disk_quota() {
     let dirs = tempfile::tempdir().unwrap();
     let store = dirs.path().join("store");
     let quota: u64 = 30_000;
-    let env = [
-        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
-        ("SHIFTWATCH__CANDIDATES__MAX_DISK_BYTES", quota.to_string()),
-        ("SHIFTWATCH__CANDIDATES__POOL_SIZE", "100000".to_string()),
-        ("SHIFTWATCH__CANDIDATES__RANDOM_RATE", "0.05".to_string()),
-    ];
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut server = Server::start(&pairs);
+    let mut server = quota_server(&store, quota, "0.05");
     let mut peak = 0f64;
     let mut n = 0;
     for round in 0..3 {
@@ -250,14 +259,7 @@ fn a_full_disk_quota_admits_only_what_beats_the_floor() {
     let file = "normal-0000.png";
     let size = read(format!("data/traffic/normal/{file}")).len() as u64;
     let quota = size * 11 / 2; // room for five
-    let env = [
-        ("SHIFTWATCH__CANDIDATES__DIR", store.display().to_string()),
-        ("SHIFTWATCH__CANDIDATES__MAX_DISK_BYTES", quota.to_string()),
-        ("SHIFTWATCH__CANDIDATES__POOL_SIZE", "100000".to_string()),
-        ("SHIFTWATCH__CANDIDATES__RANDOM_RATE", "0".to_string()),
-    ];
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut server = Server::start(&pairs);
+    let mut server = quota_server(&store, quota, "0");
     for i in 0..100 {
         send(&server, "normal", file, &format!("same-{i}"));
     }
