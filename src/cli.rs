@@ -287,7 +287,11 @@ fn estimates_options(
 
 fn serve(config: Config) -> anyhow::Result<()> {
     crate::telemetry::init(&config.logging);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let io_threads = config.server.io_threads(cores);
+    tracing::info!(cores, io_threads, "async runtime");
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads)
         .enable_all()
         .thread_name("shiftwatch-io")
         .build()?;

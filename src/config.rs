@@ -414,6 +414,30 @@ mod tests {
         }
     }
 
+    /// `server.io_threads`: a number, or "auto" for half the cores (at least one).
+    #[test]
+    fn io_threads_are_a_number_or_half_the_cores() {
+        use crate::inference::AutoCount;
+        let server = |text: &str, env: &[(&str, &str)]| load_text(text, env).map(|c| c.server);
+        let auto = server("", &[]).unwrap();
+        assert_eq!(auto.io_threads, AutoCount::Auto);
+        assert_eq!(
+            [1, 2, 3, 4, 16].map(|cores| auto.io_threads(cores)),
+            [1, 1, 1, 2, 8]
+        );
+        let three = server("[server]\nio_threads = 3\n", &[]).unwrap();
+        assert_eq!([1, 16].map(|cores| three.io_threads(cores)), [3, 3]);
+        let env = server("", &[("SHIFTWATCH__SERVER__IO_THREADS", "2")]).unwrap();
+        assert_eq!(env.io_threads(16), 2);
+        for bad in ["0", "1025", "-1", "2.5", "\"many\""] {
+            let err = server(&format!("[server]\nio_threads = {bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server.io_threads"), "{bad}: {err}");
+            assert!(err.contains("auto"), "{bad}: {err}");
+        }
+    }
+
     /// Hours too many for a `Duration` mean "never" rather than a panic (a retention of 1e300
     /// hours used to abort the start); a negative half-life is named with its key.
     #[test]

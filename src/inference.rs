@@ -17,46 +17,47 @@ use tokio::sync::oneshot;
 
 use crate::model::{LoadedModel, ModelSpec, RawOutput, run_batch};
 
-/// How many sessions a model gets: a number, or `"auto"`, decided when the model loads from
-/// what one image's run costs (see [`crate::model::load`]).
+/// A count in the config that may be left to shiftwatch: a number, or `"auto"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sessions {
+pub enum AutoCount {
     Auto,
     Fixed(usize),
 }
 
-impl Serialize for Sessions {
+/// How many sessions a model gets: a number, or `"auto"`, decided when the model loads from
+/// what one image's run costs (see [`crate::model::load`]).
+pub type Sessions = AutoCount;
+
+impl Serialize for AutoCount {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Sessions::Auto => s.serialize_str("auto"),
-            Sessions::Fixed(n) => s.serialize_u64(*n as u64),
+            AutoCount::Auto => s.serialize_str("auto"),
+            AutoCount::Fixed(n) => s.serialize_u64(*n as u64),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Sessions {
+impl<'de> Deserialize<'de> for AutoCount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
         impl serde::de::Visitor<'_> for Visit {
-            type Value = Sessions;
+            type Value = AutoCount;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number of sessions or \"auto\"")
+                f.write_str("a number or \"auto\"")
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Sessions, E> {
-                Ok(Sessions::Fixed(usize::try_from(v).unwrap_or(usize::MAX)))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AutoCount, E> {
+                Ok(AutoCount::Fixed(usize::try_from(v).unwrap_or(usize::MAX)))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Sessions, E> {
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AutoCount, E> {
                 usize::try_from(v)
-                    .map(Sessions::Fixed)
-                    .map_err(|_| E::custom(format!("{v} is outside 1..=64 (or \"auto\")")))
+                    .map(AutoCount::Fixed)
+                    .map_err(|_| E::custom(format!("{v} is below 1 (give a number or \"auto\")")))
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Sessions, E> {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AutoCount, E> {
                 if v == "auto" {
-                    Ok(Sessions::Auto)
+                    Ok(AutoCount::Auto)
                 } else {
-                    Err(E::custom(format!(
-                        "`{v}` is neither a number of sessions nor \"auto\""
-                    )))
+                    Err(E::custom(format!("`{v}` is neither a number nor \"auto\"")))
                 }
             }
         }
