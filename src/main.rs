@@ -1,10 +1,10 @@
 use clap::Parser;
 
-/// jemalloc instead of glibc's malloc (through [`Allocator`]): the request path frees much of what other threads
-/// allocated (inference outputs, log rows, replies), which glibc's per-thread arenas handle
-/// with locks and slow paths; with jemalloc a request took 18 to 25% less CPU (README,
-/// performance). Its background thread returns freed memory to the system, off the request
-/// path.
+/// jemalloc instead of glibc's malloc (through [`Allocator`]): the request path frees much of
+/// what other threads allocated (inference outputs, log rows, replies), which glibc's
+/// per-thread arenas handle with locks and slow paths; with jemalloc a request took 18 to 25%
+/// less CPU (README, performance). Its background thread returns freed memory to the system,
+/// off the request path.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: Allocator = Allocator;
