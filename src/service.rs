@@ -22,11 +22,12 @@ pub use self::record::{ImageInput, Prediction, RecordError, Served};
 pub use self::reload::{ReloadError, Reloaded};
 use crate::config::Config;
 use crate::feedback::RecentPredictions;
-use crate::inference::{BatchMetrics, InferenceError, InferencePool, Inferred};
+use crate::image_stats::Descriptor;
+use crate::inference::{BatchMetrics, InferenceError, InferencePool, Inferred, Pending, Post};
 use crate::log::{FeedbackRecord, PredictionLog, PredictionStream};
 use crate::metrics::{FeedbackOutcome, Metrics, ProcessMetrics};
 use crate::model::config::ModelConfig;
-use crate::model::{self, LoadOptions, ModelSpec};
+use crate::model::{self, LoadOptions, ModelSpec, RawOutput};
 use crate::monitor::correctness::Correctness;
 use crate::monitor::reference::{Reference, ReferenceProfile};
 use crate::monitor::{Monitor, MonitorConfig, Snapshot};
@@ -64,12 +65,48 @@ impl std::fmt::Debug for Version {
 }
 
 impl Version {
-    /// Runs one preprocessed image through this version's inference pool.
-    pub async fn infer(&self, tensor: Vec<f32>) -> Result<Inferred, InferenceError> {
-        self.pool
-            .submit(tensor)?
+    /// Runs one preprocessed image through this version's inference pool ([`Self::submit`]).
+    pub async fn infer(
+        &self,
+        tensor: Vec<f32>,
+        descriptor: Option<&Descriptor>,
+    ) -> Result<Inferred, InferenceError> {
+        self.submit(tensor, descriptor)?
             .await
             .map_err(|_| InferenceError::Closed)?
+    }
+
+    /// Queues one preprocessed image; the receiver yields its result. With a detector, the
+    /// inference thread also searches the reference for the output's embedding and the image's
+    /// `descriptor` (`Inferred::proximity`; see [`crate::inference::Post`]).
+    pub fn submit(
+        &self,
+        tensor: Vec<f32>,
+        descriptor: Option<&Descriptor>,
+    ) -> Result<Pending, InferenceError> {
+        let post = self.ood.as_ref().map(|detector| {
+            let (detector, k) = (Arc::clone(detector), self.neighbors());
+            let descriptor = descriptor.copied();
+            Box::new(move |output: &RawOutput| {
+                detector.proximity(
+                    output.embedding.as_deref(),
+                    descriptor.as_ref().map(|d| &d[..]),
+                    k,
+                    None,
+                )
+            }) as Post
+        });
+        self.pool.submit(tensor, post)
+    }
+
+    /// The reference neighbours a prediction is placed among: the correctness model's count
+    /// when there is one, else the nearest alone (all the score needs).
+    pub fn neighbors(&self) -> usize {
+        if self.correctness.is_some() {
+            crate::monitor::correctness::NEIGHBORS
+        } else {
+            1
+        }
     }
 }
 
@@ -649,4 +686,69 @@ fn start_monitor(
         spec.embedding_dim.unwrap_or(0),
         metrics.clone(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A classify request's reference search runs on the inference thread (`Version::submit`);
+    /// it must be the search `record` does itself when nobody did: the same neighbours,
+    /// distances and ratios, for bundled images in and out of distribution.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_inference_thread_searches_as_record_would() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[model]\nname = \"digits\"\npath = {:?}\nreference = {:?}\n\
+             [log]\ndir = {:?}\n[candidates]\nenabled = false\n",
+            root.join("models/digits.onnx"),
+            root.join("models/digits.reference.json"),
+            dir.path().join("log"),
+        );
+        let config = crate::config::load_str(&text, Path::new("test.toml"), []).unwrap();
+        let limits = config.limits;
+        let services = Services::start(Arc::new(config), &ProcessMetrics::new(None)).unwrap();
+        let version = services.get("digits").unwrap().current();
+        let detector = version
+            .ood
+            .clone()
+            .expect("the bundled reference has a detector");
+        assert!(version.correctness.is_some());
+        assert_eq!(version.neighbors(), crate::monitor::correctness::NEIGHBORS);
+        let mut checked = 0;
+        for folder in ["normal", "ood", "blur"] {
+            let mut files: Vec<_> = std::fs::read_dir(root.join("data/traffic").join(folder))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect();
+            files.sort();
+            for file in files.iter().take(4) {
+                let bytes = std::fs::read(file).unwrap();
+                let image = crate::preprocess::decode(&bytes, None, &limits)
+                    .unwrap()
+                    .image;
+                let mut tensor = vec![0f32; version.spec.preprocess.tensor_len()];
+                crate::preprocess::to_tensor(&image, &version.spec.preprocess, &mut tensor);
+                let descriptor = crate::image_stats::describe(&image).descriptor;
+                let inferred = version.infer(tensor, Some(&descriptor)).await.unwrap();
+                let searched = inferred
+                    .proximity
+                    .expect("searched on the inference thread");
+                let direct = detector.proximity(
+                    inferred.output.embedding.as_deref(),
+                    Some(&descriptor[..]),
+                    version.neighbors(),
+                    None,
+                );
+                assert_eq!(searched, direct, "{}", file.display());
+                assert_eq!(searched.embedding_neighbors.len(), version.neighbors());
+                assert!(searched.score().is_some());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 12);
+        services.close();
+    }
 }

@@ -244,7 +244,7 @@ pub async fn classify(
         decode_image(&state, bytes.clone(), declared, Arc::clone(&spec)).await?;
     let retry = server.retry_after_seconds;
     let inferred = version
-        .infer(tensor)
+        .infer(tensor, Some(&descriptor))
         .await
         .map_err(|e| ApiError::from_inference(e, retry))?;
     let served = model

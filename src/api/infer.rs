@@ -173,8 +173,7 @@ async fn run(
     let mut receivers = Vec::with_capacity(n);
     for (tensor, image) in inputs {
         let receiver = version
-            .pool
-            .submit(tensor)
+            .submit(tensor, image.as_ref().map(|i| &i.descriptor))
             .map_err(|e| ApiError::from_inference(e, retry))?;
         receivers.push((receiver, image));
     }

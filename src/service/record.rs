@@ -12,7 +12,7 @@ use crate::image_stats::Descriptor;
 use crate::inference::Inferred;
 use crate::log::{Durability, Endpoint, ImageInfo, PredictionRecord, durable};
 use crate::model::RawOutput;
-use crate::monitor::correctness::{Inputs as CorrectnessInputs, NEIGHBORS};
+use crate::monitor::correctness::Inputs as CorrectnessInputs;
 use crate::monitor::window::Observation;
 use crate::prediction::{Flag, Summary, summarize};
 use crate::relabel::ood::{OodDetector, Proximity};
@@ -64,22 +64,21 @@ impl ModelService {
     pub async fn record(&self, version: &Version, p: Prediction) -> Result<Served, RecordError> {
         let spec = &version.spec;
         let mut output = p.inferred.output;
+        let searched = p.inferred.proximity;
         let mut flags: Vec<Flag> = Vec::new();
         let monitor = version.monitor.as_deref();
         // Where the embedding and the image lie among the reference's, when there is a detector
         // for them; the correctness model reads the same search and the unscaled probabilities.
-        let proximity = version.ood.as_deref().map(|d| {
-            let k = if version.correctness.is_some() {
-                NEIGHBORS
-            } else {
-                1
-            };
-            d.proximity(
-                output.embedding.as_deref(),
-                p.image.as_ref().map(|i| &i.descriptor[..]),
-                k,
-                None,
-            )
+        // Searched on the inference thread already for a classify request.
+        let proximity = searched.or_else(|| {
+            version.ood.as_deref().map(|d| {
+                d.proximity(
+                    output.embedding.as_deref(),
+                    p.image.as_ref().map(|i| &i.descriptor[..]),
+                    version.neighbors(),
+                    None,
+                )
+            })
         });
         let correct = version
             .correctness
