@@ -62,9 +62,9 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The async runtime's threads on a machine of `cores` cores: the configured number, or
     /// with `"auto"` half the cores (at least one). The rest is left to the inference threads,
-    /// the log writer and the application this sidecar serves: on 2 cores one async thread gave
-    /// the lowest tail latency at up to 8 connections and the most requests a second at 8 (the
-    /// README's performance section), and gave up some at 64 connections.
+    /// the log writer and the application this sidecar serves: on 2 cores one async thread
+    /// served more requests than two at 8 connections and as many at 64, with a lower tail
+    /// latency (the README's sizing section).
     pub fn io_threads(&self, cores: usize) -> usize {
         match self.io_threads {
             AutoCount::Fixed(n) => n,
