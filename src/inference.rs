@@ -25,6 +25,20 @@ pub enum AutoCount {
     Fixed(usize),
 }
 
+impl AutoCount {
+    /// Reports a number outside `1..=most` under `key`; returns the count with such a number
+    /// clamped into the range.
+    pub fn checked(self, key: &str, most: usize, bad: &mut dyn FnMut(&str, String)) -> Self {
+        match self {
+            AutoCount::Fixed(n) if !(1..=most).contains(&n) => {
+                bad(key, format!("{n} is outside 1..={most} (or \"auto\")"));
+                AutoCount::Fixed(n.clamp(1, most))
+            }
+            count => count,
+        }
+    }
+}
+
 /// How many sessions a model gets: a number, or `"auto"`, decided when the model loads from
 /// what one image's run costs (see [`crate::model::load`]).
 pub type Sessions = AutoCount;
@@ -103,14 +117,7 @@ pub struct InferenceConfig {
 
 impl RawInference {
     pub fn validate(self, bad: &mut dyn FnMut(&str, String)) -> InferenceConfig {
-        if let Sessions::Fixed(n) = self.sessions
-            && !(1..=64).contains(&n)
-        {
-            bad(
-                "inference.sessions",
-                format!("{n} is outside 1..=64 (or \"auto\")"),
-            );
-        }
+        let sessions = self.sessions.checked("inference.sessions", 64, bad);
         for (key, v, lo, hi) in [
             ("inference.intra_threads", self.intra_threads, 1, 256),
             ("inference.inter_threads", self.inter_threads, 1, 256),
@@ -128,7 +135,7 @@ impl RawInference {
             );
         }
         InferenceConfig {
-            sessions: self.sessions,
+            sessions,
             intra_threads: self.intra_threads,
             inter_threads: self.inter_threads,
             max_batch: self.max_batch,

@@ -129,14 +129,7 @@ impl RawServer {
                 ),
             );
         }
-        if let AutoCount::Fixed(n) = self.io_threads
-            && !(1..=1024).contains(&n)
-        {
-            bad(
-                "server.io_threads",
-                format!("{n} is outside 1..=1024 (or \"auto\")"),
-            );
-        }
+        let io_threads = self.io_threads.checked("server.io_threads", 1024, bad);
         let header_read_timeout = seconds(
             self.header_read_timeout_seconds,
             "server.header_read_timeout_seconds",
@@ -165,10 +158,7 @@ impl RawServer {
             max_body_bytes_in_flight: usize::try_from(self.max_body_bytes_in_flight)
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
-            io_threads: match self.io_threads {
-                AutoCount::Fixed(n) => AutoCount::Fixed(n.clamp(1, 1024)),
-                auto => auto,
-            },
+            io_threads,
         }
     }
 }
