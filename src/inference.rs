@@ -161,7 +161,8 @@ pub enum InferenceError {
 pub struct Inferred {
     pub output: RawOutput,
     /// The reference search the job asked for ([`Post`]), done on the inference thread; `None`
-    /// when it asked for none (or it panicked): the caller searches itself then.
+    /// when it asked for none, or when it panicked (the prediction then has no score, as
+    /// without a detector).
     pub proximity: Option<Proximity>,
     /// How many images shared the batch.
     pub batch_size: usize,
@@ -176,7 +177,7 @@ pub type Pending = oneshot::Receiver<Result<Inferred, InferenceError>>;
 
 /// Work on one image's output that the inference thread does before it replies: the search of
 /// the reference for the out-of-distribution score and the correctness model
-/// (`service::Version::infer`). At 8 connections on 2 cores the request threads are the bound
+/// (`service::Version::submit`). At 8 connections on 2 cores the request threads are the bound
 /// and the inference thread has CPU to spare: done there, the search took 8 µs a request off
 /// the request thread and gave 19% more requests a second (README, performance).
 pub type Post = Box<dyn FnOnce(&RawOutput) -> Proximity + Send>;

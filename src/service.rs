@@ -692,8 +692,9 @@ fn start_monitor(
 mod tests {
     use super::*;
 
-    /// A classify request's reference search runs on the inference thread (`Version::submit`);
-    /// it must be the search `record` does itself when nobody did: the same neighbours,
+    /// A request's reference search runs on the inference thread (`Version::submit`), and
+    /// `record` takes it from there; it must be the search `record` did itself before: the
+    /// detector's, with the correctness model's neighbour count, giving the same neighbours,
     /// distances and ratios, for bundled images in and out of distribution.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_inference_thread_searches_as_record_would() {

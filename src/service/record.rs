@@ -64,22 +64,13 @@ impl ModelService {
     pub async fn record(&self, version: &Version, p: Prediction) -> Result<Served, RecordError> {
         let spec = &version.spec;
         let mut output = p.inferred.output;
-        let searched = p.inferred.proximity;
         let mut flags: Vec<Flag> = Vec::new();
         let monitor = version.monitor.as_deref();
         // Where the embedding and the image lie among the reference's, when there is a detector
-        // for them; the correctness model reads the same search and the unscaled probabilities.
-        // Searched on the inference thread already for a classify request.
-        let proximity = searched.or_else(|| {
-            version.ood.as_deref().map(|d| {
-                d.proximity(
-                    output.embedding.as_deref(),
-                    p.image.as_ref().map(|i| &i.descriptor[..]),
-                    version.neighbors(),
-                    None,
-                )
-            })
-        });
+        // for them: searched on the inference thread (`Version::submit`, every endpoint's way
+        // to the pool). The correctness model reads the same search and the unscaled
+        // probabilities.
+        let proximity = p.inferred.proximity;
         let correct = version
             .correctness
             .as_deref()
