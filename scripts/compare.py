@@ -2,6 +2,9 @@
 on loopback, with one load generator (wrk) and the same request bodies.
 
 Digits model (the bundled PNG every request sends), at --connections (default 8):
+  0. the HTTP ceiling (examples/http_ceiling.rs: shiftwatch's HTTP stack and async thread
+     answering a sidecar's answer bytes without doing any work): the most any server can serve
+     here under this wrk;
   1. the Python peer (benches/peers/fastapi_peer.py: FastAPI + uvicorn, 2 workers, uvloop,
      httptools, no access log, onnxruntime + Pillow) doing what classify does;
   2. shiftwatch with everything on (the shipped config: log, monitor, prediction sets,
@@ -18,7 +21,7 @@ request sends, a 320x240 PNG):
 Prints a Markdown table, where shiftwatch's CPU goes (µs per request by thread, from
 /proc/<pid>/task), and the ratios the README quotes, and writes runs/compare-<UTC>.json.
 Every run is bounded (wrk -d and a hard timeout per process); everything started is stopped at
-the end, also on error or Ctrl-C. Needs target/release/shiftwatch, wrk, and the peer's venv
+the end, also on error or Ctrl-C. Needs target/release/shiftwatch, target/release/examples/http_ceiling, wrk, and the peer's venv
 (`make peer-venv`: .venv-peer from benches/peers/requirements.txt).
 
 usage: compare.py [--duration 10] [--connections 8] [--runs 3] [--threads 2] [--no-heavy]
@@ -56,6 +59,7 @@ READY_TIMEOUT_S = 60
 OFF = "[log]\nenabled = false\n[monitor]\nenabled = false\n[candidates]\nenabled = false\n"
 # The README's advice for a compute-heavy model on 2 cores: one session per core, small
 # batches formed from what is already queued.
+CEILING = "http ceiling (shiftwatch's HTTP stack, fixed answer, no work)"
 HEAVY_TUNED = "[inference]\nsessions = 2\nintra_threads = 1\nmax_batch = 8\n"
 
 
@@ -206,6 +210,36 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return total
 
 
+class Ceiling:
+    """examples/http_ceiling.rs on a free loopback port, answering `answer` to every classify."""
+
+    def __init__(self, binary: Path, answer: bytes, folder: Path) -> None:
+        answer_file = folder / "ceiling-answer.json"
+        answer_file.write_bytes(answer)
+        self.log = open(folder / "ceiling.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(binary), str(answer_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        line = self.proc.stdout.readline().decode().strip() if self.proc.stdout else ""
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"the HTTP ceiling did not start (it said {line!r})")
+        self.addr = line.removeprefix("listening on ")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int) -> dict:
     url = f"http://{addr}{path}"
     threads_before = thread_seconds(pid)
@@ -267,6 +301,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="interleaved on/off pairs (default 3)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--binary", type=Path, default=ROOT / "target/release/shiftwatch")
+    p.add_argument(
+        "--ceiling", type=Path, default=ROOT / "target/release/examples/http_ceiling"
+    )
     p.add_argument("--no-heavy", action="store_true", help="skip the heavy-model part")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -287,6 +324,12 @@ def main() -> int:
     binary = args.binary.resolve()
     if not binary.is_file():
         loadtest.fail(f"{binary} does not exist; build it first: cargo build --release --locked")
+    ceiling_binary = args.ceiling.resolve()
+    if not ceiling_binary.is_file():
+        loadtest.fail(
+            f"{ceiling_binary} does not exist; build it first: "
+            "cargo build --release --locked --example http_ceiling"
+        )
     if not (PEER_VENV / "bin/uvicorn").is_file():
         loadtest.fail(f"the peer's venv is missing: make peer-venv (creates {PEER_VENV})")
     heavy = not args.no_heavy
@@ -346,11 +389,22 @@ def main() -> int:
                 rows.append(wrk_row(f"shiftwatch, log/monitor/candidates off (run {i + 1})",
                                     off_addr, digits_path, digits_script, args, wrk_log,
                                     off.proc.pid))
+            # The ceiling answers what the sidecar with everything on answered.
+            answer = json.dumps(loadtest.check_once(on_addr, digits_image)).encode()
             for s in (on, off):
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"a sidecar exited during the runs ({s.proc.returncode})")
                 s.stop()
                 started.remove(s)
+
+            ceiling = Ceiling(ceiling_binary, answer, tmp)
+            started.append(ceiling)
+            loadtest.check_once(ceiling.addr, digits_image, digits_path)
+            warm(ceiling.addr, digits_path, digits_script, args)
+            rows.append(wrk_row(CEILING, ceiling.addr, digits_path, digits_script, args, wrk_log,
+                                ceiling.proc.pid))
+            ceiling.stop()
+            started.remove(ceiling)
 
             if heavy:
                 photo = HEAVY_DIR / "photo.png"
@@ -457,12 +511,21 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
                 f"| {r['target']} | {rate(r):,.0f} | {loadtest.fmt_ms(r['p99_us'])} | "
                 f"{rate(r) / peer:.2f}x peer | {cpu(r)} |"
             )
+    ceiling = by.get(CEILING)
+    if ceiling:
+        lines.append(
+            f"| {CEILING} | {rate(ceiling):,.0f} | {loadtest.fmt_ms(ceiling['p99_us'])} | "
+            f"{rate(ceiling) / peer:.2f}x peer | {cpu(ceiling)} |"
+        )
     ratios = {
         "on_over_peer": statistics.median(on) / peer,
         "on_over_off_median": statistics.median(pairs),
         "on_over_off_each_pair": pairs,
         "on_p99_us_worst": max(on_p99),
     }
+    if ceiling:
+        ratios["ceiling_over_peer"] = rate(ceiling) / peer
+        ratios["on_over_ceiling"] = statistics.median(on) / rate(ceiling)
     if heavy:
         bare_rows = [r for r in rows if r["target"].startswith("bare onnxruntime")]
         best = max(rate(r) for r in bare_rows)
@@ -493,6 +556,12 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
         f"interleaved pairs (each: {', '.join(f'{p:.3f}' for p in pairs)}); worst p99 with "
         f"everything on {loadtest.fmt_ms(ratios['on_p99_us_worst'])}"
     )
+    if ceiling:
+        lines.append(
+            f"the HTTP ceiling (no work at all) / python peer: "
+            f"{ratios['ceiling_over_peer']:.2f}x; everything on / ceiling: "
+            f"{ratios['on_over_ceiling']:.2f}"
+        )
     return {"ratios": ratios, "markdown": "\n".join(lines)}
 
 
