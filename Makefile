@@ -81,7 +81,8 @@ $(PEER_VENV)/.installed: benches/peers/requirements.txt
 
 ## compare: shiftwatch against the Python peer and bare onnxruntime, one run (README "Performance")
 compare: runtime venv peer-venv
-	$(CARGO) build --release --locked --bins --example http_ceiling
+	$(CARGO) build --release --locked --example http_ceiling
+	$(CARGO) build --release --locked
 	$(PY) scripts/compare.py $(COMPARE_ARGS)
 
 ## monitor-peers-venv: Evidently and NannyML for `make report-compare`
