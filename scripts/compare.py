@@ -69,6 +69,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, log) -> None:
+    """Stops a server this script started (terminate, then kill after 15 s) and closes its log."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log.close()
+
+
 class Peer:
     """uvicorn serving the peer on a free loopback port."""
 
@@ -117,14 +129,7 @@ class Peer:
         raise RuntimeError(f"the peer was not ready within {READY_TIMEOUT_S} s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 def bare(model: Path, tensor: Path, procs: int, threads: int, batch: int, seconds: int) -> dict:
@@ -230,14 +235,7 @@ class Ceiling:
         self.addr = line.removeprefix("listening on ")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int) -> dict:
