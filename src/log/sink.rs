@@ -899,17 +899,20 @@ impl<R> Writer<R> {
         };
         let step: Vec<R> = rows.drain(..PARQUET_STEP.min(rows.len())).collect();
         let partition = partition.clone();
-        self.write_pending(&partition, &step);
+        self.write_pending(&partition, step.iter());
         true
     }
 
     /// Hands `rows` (pending ones, in order) to the partition's Parquet writer as one batch.
     /// A failure abandons the file: its segment holds every row, for recovery.
-    fn write_pending(&mut self, partition: &Path, rows: &[R]) {
-        let Some(file) = self.open.get_mut(partition).filter(|_| !rows.is_empty()) else {
+    fn write_pending<'r>(&mut self, partition: &Path, rows: impl Iterator<Item = &'r R>)
+    where
+        R: 'r,
+    {
+        let refs: Vec<&R> = rows.collect();
+        let Some(file) = self.open.get_mut(partition).filter(|_| !refs.is_empty()) else {
             return;
         };
-        let refs: Vec<&R> = rows.iter().collect();
         let result = (self.spec.to_batch)(&refs)
             .map_err(|e| e.to_string())
             .and_then(|batch| file.parquet.write(&batch).map_err(|e| e.to_string()));
@@ -930,8 +933,7 @@ impl<R> Writer<R> {
             rows.is_empty() || self.open.contains_key(partition),
             "pending rows without their file"
         );
-        let rows: Vec<R> = rows.into();
-        self.write_pending(partition, &rows);
+        self.write_pending(partition, rows.iter());
     }
 
     /// Health, acknowledgements and counters for the rows of one group: `ok[i]` says row `i`
