@@ -15,8 +15,11 @@ Heavy model (training/make_heavy_model.py: five 3x3 convolutions on 224x224 RGB;
 request sends, a 320x240 PNG):
   4. bare onnxruntime on the pre-made tensor (benches/peers/bare_ort.py): 1 process with 2
      intra-op threads, and 2 processes with 1 each, at batch 1 and 8 — the best is the ceiling;
-  5. the Python peer; 6. shiftwatch with the shipped [inference] settings and 7. with the
-     settings the README recommends for a compute-heavy model on 2 cores.
+  5. the Python peer; 6. shiftwatch with the shipped [inference] settings, sent the photo
+     (decoded, resized and described per request, as the peer does) and 7. the same sidecar sent
+     the pre-made tensor bare onnxruntime runs, as FP32 binary data through the KServe v2
+     `/v2/models/heavy/infer` (the comparison DESIGN.md's target names: pre-decoded tensors);
+     its answer is checked against onnxruntime's own on that tensor.
 
 Prints a Markdown table, where shiftwatch's CPU goes (µs per request by thread, from
 /proc/<pid>/task), and the ratios the README quotes, and writes runs/compare-<UTC>.json.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import platform
@@ -57,10 +61,7 @@ READY_TIMEOUT_S = 60
 
 # What "everything off" turns off (the request path then decodes, infers and answers only).
 OFF = "[log]\nenabled = false\n[monitor]\nenabled = false\n[candidates]\nenabled = false\n"
-# The README's advice for a compute-heavy model on 2 cores: one session per core, small
-# batches formed from what is already queued.
 CEILING = "http ceiling (shiftwatch's HTTP stack, fixed answer, no work)"
-HEAVY_TUNED = "[inference]\nsessions = 2\nintra_threads = 1\nmax_batch = 8\n"
 
 
 def free_port() -> int:
@@ -280,6 +281,58 @@ def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int)
     return r
 
 
+def tensor_script(addr: str, heavy_dir: Path, tmp: Path) -> Path:
+    """A wrk script sending bare onnxruntime's pre-made tensor as one KServe v2 request (FP32
+    binary data after a JSON header), once checked by hand: the sidecar's probabilities must be
+    onnxruntime's own on that tensor."""
+    import numpy as np
+    import onnxruntime as ort
+
+    host, port = addr.rsplit(":", 1)
+
+    def call(method: str, path: str, body: bytes | None = None, headers=None) -> bytes:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {path} answered {resp.status}: {data[:300]!r}")
+        return data
+
+    meta = json.loads(call("GET", "/v2/models/heavy"))
+    input_name = meta["inputs"][0]["name"]
+    output_name = meta["outputs"][0]["name"]
+    tensor = np.ascontiguousarray(np.load(heavy_dir / "tensor.npy"), dtype="<f4")
+    header = json.dumps({
+        "inputs": [{"name": input_name, "shape": list(tensor.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.nbytes}}],
+        "outputs": [{"name": output_name, "parameters": {"binary_data": False}}],
+    }).encode()
+    body = tmp / "tensor-request.bin"
+    body.write_bytes(header + tensor.tobytes())
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(header))}
+    answer = json.loads(call("POST", "/v2/models/heavy/infer", body.read_bytes(), headers))
+    got = np.array(answer["outputs"][0]["data"], dtype=np.float32)
+    session = ort.InferenceSession(str(heavy_dir / "heavy.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    want = session.run([output_name], {input_name: tensor})[0].reshape(-1)
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-6):
+        raise RuntimeError(f"v2 infer on the pre-made tensor answered {got[:5]}, "
+                           f"onnxruntime {want[:5]}")
+    script = tmp / "tensor.lua"
+    text = loadtest.WRK_SCRIPT.format(image=body, mark=loadtest.RESULT_MARK)
+    plain = 'wrk.headers["Content-Type"] = "image/png"'
+    if plain not in text:
+        raise RuntimeError("loadtest.WRK_SCRIPT no longer sets the PNG content type")
+    script.write_text(text.replace(plain, "\n".join(
+        f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())))
+    return script
+
+
 def warm(addr: str, path: str, script: Path, args) -> None:
     loadtest.run_wrk(args.wrk, script, f"http://{addr}{path}", args.connections, args.threads, 2)
 
@@ -434,22 +487,27 @@ def main() -> int:
                 peer.stop()
                 started.remove(peer)
                 heavy_model = (HEAVY_DIR / "heavy.toml").read_text()
-                for label, extra in (("shipped [inference]", ""), ("tuned", HEAVY_TUNED)):
-                    d = tmp / f"heavy-{len(rows)}"
-                    d.mkdir()
-                    s = loadtest.Sidecar(
-                        binary, d, d / "sidecar.log",
-                        heavy_model + f"[log]\ndir = {json.dumps(str(d / 'log'))}\n" + extra,
-                    )
-                    started.append(s)
-                    addr = s.wait_ready()
-                    same_answer(peer_answer, loadtest.check_once(addr, photo.read_bytes(),
-                                                                 heavy_path), "heavy")
-                    warm(addr, heavy_path, heavy_script, args)
-                    rows.append(wrk_row(f"shiftwatch, heavy, {label}", addr, heavy_path,
-                                        heavy_script, args, wrk_log, s.proc.pid))
-                    s.stop()
-                    started.remove(s)
+                d = tmp / "heavy"
+                d.mkdir()
+                s = loadtest.Sidecar(
+                    binary, d, d / "sidecar.log",
+                    heavy_model + f"[log]\ndir = {json.dumps(str(d / 'log'))}\n",
+                )
+                started.append(s)
+                addr = s.wait_ready()
+                same_answer(peer_answer, loadtest.check_once(addr, photo.read_bytes(),
+                                                             heavy_path), "heavy")
+                warm(addr, heavy_path, heavy_script, args)
+                rows.append(wrk_row("shiftwatch, heavy, photos, shipped [inference]", addr,
+                                    heavy_path, heavy_script, args, wrk_log, s.proc.pid))
+                infer_path = "/v2/models/heavy/infer"
+                v2_script = tensor_script(addr, HEAVY_DIR, tmp)
+                warm(addr, infer_path, v2_script, args)
+                rows.append(wrk_row("shiftwatch, heavy, pre-made tensors (v2 binary), shipped "
+                                    "[inference]", addr, infer_path, v2_script, args, wrk_log,
+                                    s.proc.pid))
+                s.stop()
+                started.remove(s)
     except (RuntimeError, OSError, json.JSONDecodeError, subprocess.CalledProcessError) as e:
         print(f"compare: {e}", file=sys.stderr)
         return 1

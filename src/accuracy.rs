@@ -160,7 +160,12 @@ pub fn run(
     };
     let session = &mut loaded.sessions[0];
     let per_image = spec.preprocess.tensor_len();
-    let batch = config.inference.max_batch.min(spec.max_batch).max(1);
+    let batch = config
+        .inference
+        .max_batch
+        .or_default()
+        .min(spec.max_batch)
+        .max(1);
 
     let mut traffic: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();

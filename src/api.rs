@@ -261,9 +261,13 @@ impl AppState {
         use axum::body::HttpBody;
         use http_body_util::BodyExt;
         let mut body = body;
-        if body.size_hint().lower() > limit as u64 {
+        // The length the client announced (Content-Length), within the limit: a body that
+        // comes in several frames is gathered into one buffer of that size, copied once.
+        let announced = body.size_hint().lower();
+        if announced > limit as u64 {
             return Err(ApiError::payload_too_large(limit));
         }
+        let announced = announced as usize;
         let mut hold: Option<OwnedSemaphorePermit> = None;
         // One frame is kept as it came (no copy); more are gathered.
         let mut first: Option<axum::body::Bytes> = None;
@@ -300,7 +304,8 @@ impl AppState {
             match (&mut first, &mut gathered) {
                 (None, None) => first = Some(data),
                 (Some(f), None) => {
-                    let mut all = bytes::BytesMut::with_capacity(f.len() + data.len());
+                    let mut all =
+                        bytes::BytesMut::with_capacity(announced.max(f.len() + data.len()));
                     all.extend_from_slice(f);
                     all.extend_from_slice(&data);
                     first = None;

@@ -446,6 +446,22 @@ fn check_config(path: &std::path::Path, config: &Config, skip_model: bool) -> an
     Ok(())
 }
 
+/// Where an `[inference]` count came from, for `check`.
+fn auto_note(
+    run: Option<std::time::Duration>,
+    count: crate::inference::AutoCount,
+    on_cuda: &str,
+) -> String {
+    use crate::inference::AutoCount;
+    match (count, run) {
+        (AutoCount::Fixed(_), _) => "set in [inference]".to_string(),
+        (AutoCount::Auto, Some(run)) => {
+            format!("\"auto\": one image's run {} µs", run.as_micros())
+        }
+        (AutoCount::Auto, None) => format!("\"auto\": {on_cuda}"),
+    }
+}
+
 fn check_model(config: &Config, model: &crate::model::config::ModelConfig) -> anyhow::Result<()> {
     let loaded = config.load_model(model)?;
     println!("  {}:", model.name);
@@ -456,11 +472,12 @@ fn check_model(config: &Config, model: &crate::model::config::ModelConfig) -> an
     println!(
         "  sessions         {} ({})",
         loaded.sessions.len(),
-        match (loaded.auto_run, config.inference.sessions) {
-            (Some(run), _) => format!("\"auto\": one image's run {} µs", run.as_micros()),
-            (None, crate::inference::Sessions::Auto) => "\"auto\": one on CUDA".to_string(),
-            (None, crate::inference::Sessions::Fixed(_)) => "inference.sessions".to_string(),
-        }
+        auto_note(loaded.auto_run, config.inference.sessions, "one on CUDA")
+    );
+    println!(
+        "  max batch        {} ({})",
+        loaded.max_batch,
+        auto_note(loaded.auto_run, config.inference.max_batch, "32 on CUDA")
     );
     println!(
         "  input            {} {:?} ({})",

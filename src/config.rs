@@ -414,6 +414,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn max_batch_is_a_number_or_auto() {
+        use crate::inference::MaxBatch;
+        let max_batch =
+            |text: &str, env: &[(&str, &str)]| load_text(text, env).map(|c| c.inference.max_batch);
+        assert_eq!(max_batch("", &[]).unwrap(), MaxBatch::Auto);
+        assert_eq!(
+            max_batch("[inference]\nmax_batch = 8\n", &[]).unwrap(),
+            MaxBatch::Fixed(8)
+        );
+        assert_eq!(
+            max_batch("", &[("SHIFTWATCH__INFERENCE__MAX_BATCH", "auto")]).unwrap(),
+            MaxBatch::Auto
+        );
+        for bad in ["0", "4097", "-1", "\"many\""] {
+            let err = max_batch(&format!("[inference]\nmax_batch = {bad}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("inference.max_batch"), "{bad}: {err}");
+        }
+    }
+
     /// `server.io_threads`: a number, or "auto" for half the cores (at least one).
     #[test]
     fn io_threads_are_a_number_or_half_the_cores() {
@@ -499,7 +521,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:9000");
-        assert_eq!(c.inference.max_batch, 8);
+        assert_eq!(c.inference.max_batch, crate::inference::MaxBatch::Fixed(8));
         assert_eq!(
             c.first_model().execution_providers,
             vec![ExecutionProvider::Cuda, ExecutionProvider::Cpu]

@@ -126,8 +126,12 @@ pub struct RawOutput {
 pub struct LoadedModel {
     pub spec: ModelSpec,
     pub sessions: Vec<Session>,
-    /// With `sessions = "auto"` on CPU: the median one-image run that decided their number.
+    /// With `sessions` or `max_batch` `"auto"` on CPU: the median one-image run that decided
+    /// them.
     pub auto_run: Option<std::time::Duration>,
+    /// The largest batch a run takes: `inference.max_batch` resolved
+    /// ([`crate::inference::MaxBatch::resolve`]) within what the model's input allows.
+    pub max_batch: usize,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -136,6 +140,7 @@ impl std::fmt::Debug for LoadedModel {
             .field("spec", &self.spec)
             .field("sessions", &self.sessions.len())
             .field("auto_run", &self.auto_run)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -196,28 +201,44 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     spec.execution_provider = provider;
     spec.described_by = described_by;
 
-    warm_up(&mut sessions, &mut spec, options.inference)?;
+    // The first session warms up with the largest batch "auto" could choose.
+    let most = spec
+        .max_batch
+        .min(options.inference.max_batch.or_default())
+        .max(1);
+    warm_up(&mut sessions, &mut spec, most)?;
     let mut auto_run = None;
-    if options.inference.sessions == Sessions::Auto && provider == ExecutionProvider::Cpu {
-        let run = one_image_run(&mut sessions[0], &spec)?;
-        auto_run = Some(run);
+    let timed = options.inference.sessions == Sessions::Auto
+        || options.inference.max_batch == crate::inference::MaxBatch::Auto;
+    if timed && provider == ExecutionProvider::Cpu {
+        auto_run = Some(one_image_run(&mut sessions[0], &spec)?);
+    }
+    let max_batch = options
+        .inference
+        .max_batch
+        .resolve(auto_run)
+        .min(spec.max_batch)
+        .max(1);
+    if let (Some(run), Sessions::Auto) = (auto_run, options.inference.sessions) {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let target = auto_sessions(run, cores, options.inference.intra_threads);
         let mut more = (sessions.len()..target)
             .map(|_| cpu_session(&env, options.inference, path))
             .collect::<Result<Vec<_>, _>>()?;
-        warm_up(&mut more, &mut spec, options.inference)?;
+        warm_up(&mut more, &mut spec, max_batch)?;
         sessions.append(&mut more);
+    }
+    if let Some(run) = auto_run {
         tracing::info!(
             model = %spec.name,
             one_image_run_us = run.as_micros() as u64,
-            cores,
             sessions = sessions.len(),
-            "inference.sessions = \"auto\": {}",
-            if sessions.len() > 1 {
-                "a compute-heavy model, one session per core"
+            max_batch,
+            "inference \"auto\": {}",
+            if run >= AUTO_SESSIONS_MIN_RUN {
+                "a compute-heavy model; \"auto\" gives it a session per core and one image a run"
             } else {
-                "a light model, one session batching what is queued"
+                "a light model; \"auto\" gives it one session batching what is queued"
             }
         );
     }
@@ -225,17 +246,13 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
         spec,
         sessions,
         auto_run,
+        max_batch,
     })
 }
 
 /// Warm-up: a full batch through every session, which also checks the output shapes (and
 /// learns a dynamic embedding width).
-fn warm_up(
-    sessions: &mut [Session],
-    spec: &mut ModelSpec,
-    inference: &InferenceConfig,
-) -> Result<(), ModelError> {
-    let batch = spec.max_batch.min(inference.max_batch).max(1);
+fn warm_up(sessions: &mut [Session], spec: &mut ModelSpec, batch: usize) -> Result<(), ModelError> {
     let zeros = vec![0f32; batch * spec.preprocess.tensor_len()];
     for session in sessions {
         let out = run_batch(session, spec, &zeros, batch)?;

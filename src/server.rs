@@ -77,7 +77,6 @@ pub async fn serve_on(
     };
     tracing::info!(
         models = ?services.names(),
-        max_batch = state.config.inference.max_batch,
         max_in_flight = state.config.inference.max_in_flight,
         "ready"
     );

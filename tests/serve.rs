@@ -657,15 +657,22 @@ fn v2_infer_takes_json_and_binary_tensors() {
 }
 
 /// `inference.sessions = "auto"` (the default): the bundled digits model (microseconds a run)
-/// gets one session; the compute-heavy comparison model (`training/make_heavy_model.py`,
-/// milliseconds a run) one per core, each answering.
+/// gets one session batching up to 32; the compute-heavy comparison model
+/// (`training/make_heavy_model.py`, milliseconds a run) one session per core, each answering,
+/// and one image a run; a `max_batch` given in the config is kept.
 #[test]
 fn auto_sessions_follow_the_model_cost() {
     let digits = Server::start(&[]);
     let log = digits.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("inference \"auto\""))
+        .unwrap_or_else(|| panic!("no auto line in:\n{log}"));
     assert!(
-        log.contains("a light model, one session") && log.contains("sessions=1"),
-        "{log}"
+        line.contains("a light model")
+            && line.contains("sessions=1")
+            && line.contains("max_batch=32"),
+        "{line}"
     );
     drop(digits);
 
@@ -691,18 +698,24 @@ fn auto_sessions_follow_the_model_cost() {
     let log = heavy.stderr();
     let line = log
         .lines()
-        .find(|l| l.contains("inference.sessions = \"auto\""))
-        .unwrap_or_else(|| panic!("no auto sessions line in:\n{log}"));
+        .find(|l| l.contains("inference \"auto\""))
+        .unwrap_or_else(|| panic!("no auto line in:\n{log}"));
     assert!(line.contains(&format!("sessions={cores}")), "{line}");
+    // One image a run: a session's thread would run a batch's images one after another.
+    let field = |name: &str| {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .to_string()
+    };
+    assert_eq!(field("max_batch"), "1", "{line}");
     if cores > 1 {
         assert!(line.contains("a compute-heavy model"), "{line}");
     }
-    let run_us: u64 = line
-        .split("one_image_run_us=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let run_us: u64 = field("one_image_run_us")
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"));
     assert!(run_us >= 500, "{line}");
     let photo = read(dir.path().join("photo.png"));
     let answer = heavy.post("/v1/models/heavy/classify", Some("image/png"), &photo);
@@ -737,5 +750,28 @@ fn auto_sessions_follow_the_model_cost() {
             "sessions         {cores} (\"auto\": one image's run "
         )),
         "{printed}"
+    );
+    assert!(
+        printed.contains("max batch        1 (\"auto\": one image's run "),
+        "{printed}"
+    );
+
+    // A number is taken as given, and `check-config` says where it came from.
+    let fixed = format!("{config}[inference]\nmax_batch = 4\n");
+    std::fs::write(&config_path, &fixed).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config_path)
+        .env("SHIFTWATCH__LOG__DIR", dir.path().join("log"))
+        .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("max batch        4 (set in [inference])"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

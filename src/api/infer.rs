@@ -149,6 +149,8 @@ async fn run(
     // Images and their tensors, in order.
     let mut inputs: Vec<(Vec<f32>, Option<ImageInput>)> = Vec::with_capacity(n);
     match request.input {
+        // One image's tensor is moved, not copied.
+        Input::Tensor { values, .. } if n == 1 => inputs.push((values, None)),
         Input::Tensor { values, .. } => {
             inputs.extend(values.chunks_exact(per_image).map(|c| (c.to_vec(), None)));
         }
