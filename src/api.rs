@@ -233,6 +233,25 @@ impl AppState {
         body: axum::body::Body,
         limit: usize,
     ) -> Result<(axum::body::Bytes, BodyHold), ApiError> {
+        let mut gathered = Gathered::default();
+        let hold = self
+            .read_body_with(body, limit, |announced, data| {
+                gathered.push(announced, data);
+                Ok(())
+            })
+            .await?;
+        Ok((gathered.finish(), hold))
+    }
+
+    /// [`Self::read_body`] with the same limits, handing each frame of the body to `each` as
+    /// it arrives, with the length the client announced (Content-Length; 0 when it announced
+    /// none), so that a handler can place the bytes where they are needed in one copy.
+    pub async fn read_body_with(
+        &self,
+        body: axum::body::Body,
+        limit: usize,
+        each: impl FnMut(usize, axum::body::Bytes) -> Result<(), ApiError>,
+    ) -> Result<BodyHold, ApiError> {
         let deadline = self.config.server.body_timeout;
         let receiving = &self.metrics.guard.bodies_receiving;
         receiving.inc();
@@ -244,7 +263,7 @@ impl AppState {
             }
         }
         let _received = Received(receiving);
-        match tokio::time::timeout(deadline, self.collect_body(body, limit)).await {
+        match tokio::time::timeout(deadline, self.collect_body(body, limit, each)).await {
             Ok(received) => received,
             Err(_) => {
                 self.metrics.guard.body_timeouts.inc();
@@ -257,21 +276,18 @@ impl AppState {
         &self,
         body: axum::body::Body,
         limit: usize,
-    ) -> Result<(axum::body::Bytes, BodyHold), ApiError> {
+        mut each: impl FnMut(usize, axum::body::Bytes) -> Result<(), ApiError>,
+    ) -> Result<BodyHold, ApiError> {
         use axum::body::HttpBody;
         use http_body_util::BodyExt;
         let mut body = body;
-        // The length the client announced (Content-Length), within the limit: a body that
-        // comes in several frames is gathered into one buffer of that size, copied once.
+        // The length the client announced (Content-Length), within the limit.
         let announced = body.size_hint().lower();
         if announced > limit as u64 {
             return Err(ApiError::payload_too_large(limit));
         }
         let announced = announced as usize;
         let mut hold: Option<OwnedSemaphorePermit> = None;
-        // One frame is kept as it came (no copy); more are gathered.
-        let mut first: Option<axum::body::Bytes> = None;
-        let mut gathered: Option<bytes::BytesMut> = None;
         let mut len = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -301,25 +317,41 @@ impl AppState {
                 Some(h) => h.merge(permit),
                 None => hold = Some(permit),
             }
-            match (&mut first, &mut gathered) {
-                (None, None) => first = Some(data),
-                (Some(f), None) => {
-                    let mut all =
-                        bytes::BytesMut::with_capacity(announced.max(f.len() + data.len()));
-                    all.extend_from_slice(f);
-                    all.extend_from_slice(&data);
-                    first = None;
-                    gathered = Some(all);
-                }
-                (_, Some(all)) => all.extend_from_slice(&data),
-            }
+            each(announced, data)?;
         }
-        let bytes = match (first, gathered) {
+        Ok(BodyHold(hold))
+    }
+}
+
+/// A body's frames gathered into one buffer: one frame is kept as it came (no copy); more are
+/// copied, once, into a buffer of the announced length.
+#[derive(Default)]
+struct Gathered {
+    first: Option<axum::body::Bytes>,
+    all: Option<bytes::BytesMut>,
+}
+
+impl Gathered {
+    fn push(&mut self, announced: usize, data: axum::body::Bytes) {
+        match (&mut self.first, &mut self.all) {
+            (None, None) => self.first = Some(data),
+            (Some(f), None) => {
+                let mut all = bytes::BytesMut::with_capacity(announced.max(f.len() + data.len()));
+                all.extend_from_slice(f);
+                all.extend_from_slice(&data);
+                self.first = None;
+                self.all = Some(all);
+            }
+            (_, Some(all)) => all.extend_from_slice(&data),
+        }
+    }
+
+    fn finish(self) -> axum::body::Bytes {
+        match (self.first, self.all) {
             (_, Some(all)) => all.freeze(),
             (Some(f), None) => f,
             (None, None) => axum::body::Bytes::new(),
-        };
-        Ok((bytes, BodyHold(hold)))
+        }
     }
 }
 

@@ -656,6 +656,118 @@ fn v2_infer_takes_json_and_binary_tensors() {
     }
 }
 
+/// A v2 binary request whose JSON part and floats arrive cut into pieces (separate TCP writes,
+/// so separate body frames): the JSON part is put back together and every float lands whole,
+/// wherever the cuts fall; the answer equals the one sent in one piece. A non-finite float
+/// sent as binary data is refused as it would be in JSON.
+#[test]
+fn v2_binary_data_arriving_in_pieces_is_read_as_sent() {
+    use std::io::Write;
+    let server = Server::start(&[]);
+    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
+    let images: Vec<&Value> = fixture["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .collect();
+    let tensor: Vec<f32> = images
+        .iter()
+        .flat_map(|i| digit_tensor(i["file"].as_str().unwrap()))
+        .collect();
+    let binary: Vec<u8> = tensor.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let header = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [2, 1, 8, 8], "datatype": "FP32",
+                    "parameters": {"binary_data_size": binary.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": false}}]
+    })
+    .to_string();
+    let whole = infer_raw(&server, header.as_bytes(), &binary);
+    assert_eq!(
+        whole.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&whole.body)
+    );
+    let want = whole.json()["outputs"][0]["data"].clone();
+    assert_eq!(want.as_array().unwrap().len(), 20);
+
+    let mut body = header.as_bytes().to_vec();
+    body.extend_from_slice(&binary);
+    let json_len = header.len();
+    // Cuts inside the JSON part, at its end, and at every offset within floats far from zero
+    // (a lost low byte of a zero pixel would change nothing the answer shows).
+    let bright: Vec<usize> = tensor
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v >= 0.25)
+        .map(|(i, _)| json_len + 4 * i)
+        .take(3)
+        .collect();
+    assert_eq!(bright.len(), 3);
+    let cuts = [
+        7,
+        json_len - 1,
+        json_len,
+        json_len + 1,
+        bright[0] + 1,
+        bright[1] + 2,
+        bright[2] + 3,
+        body.len() - 3,
+    ];
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_len}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut from = 0;
+    for cut in cuts.into_iter().chain([body.len()]) {
+        stream.write_all(&body[from..cut]).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        from = cut;
+    }
+    let pieces = crate::support::read_response(&mut stream);
+    assert_eq!(
+        pieces.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&pieces.body)
+    );
+    assert_eq!(pieces.json()["outputs"][0]["data"], want);
+
+    // NaN as binary data: refused, as in JSON.
+    let mut nan = binary.clone();
+    nan[4 * 70..4 * 71].copy_from_slice(&f32::NAN.to_le_bytes());
+    infer_raw(&server, header.as_bytes(), &nan).assert_error(400, "bad_tensor");
+    // An Inference-Header-Content-Length past the body, or not a number.
+    let mut raw = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\n\r\n",
+        body.len() + 1,
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    crate::support::request(server.addr, &raw).assert_error(400, "bad_header");
+    let mut raw = format!(
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: twelve\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    crate::support::request(server.addr, &raw).assert_error(400, "bad_header");
+}
+
 /// `inference.sessions = "auto"` (the default): the bundled digits model (microseconds a run)
 /// gets one session batching up to 32; the compute-heavy comparison model
 /// (`training/make_heavy_model.py`, milliseconds a run) one session per core, each answering,

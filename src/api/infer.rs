@@ -66,53 +66,109 @@ async fn run(
     let ts_us = now_us();
     let limit = state.config.server.max_body_bytes;
     let retry = state.config.server.retry_after_seconds;
-    // Admission once the body is here (a client still sending holds no slot).
-    let (raw, _body) = state.read_body(body, limit).await?;
-    let _permit = state.admit()?;
-    let bytes: Bytes = match headers
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_header",
+                        format!("{HEADER_LENGTH} must be a length within the body"),
+                    )
+                })?,
+        ),
+    };
+    let encoding = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
     {
-        None => raw,
-        Some(e) if e.trim().eq_ignore_ascii_case("identity") => raw,
-        Some(e) => {
-            let encoding = Encoding::parse(e).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_encoding",
-                    format!("Content-Encoding `{e}` is not gzip or deflate"),
-                )
-            })?;
-            // The body limit applies after decompression.
-            tokio::task::spawn_blocking(move || v2::decompress(&raw, encoding, limit))
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })?
-                .map_err(|(too_large, message)| {
-                    if too_large {
-                        ApiError::payload_too_large(limit)
-                    } else {
-                        ApiError::bad_request("bad_encoding", message)
-                    }
-                })?
-                .into()
-        }
+        None => None,
+        Some(e) if e.trim().eq_ignore_ascii_case("identity") => None,
+        Some(e) => Some(Encoding::parse(e).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding `{e}` is not gzip or deflate"),
+            )
+        })?),
     };
-    let json_len = match headers.get(HEADER_LENGTH) {
-        None => bytes.len(),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|n| *n <= bytes.len())
-            .ok_or_else(|| {
-                ApiError::bad_request(
+    // Admission once the body is here (a client still sending holds no slot).
+    let (json, binary, _body, _permit) = match (encoding, json_len) {
+        // Binary data, not compressed: the JSON part and the binary part are taken apart as
+        // the frames arrive, the binary part copied once into its words.
+        (None, Some(json_len)) => {
+            let mut json = Vec::new();
+            let mut binary: Option<v2::Binary> = None;
+            let hold = state
+                .read_body_with(body, limit, |announced, data| {
+                    let mut data: &[u8] = &data;
+                    if json.len() < json_len {
+                        let take = (json_len - json.len()).min(data.len());
+                        json.extend_from_slice(&data[..take]);
+                        data = &data[take..];
+                    }
+                    if !data.is_empty() {
+                        binary
+                            .get_or_insert_with(|| {
+                                v2::Binary::with_capacity(announced.saturating_sub(json_len))
+                            })
+                            .push(data);
+                    }
+                    Ok(())
+                })
+                .await?;
+            let permit = state.admit()?;
+            if json.len() < json_len {
+                return Err(ApiError::bad_request(
                     "bad_header",
                     format!("{HEADER_LENGTH} must be a length within the body"),
-                )
-            })?,
+                ));
+            }
+            (Bytes::from(json), binary.unwrap_or_default(), hold, permit)
+        }
+        (encoding, json_len) => {
+            let (raw, hold) = state.read_body(body, limit).await?;
+            let permit = state.admit()?;
+            let bytes: Bytes = match encoding {
+                None => raw,
+                Some(encoding) => {
+                    // The body limit applies after decompression.
+                    tokio::task::spawn_blocking(move || v2::decompress(&raw, encoding, limit))
+                        .await
+                        .map_err(|e| {
+                            ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                e.to_string(),
+                            )
+                        })?
+                        .map_err(|(too_large, message)| {
+                            if too_large {
+                                ApiError::payload_too_large(limit)
+                            } else {
+                                ApiError::bad_request("bad_encoding", message)
+                            }
+                        })?
+                        .into()
+                }
+            };
+            let json_len = match json_len {
+                None => bytes.len(),
+                Some(n) if n <= bytes.len() => n,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "bad_header",
+                        format!("{HEADER_LENGTH} must be a length within the body"),
+                    ));
+                }
+            };
+            let binary = v2::Binary::from_slice(&bytes[json_len..]);
+            (bytes.slice(..json_len), binary, hold, permit)
+        }
     };
+    let json_len = json.len();
     let spec = Arc::clone(&version.spec);
     let parse = {
         let spec = Arc::clone(&spec);
@@ -123,7 +179,7 @@ async fn run(
                 probabilities: &spec.probabilities_output,
                 embedding: spec.embedding_output.as_deref(),
             };
-            v2::parse_request(&bytes[..json_len], &bytes[json_len..], &ports)
+            v2::parse_request_binary(&json, binary, &ports)
         }
     };
     // A small request is parsed here; a large one on the blocking pool under the budget.
