@@ -192,15 +192,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def thread_seconds(pid: int) -> dict[str, float]:
-    """User + system CPU of each of `pid`'s threads, summed by thread name with a trailing
-    number taken off (`inference-0` and `inference-1` are `inference`), from /proc."""
+def thread_seconds(pid: int) -> dict[str, tuple[str, float]]:
+    """User + system CPU of each of `pid`'s threads by thread id, with its name less a trailing
+    number (`inference-0` and `inference-1` are `inference`), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    total: dict[str, float] = {}
+    threads: dict[str, tuple[str, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return total
+        return threads
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -212,8 +212,20 @@ def thread_seconds(pid: int) -> dict[str, float]:
         if head and tail.isdigit():
             name = head
         fields = stat.rsplit(")", 1)[1].split()
-        total[name] = total.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return total
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return threads
+
+
+def spent_by_name(before: dict[str, tuple[str, float]],
+                  after: dict[str, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each thread name spent between two `thread_seconds`, thread by thread: a
+    thread that exits in between (the blocking pool's, idle for 10 s) takes only its own time
+    with it, not its name's (summing by name first made the async thread's line go negative
+    and vanish when the pool's threads left)."""
+    spent: dict[str, float] = {}
+    for tid, (name, seconds) in after.items():
+        spent[name] = spent.get(name, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return spent
 
 
 class Ceiling:
@@ -262,8 +274,8 @@ def wrk_row(label: str, addr: str, path: str, script: Path, args, log, pid: int)
     # And which of the server's threads spent it (the peer's workers are processes: only the
     # main one's threads show).
     spent = {
-        name: (t - threads_before.get(name, 0.0)) / max(1, r["requests"]) * 1e6
-        for name, t in threads_after.items()
+        name: seconds / max(1, r["requests"]) * 1e6
+        for name, seconds in spent_by_name(threads_before, threads_after).items()
     }
     r["server_cpu_us_per_request_by_thread"] = {
         name: round(us, 1) for name, us in sorted(spent.items(), key=lambda kv: -kv[1]) if us > 0
