@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -300,21 +299,7 @@ def tensor_script(addr: str, heavy_dir: Path, tmp: Path) -> Path:
     import numpy as np
     import onnxruntime as ort
 
-    host, port = addr.rsplit(":", 1)
-
-    def call(method: str, path: str, body: bytes | None = None, headers=None) -> bytes:
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise RuntimeError(f"{method} {path} answered {resp.status}: {data[:300]!r}")
-        return data
-
-    meta = json.loads(call("GET", "/v2/models/heavy"))
+    meta = json.loads(loadtest.call(addr, "GET", "/v2/models/heavy"))
     input_name = meta["inputs"][0]["name"]
     output_name = meta["outputs"][0]["name"]
     tensor = np.ascontiguousarray(np.load(heavy_dir / "tensor.npy"), dtype="<f4")
@@ -327,7 +312,8 @@ def tensor_script(addr: str, heavy_dir: Path, tmp: Path) -> Path:
     body.write_bytes(header + tensor.tobytes())
     headers = {"Content-Type": "application/octet-stream",
                "Inference-Header-Content-Length": str(len(header))}
-    answer = json.loads(call("POST", "/v2/models/heavy/infer", body.read_bytes(), headers))
+    answer = json.loads(loadtest.call(addr, "POST", "/v2/models/heavy/infer", body.read_bytes(),
+                                      headers, timeout=30))
     got = np.array(answer["outputs"][0]["data"], dtype=np.float32)
     session = ort.InferenceSession(str(heavy_dir / "heavy.onnx"),
                                    providers=["CPUExecutionProvider"])

@@ -220,18 +220,25 @@ class Sidecar:
         return self.proc.returncode
 
 
-def check_once(addr: str, image: bytes, path: str = PATH) -> dict:
-    """One request by hand: the endpoint answers 200 with predictions before any load."""
+def call(addr: str, method: str, path: str, body: bytes | None = None,
+         headers: dict | None = None, timeout: float = 10) -> bytes:
+    """One request by hand; its body, or RuntimeError unless it answered 200."""
     host, port = addr.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("POST", path, body=image, headers={"Content-Type": "image/png"})
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        body = resp.read()
+        data = resp.read()
     finally:
         conn.close()
     if resp.status != 200:
-        raise RuntimeError(f"POST {path} answered {resp.status}: {body[:300]!r}")
+        raise RuntimeError(f"{method} {path} answered {resp.status}: {data[:300]!r}")
+    return data
+
+
+def check_once(addr: str, image: bytes, path: str = PATH) -> dict:
+    """One request by hand: the endpoint answers 200 with predictions before any load."""
+    body = call(addr, "POST", path, image, {"Content-Type": "image/png"})
     answer = json.loads(body)
     if not answer.get("predictions"):
         raise RuntimeError(f"POST {path} answered 200 without predictions: {answer}")

@@ -160,12 +160,7 @@ pub fn run(
     };
     let session = &mut loaded.sessions[0];
     let per_image = spec.preprocess.tensor_len();
-    let batch = config
-        .inference
-        .max_batch
-        .or_default()
-        .min(spec.max_batch)
-        .max(1);
+    let batch = config.inference.offline_batch(spec.max_batch);
 
     let mut traffic: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();

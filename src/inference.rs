@@ -182,6 +182,14 @@ impl RawInference {
     }
 }
 
+impl InferenceConfig {
+    /// The batch an offline job (profile, accuracy, the warm-up) runs: `max_batch` as given,
+    /// `"auto"` as [`AUTO_MAX_BATCH`], within what the model's input allows (`model_max`).
+    pub fn offline_batch(&self, model_max: usize) -> usize {
+        self.max_batch.or_default().min(model_max).max(1)
+    }
+}
+
 /// Why an image got no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InferenceError {

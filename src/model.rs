@@ -202,10 +202,7 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     spec.described_by = described_by;
 
     // The first session warms up with the largest batch "auto" could choose.
-    let most = spec
-        .max_batch
-        .min(options.inference.max_batch.or_default())
-        .max(1);
+    let most = options.inference.offline_batch(spec.max_batch);
     warm_up(&mut sessions, &mut spec, most)?;
     let mut auto_run = None;
     let timed = options.inference.sessions == Sessions::Auto

@@ -123,12 +123,7 @@ pub fn build(
         .map(|f| (f.to_string(), Vec::new()))
         .collect();
     let per_image = spec.preprocess.tensor_len();
-    let batch = config
-        .inference
-        .max_batch
-        .or_default()
-        .min(spec.max_batch)
-        .max(1);
+    let batch = config.inference.offline_batch(spec.max_batch);
     let mut progress = Progress::new(keep.len());
     for chunk in keep.chunks(batch) {
         let mut tensor = vec![0f32; chunk.len() * per_image];
@@ -318,12 +313,7 @@ fn fit_correctness(
                 meta.push((src, a, [v[0], v[1]], described.descriptor.to_vec()));
             }
         }
-        let batch = config
-            .inference
-            .max_batch
-            .or_default()
-            .min(spec.max_batch)
-            .max(1);
+        let batch = config.inference.offline_batch(spec.max_batch);
         let mut outputs = Vec::with_capacity(count);
         for part in tensor.chunks(batch * per_image) {
             outputs.extend(model::run_batch(

@@ -841,22 +841,26 @@ fn auto_sessions_follow_the_model_cost() {
 
     // `check-config` says what "auto" chose and why.
     let config_path = dir.path().join("check.toml");
-    std::fs::write(&config_path, &config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
-        .arg("check-config")
-        .arg("--config")
-        .arg(&config_path)
-        .env("SHIFTWATCH__LOG__DIR", dir.path().join("log"))
-        .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let check_config = |text: &str| {
+        std::fs::write(&config_path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config_path)
+            .env("SHIFTWATCH__LOG__DIR", dir.path().join("log"))
+            .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed
+    };
+    let printed = check_config(&config);
     assert!(
         printed.contains(&format!(
             "sessions         {cores} (\"auto\": one image's run "
@@ -867,23 +871,10 @@ fn auto_sessions_follow_the_model_cost() {
         printed.contains("max batch        1 (\"auto\": one image's run "),
         "{printed}"
     );
-
     // A number is taken as given, and `check-config` says where it came from.
-    let fixed = format!("{config}[inference]\nmax_batch = 4\n");
-    std::fs::write(&config_path, &fixed).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shiftwatch"))
-        .arg("check-config")
-        .arg("--config")
-        .arg(&config_path)
-        .env("SHIFTWATCH__LOG__DIR", dir.path().join("log"))
-        .env("SHIFTWATCH__CANDIDATES__DIR", dir.path().join("candidates"))
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = check_config(&format!("{config}[inference]\nmax_batch = 4\n"));
     assert!(
         printed.contains("max batch        4 (set in [inference])"),
-        "{printed}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{printed}"
     );
 }
