@@ -506,7 +506,7 @@ def main() -> int:
                                     s.proc.pid))
                 s.stop()
                 started.remove(s)
-    except (RuntimeError, OSError, json.JSONDecodeError, subprocess.CalledProcessError) as e:
+    except (RuntimeError, OSError, KeyError, ValueError, subprocess.CalledProcessError) as e:
         print(f"compare: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

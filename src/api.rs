@@ -233,24 +233,24 @@ impl AppState {
         body: axum::body::Body,
         limit: usize,
     ) -> Result<(axum::body::Bytes, BodyHold), ApiError> {
-        let mut gathered = Gathered::default();
+        let mut frames = Vec::new();
         let hold = self
-            .read_body_with(body, limit, |announced, data| {
-                gathered.push(announced, data);
+            .read_body_with(body, limit, |data| {
+                frames.push(data);
                 Ok(())
             })
             .await?;
-        Ok((gathered.finish(), hold))
+        Ok((joined(frames), hold))
     }
 
     /// [`Self::read_body`] with the same limits, handing each frame of the body to `each` as
-    /// it arrives, with the length the client announced (Content-Length; 0 when it announced
-    /// none), so that a handler can place the bytes where they are needed in one copy.
+    /// it arrives (a frame is hyper's own buffer, not a copy), so that a handler can place the
+    /// bytes where they are needed in one copy.
     pub async fn read_body_with(
         &self,
         body: axum::body::Body,
         limit: usize,
-        each: impl FnMut(usize, axum::body::Bytes) -> Result<(), ApiError>,
+        each: impl FnMut(axum::body::Bytes) -> Result<(), ApiError>,
     ) -> Result<BodyHold, ApiError> {
         let deadline = self.config.server.body_timeout;
         let receiving = &self.metrics.guard.bodies_receiving;
@@ -276,17 +276,14 @@ impl AppState {
         &self,
         body: axum::body::Body,
         limit: usize,
-        mut each: impl FnMut(usize, axum::body::Bytes) -> Result<(), ApiError>,
+        mut each: impl FnMut(axum::body::Bytes) -> Result<(), ApiError>,
     ) -> Result<BodyHold, ApiError> {
         use axum::body::HttpBody;
         use http_body_util::BodyExt;
         let mut body = body;
-        // The length the client announced (Content-Length), within the limit.
-        let announced = body.size_hint().lower();
-        if announced > limit as u64 {
+        if body.size_hint().lower() > limit as u64 {
             return Err(ApiError::payload_too_large(limit));
         }
-        let announced = announced as usize;
         let mut hold: Option<OwnedSemaphorePermit> = None;
         let mut len = 0usize;
         while let Some(frame) = body.frame().await {
@@ -317,40 +314,24 @@ impl AppState {
                 Some(h) => h.merge(permit),
                 None => hold = Some(permit),
             }
-            each(announced, data)?;
+            each(data)?;
         }
         Ok(BodyHold(hold))
     }
 }
 
-/// A body's frames gathered into one buffer: one frame is kept as it came (no copy); more are
-/// copied, once, into a buffer of the announced length.
-#[derive(Default)]
-struct Gathered {
-    first: Option<axum::body::Bytes>,
-    all: Option<bytes::BytesMut>,
-}
-
-impl Gathered {
-    fn push(&mut self, announced: usize, data: axum::body::Bytes) {
-        match (&mut self.first, &mut self.all) {
-            (None, None) => self.first = Some(data),
-            (Some(f), None) => {
-                let mut all = bytes::BytesMut::with_capacity(announced.max(f.len() + data.len()));
+/// A body's frames as one buffer: one frame as it came (no copy); several copied once into a
+/// buffer of their total length. Nothing is reserved ahead of the bytes that arrived (and that
+/// the body budget counts): a client that announces a large body and stalls holds no more.
+pub fn joined(frames: Vec<axum::body::Bytes>) -> axum::body::Bytes {
+    match <[_; 1]>::try_from(frames) {
+        Ok([one]) => one,
+        Err(frames) => {
+            let mut all = bytes::BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for f in &frames {
                 all.extend_from_slice(f);
-                all.extend_from_slice(&data);
-                self.first = None;
-                self.all = Some(all);
             }
-            (_, Some(all)) => all.extend_from_slice(&data),
-        }
-    }
-
-    fn finish(self) -> axum::body::Bytes {
-        match (self.first, self.all) {
-            (_, Some(all)) => all.freeze(),
-            (Some(f), None) => f,
-            (None, None) => axum::body::Bytes::new(),
+            all.freeze()
         }
     }
 }

@@ -116,11 +116,13 @@ impl Config {
         self.load_model_with(model, &self.inference)
     }
 
-    /// [`Config::load_model`] with one session whatever `inference.sessions` says: for the
-    /// commands that run the model from one thread (`reference`, `estimates`).
+    /// [`Config::load_model`] with one session whatever `inference.sessions` says, and the
+    /// offline batch ([`InferenceConfig::offline_batch`]): for the commands that run the model
+    /// from one thread (`reference`, `estimates`), which need no run timed.
     pub fn load_model_one_session(&self, model: &ModelConfig) -> Result<LoadedModel, ModelError> {
         let inference = InferenceConfig {
             sessions: crate::inference::Sessions::Fixed(1),
+            max_batch: crate::inference::MaxBatch::Fixed(self.inference.max_batch.or_default()),
             ..self.inference.clone()
         };
         self.load_model_with(model, &inference)

@@ -166,7 +166,8 @@ pub struct LoadOptions<'a> {
 }
 
 /// Loads the runtime, opens `inference.sessions` sessions (`"auto"`: see [`auto_sessions`]),
-/// resolves the spec and warms every session up with a full batch.
+/// resolves the spec and `max_batch` ([`crate::inference::MaxBatch::resolve`]) and warms every
+/// session up with a full batch.
 pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel, ModelError> {
     let env = environment(options.library)?;
     let path = options.path;
@@ -201,9 +202,13 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     spec.execution_provider = provider;
     spec.described_by = described_by;
 
-    // The first session warms up with the largest batch "auto" could choose.
-    let most = options.inference.offline_batch(spec.max_batch);
-    warm_up(&mut sessions, &mut spec, most)?;
+    // Sessions warm up with the batch they will run. An "auto" limit is known only once one
+    // image's run is timed, so until then they warm up with one image.
+    let first_batch = match options.inference.max_batch {
+        crate::inference::MaxBatch::Fixed(_) => options.inference.offline_batch(spec.max_batch),
+        crate::inference::MaxBatch::Auto => 1,
+    };
+    warm_up(&mut sessions, &mut spec, first_batch)?;
     let mut auto_run = None;
     let timed = options.inference.sessions == Sessions::Auto
         || options.inference.max_batch == crate::inference::MaxBatch::Auto;
@@ -216,6 +221,9 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
         .resolve(auto_run)
         .min(spec.max_batch)
         .max(1);
+    if max_batch > first_batch {
+        warm_up(&mut sessions, &mut spec, max_batch)?;
+    }
     if let (Some(run), Sessions::Auto) = (auto_run, options.inference.sessions) {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let target = auto_sessions(run, cores, options.inference.intra_threads);
@@ -233,9 +241,9 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
             max_batch,
             "inference \"auto\": {}",
             if run >= AUTO_SESSIONS_MIN_RUN {
-                "a compute-heavy model; \"auto\" gives it a session per core and one image a run"
+                "a compute-heavy model (one image's run of 500 µs or more): a session per core, one image a run, where those are \"auto\""
             } else {
-                "a light model; \"auto\" gives it one session batching what is queued"
+                "a light model (one image's run under 500 µs): one session, batches of up to 32, where those are \"auto\""
             }
         );
     }

@@ -837,6 +837,24 @@ fn auto_sessions_follow_the_model_cost() {
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
+    // Eight clients at once, each twice: with batches of up to 32 the queue would form some
+    // larger than one; every run holds one image.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..2 {
+                    let r = heavy.post("/v1/models/heavy/classify", Some("image/png"), &photo);
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                }
+            });
+        }
+    });
+    let runs = heavy.metric("shiftwatch_inference_batch_size_count{model=\"heavy\"}");
+    assert_eq!(runs, 17.0);
+    assert_eq!(
+        heavy.metric("shiftwatch_inference_batch_size_bucket{model=\"heavy\",le=\"1\"}"),
+        runs
+    );
     drop(heavy);
 
     // `check-config` says what "auto" chose and why.

@@ -97,24 +97,20 @@ async fn run(
     // Admission once the body is here (a client still sending holds no slot).
     let (json, binary, _body, _permit) = match (encoding, json_len) {
         // Binary data, not compressed: the JSON part and the binary part are taken apart as
-        // the frames arrive, the binary part copied once into its words.
+        // the frames arrive (the binary part's frames kept as hyper gave them), then the binary
+        // part is copied once into its words.
         (None, Some(json_len)) => {
             let mut json = Vec::new();
-            let mut binary: Option<v2::Binary> = None;
+            let mut frames: Vec<Bytes> = Vec::new();
             let hold = state
-                .read_body_with(body, limit, |announced, data| {
-                    let mut data: &[u8] = &data;
+                .read_body_with(body, limit, |mut data| {
                     if json.len() < json_len {
                         let take = (json_len - json.len()).min(data.len());
                         json.extend_from_slice(&data[..take]);
-                        data = &data[take..];
+                        data = data.slice(take..);
                     }
                     if !data.is_empty() {
-                        binary
-                            .get_or_insert_with(|| {
-                                v2::Binary::with_capacity(announced.saturating_sub(json_len))
-                            })
-                            .push(data);
+                        frames.push(data);
                     }
                     Ok(())
                 })
@@ -126,7 +122,11 @@ async fn run(
                     format!("{HEADER_LENGTH} must be a length within the body"),
                 ));
             }
-            (Bytes::from(json), binary.unwrap_or_default(), hold, permit)
+            let mut binary = v2::Binary::with_capacity(frames.iter().map(|f| f.len()).sum());
+            for frame in frames {
+                binary.push(&frame);
+            }
+            (Bytes::from(json), binary, hold, permit)
         }
         (encoding, json_len) => {
             let (raw, hold) = state.read_body(body, limit).await?;
@@ -164,8 +164,18 @@ async fn run(
                     ));
                 }
             };
-            let binary = v2::Binary::from_slice(&bytes[json_len..]);
-            (bytes.slice(..json_len), binary, hold, permit)
+            if json_len == bytes.len() {
+                (bytes, v2::Binary::default(), hold, permit)
+            } else {
+                let binary = v2::Binary::from_slice(&bytes[json_len..]);
+                // The JSON part copied out, so that the whole body goes now.
+                (
+                    Bytes::copy_from_slice(&bytes[..json_len]),
+                    binary,
+                    hold,
+                    permit,
+                )
+            }
         }
     };
     let json_len = json.len();
