@@ -147,17 +147,52 @@ pub fn v2_request(data: &[u8]) {
         probabilities: "probabilities",
         embedding: (selector & 0x08 == 0).then_some("embedding"),
     };
-    if let Ok(request) = v2::parse_request(json, binary, &ports)
+    let whole = v2::parse_request(json, binary, &ports);
+    if let Ok(request) = &whole
         && let v2::Input::Tensor { n, values } = &request.input
     {
         // An accepted tensor holds whole images of the model's shape.
         let per_image: i64 = shape.iter().product();
         assert_eq!(*n as i64 * per_image, values.len() as i64);
     }
+    // The binary part arriving in pieces (as HTTP frames do) parses to the same request.
+    if !binary.is_empty() {
+        let mut cuts: Vec<usize> = rest
+            .iter()
+            .take(4)
+            .map(|b| usize::from(*b) % (binary.len() + 1))
+            .collect();
+        cuts.sort_unstable();
+        let mut pieces = v2::Binary::default();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([binary.len()]) {
+            pieces.push(&binary[from..cut]);
+            from = cut;
+        }
+        let split = v2::parse_request_binary(json, pieces, &ports);
+        match (&whole, &split) {
+            (Ok(a), Ok(b)) => assert!(same_request(a, b), "{a:?} / {b:?}"),
+            (Err(a), Err(b)) => assert_eq!(a.code, b.code),
+            _ => panic!("one piece and several disagree: {whole:?} / {split:?}"),
+        }
+    }
     if let Ok(text) = std::str::from_utf8(rest) {
         let _ = Encoding::accepted(text);
         let _ = v2::base64_decode(text);
     }
+}
+
+/// Two parsed requests alike, tensor values compared by their bits (NaN is refused, but a
+/// derived comparison would still call -0.0 and 0.0 equal).
+fn same_request(a: &v2::Request, b: &v2::Request) -> bool {
+    let bits = |i: &v2::Input| match i {
+        v2::Input::Tensor { n, values } => (
+            Some((*n, values.iter().map(|v| v.to_bits()).collect::<Vec<_>>())),
+            None,
+        ),
+        v2::Input::Images(images) => (None, Some(images.clone())),
+    };
+    a.id == b.id && a.outputs == b.outputs && bits(&a.input) == bits(&b.input)
 }
 
 /// The config loader: TOML text, then environment overrides. The input is the file's text,
