@@ -163,13 +163,13 @@ pub fn v2_request(data: &[u8]) {
             .map(|b| usize::from(*b) % (binary.len() + 1))
             .collect();
         cuts.sort_unstable();
-        let mut pieces = v2::Binary::default();
+        let mut pieces = Vec::new();
         let mut from = 0;
         for cut in cuts.into_iter().chain([binary.len()]) {
             pieces.push(&binary[from..cut]);
             from = cut;
         }
-        let split = v2::parse_request_binary(json, pieces, &ports);
+        let split = v2::parse_request_binary(json, v2::Binary::from_pieces(&pieces), &ports);
         match (&whole, &split) {
             (Ok(a), Ok(b)) => assert!(same_request(a, b), "{a:?} / {b:?}"),
             (Err(a), Err(b)) => assert_eq!(a.code, b.code),

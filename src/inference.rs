@@ -183,10 +183,16 @@ impl RawInference {
 }
 
 impl InferenceConfig {
-    /// The batch an offline job (profile, accuracy, the warm-up) runs: `max_batch` as given,
-    /// `"auto"` as [`AUTO_MAX_BATCH`], within what the model's input allows (`model_max`).
+    /// The batch limit for a model whose input allows `model_max` images and whose one-image
+    /// run on CPU took `cpu_run` ([`MaxBatch::resolve`]), at least one.
+    pub fn batch_limit(&self, cpu_run: Option<Duration>, model_max: usize) -> usize {
+        self.max_batch.resolve(cpu_run).min(model_max).max(1)
+    }
+
+    /// The batch an offline job (profile, accuracy) runs: `max_batch` as given, `"auto"` as
+    /// [`AUTO_MAX_BATCH`], within what the model's input allows (`model_max`).
     pub fn offline_batch(&self, model_max: usize) -> usize {
-        self.max_batch.or_default().min(model_max).max(1)
+        self.batch_limit(None, model_max)
     }
 }
 

@@ -205,7 +205,7 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     // Sessions warm up with the batch they will run. An "auto" limit is known only once one
     // image's run is timed, so until then they warm up with one image.
     let first_batch = match options.inference.max_batch {
-        crate::inference::MaxBatch::Fixed(_) => options.inference.offline_batch(spec.max_batch),
+        crate::inference::MaxBatch::Fixed(_) => options.inference.batch_limit(None, spec.max_batch),
         crate::inference::MaxBatch::Auto => 1,
     };
     warm_up(&mut sessions, &mut spec, first_batch)?;
@@ -215,12 +215,7 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     if timed && provider == ExecutionProvider::Cpu {
         auto_run = Some(one_image_run(&mut sessions[0], &spec)?);
     }
-    let max_batch = options
-        .inference
-        .max_batch
-        .resolve(auto_run)
-        .min(spec.max_batch)
-        .max(1);
+    let max_batch = options.inference.batch_limit(auto_run, spec.max_batch);
     if max_batch > first_batch {
         warm_up(&mut sessions, &mut spec, max_batch)?;
     }
@@ -241,9 +236,16 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
             max_batch,
             "inference \"auto\": {}",
             if run >= AUTO_SESSIONS_MIN_RUN {
-                "a compute-heavy model (one image's run of 500 µs or more): a session per core, one image a run, where those are \"auto\""
+                format!(
+                    "a compute-heavy model (one image's run of {} µs or more): a session per core, one image a run, where those are \"auto\"",
+                    AUTO_SESSIONS_MIN_RUN.as_micros()
+                )
             } else {
-                "a light model (one image's run under 500 µs): one session, batches of up to 32, where those are \"auto\""
+                format!(
+                    "a light model (one image's run under {} µs): one session, batches of up to {}, where those are \"auto\"",
+                    AUTO_SESSIONS_MIN_RUN.as_micros(),
+                    crate::inference::AUTO_MAX_BATCH
+                )
             }
         );
     }
@@ -255,7 +257,7 @@ pub fn load(model: &ModelConfig, options: LoadOptions<'_>) -> Result<LoadedModel
     })
 }
 
-/// Warm-up: a full batch through every session, which also checks the output shapes (and
+/// Warm-up: a batch of `batch` through every session, which also checks the output shapes (and
 /// learns a dynamic embedding width).
 fn warm_up(sessions: &mut [Session], spec: &mut ModelSpec, batch: usize) -> Result<(), ModelError> {
     let zeros = vec![0f32; batch * spec.preprocess.tensor_len()];

@@ -512,33 +512,43 @@ fn digit_tensor(file: &str) -> Vec<f32> {
     out
 }
 
-fn infer_raw(server: &Server, json: &[u8], binary: &[u8]) -> crate::support::Response {
-    let mut raw = format!(
+/// The head of a v2 infer request with binary data: `header_length` as the
+/// Inference-Header-Content-Length value, and a body of `body_len` bytes.
+fn infer_head(header_length: &str, body_len: usize) -> String {
+    format!(
         "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\n\r\n",
-        json.len(),
-        json.len() + binary.len()
+         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {header_length}\r\n\
+         Content-Length: {body_len}\r\n\r\n"
     )
-    .into_bytes();
-    raw.extend_from_slice(json);
-    raw.extend_from_slice(binary);
+}
+
+/// A v2 infer request of `body` with `header_length` as its Inference-Header-Content-Length.
+fn infer_body(server: &Server, header_length: &str, body: &[u8]) -> crate::support::Response {
+    let mut raw = infer_head(header_length, body.len()).into_bytes();
+    raw.extend_from_slice(body);
     crate::support::request(server.addr, &raw)
+}
+
+fn infer_raw(server: &Server, json: &[u8], binary: &[u8]) -> crate::support::Response {
+    infer_body(server, &json.len().to_string(), &[json, binary].concat())
+}
+
+/// The first `n` images of the digits fixture (file and training probabilities) and their
+/// tensors, one after another.
+fn fixture_images(n: usize) -> (Vec<Value>, Vec<f32>) {
+    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
+    let images: Vec<Value> = fixture["images"].as_array().unwrap()[..n].to_vec();
+    let tensor = images
+        .iter()
+        .flat_map(|i| digit_tensor(i["file"].as_str().unwrap()))
+        .collect();
+    (images, tensor)
 }
 
 #[test]
 fn v2_infer_takes_json_and_binary_tensors() {
     let server = Server::start(&[("SHIFTWATCH__MONITOR__EVALUATE_EVERY_SECONDS", "0.1")]);
-    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
-    let images: Vec<&Value> = fixture["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(3)
-        .collect();
-    let tensor: Vec<f32> = images
-        .iter()
-        .flat_map(|i| digit_tensor(i["file"].as_str().unwrap()))
-        .collect();
+    let (images, tensor) = fixture_images(3);
     let want: Vec<f64> = images
         .iter()
         .flat_map(|i| {
@@ -664,17 +674,7 @@ fn v2_infer_takes_json_and_binary_tensors() {
 fn v2_binary_data_arriving_in_pieces_is_read_as_sent() {
     use std::io::Write;
     let server = Server::start(&[]);
-    let fixture: Value = serde_json::from_slice(&read("tests/data/digits_fixture.json")).unwrap();
-    let images: Vec<&Value> = fixture["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(2)
-        .collect();
-    let tensor: Vec<f32> = images
-        .iter()
-        .flat_map(|i| digit_tensor(i["file"].as_str().unwrap()))
-        .collect();
+    let (_, tensor) = fixture_images(2);
     let binary: Vec<u8> = tensor.iter().flat_map(|f| f.to_le_bytes()).collect();
     let header = serde_json::json!({
         "inputs": [{"name": "image", "shape": [2, 1, 8, 8], "datatype": "FP32",
@@ -720,14 +720,9 @@ fn v2_binary_data_arriving_in_pieces_is_read_as_sent() {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    write!(
-        stream,
-        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_len}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
+    stream
+        .write_all(infer_head(&json_len.to_string(), body.len()).as_bytes())
+        .unwrap();
     let mut from = 0;
     for cut in cuts.into_iter().chain([body.len()]) {
         stream.write_all(&body[from..cut]).unwrap();
@@ -749,23 +744,8 @@ fn v2_binary_data_arriving_in_pieces_is_read_as_sent() {
     nan[4 * 70..4 * 71].copy_from_slice(&f32::NAN.to_le_bytes());
     infer_raw(&server, header.as_bytes(), &nan).assert_error(400, "bad_tensor");
     // An Inference-Header-Content-Length past the body, or not a number.
-    let mut raw = format!(
-        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\n\r\n",
-        body.len() + 1,
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
-    crate::support::request(server.addr, &raw).assert_error(400, "bad_header");
-    let mut raw = format!(
-        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-         Content-Type: application/octet-stream\r\nInference-Header-Content-Length: twelve\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
-    crate::support::request(server.addr, &raw).assert_error(400, "bad_header");
+    infer_body(&server, &(body.len() + 1).to_string(), &body).assert_error(400, "bad_header");
+    infer_body(&server, "twelve", &body).assert_error(400, "bad_header");
 }
 
 /// `inference.sessions = "auto"` (the default): the bundled digits model (microseconds a run)

@@ -33,6 +33,14 @@ impl From<V2Error> for ApiError {
     }
 }
 
+/// An `Inference-Header-Content-Length` that is not a number, or points past the body.
+fn bad_header_length() -> ApiError {
+    ApiError::bad_request(
+        "bad_header",
+        format!("{HEADER_LENGTH} must be a length within the body"),
+    )
+}
+
 pub async fn infer(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
@@ -72,12 +80,7 @@ async fn run(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "bad_header",
-                        format!("{HEADER_LENGTH} must be a length within the body"),
-                    )
-                })?,
+                .ok_or_else(bad_header_length)?,
         ),
     };
     let encoding = match headers
@@ -117,15 +120,9 @@ async fn run(
                 .await?;
             let permit = state.admit()?;
             if json.len() < json_len {
-                return Err(ApiError::bad_request(
-                    "bad_header",
-                    format!("{HEADER_LENGTH} must be a length within the body"),
-                ));
+                return Err(bad_header_length());
             }
-            let mut binary = v2::Binary::with_capacity(frames.iter().map(|f| f.len()).sum());
-            for frame in frames {
-                binary.push(&frame);
-            }
+            let binary = v2::Binary::from_pieces(&frames);
             (Bytes::from(json), binary, hold, permit)
         }
         (encoding, json_len) => {
@@ -157,12 +154,7 @@ async fn run(
             let json_len = match json_len {
                 None => bytes.len(),
                 Some(n) if n <= bytes.len() => n,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "bad_header",
-                        format!("{HEADER_LENGTH} must be a length within the body"),
-                    ));
-                }
+                Some(_) => return Err(bad_header_length()),
             };
             if json_len == bytes.len() {
                 (bytes, v2::Binary::default(), hold, permit)

@@ -211,8 +211,15 @@ impl Binary {
     }
 
     pub fn from_slice(bytes: &[u8]) -> Self {
-        let mut b = Binary::with_capacity(bytes.len());
-        b.push(bytes);
+        Binary::from_pieces(&[bytes])
+    }
+
+    /// The pieces one after another (a body's frames), each copied once.
+    pub fn from_pieces(pieces: &[impl AsRef<[u8]>]) -> Self {
+        let mut b = Binary::with_capacity(pieces.iter().map(|p| p.as_ref().len()).sum());
+        for piece in pieces {
+            b.push(piece.as_ref());
+        }
         b
     }
 
