@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,12 @@ def test_pod_config_is_a_valid_config(kustomization, tmp_path):
     run = run_check_config(config, env)
     assert run.returncode == 0, run.stderr
     assert "listen           0.0.0.0:8080" in run.stdout
+    # The README's sizing: no batch delay on CPU, one on a GPU; the batch limit follows the
+    # model ("auto").
+    inference = tomllib.loads(config.read_text())["inference"]
+    assert inference["max_batch"] == "auto"
+    delay = env.get("SHIFTWATCH__INFERENCE__MAX_BATCH_DELAY_US", inference["max_batch_delay_us"])
+    assert int(delay) == (500 if kustomization.name == "cuda" else 0)
     if kustomization.name == "cuda":
         assert env["SHIFTWATCH__MODEL__REQUIRE_CUDA"] == "true"
         assert sidecar["resources"]["limits"]["nvidia.com/gpu"] == 1
