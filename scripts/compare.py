@@ -19,7 +19,9 @@ request sends, a 320x240 PNG):
      (decoded, resized and described per request, as the peer does) and 7. the same sidecar sent
      the pre-made tensor bare onnxruntime runs, as FP32 binary data through the KServe v2
      `/v2/models/heavy/infer` (the comparison DESIGN.md's target names: pre-decoded tensors);
-     its answer is checked against onnxruntime's own on that tensor.
+     its answer is checked against onnxruntime's own on that tensor. 7 runs --runs times, each
+     right after a run of bare onnxruntime's best setting from 4 (paired rounds: the ratio of
+     each round, and their median, beside the ratio to the best of 4's single runs).
 
 Prints a Markdown table, where shiftwatch's CPU goes (µs per request by thread, from
 /proc/<pid>/task), and the ratios the README quotes, and writes runs/compare-<UTC>.json.
@@ -55,6 +57,7 @@ ROOT = loadtest.ROOT
 PEER_DIR = ROOT / "benches/peers"
 PEER_VENV = ROOT / ".venv-peer"
 HEAVY_DIR = ROOT / "runs/heavy"
+TENSOR_ROW = "shiftwatch, heavy, pre-made tensors (v2 binary), shipped [inference]"
 DIGITS_IMAGE = ROOT / "data/traffic/normal/normal-0000.png"
 READY_TIMEOUT_S = 60
 
@@ -167,6 +170,7 @@ def bare(model: Path, tensor: Path, procs: int, threads: int, batch: int, second
     return {
         "target": f"bare onnxruntime, {procs} process{'es' if procs > 1 else ''} x "
         f"{threads} thread{'s' if threads > 1 else ''}, batch {batch}",
+        "setting": [procs, threads, batch],
         "images_per_second": sum(r["images_per_second"] for r in results),
         "processes": results,
     }
@@ -501,9 +505,20 @@ def main() -> int:
                 infer_path = "/v2/models/heavy/infer"
                 v2_script = tensor_script(addr, HEAVY_DIR, tmp)
                 warm(addr, infer_path, v2_script, args)
-                rows.append(wrk_row("shiftwatch, heavy, pre-made tensors (v2 binary), shipped "
-                                    "[inference]", addr, infer_path, v2_script, args, wrk_log,
-                                    s.proc.pid))
+                # Paired rounds: bare onnxruntime's best setting, then the sidecar at once (its
+                # process stays up, idle while bare runs), so that both see the machine alike.
+                best = max((r for r in rows if r["target"].startswith("bare onnxruntime")),
+                           key=lambda r: r["images_per_second"])
+                setting = best["setting"]
+                for i in range(1, args.runs + 1):
+                    r = bare(HEAVY_DIR / "heavy.onnx", HEAVY_DIR / "tensor.npy", *setting,
+                             args.duration)
+                    r["target"] = f"{r['target']}, round {i}"
+                    rows.append(r)
+                    print(f"  {r['target']}: {r['images_per_second']:,.1f} images/s",
+                          flush=True)
+                    rows.append(wrk_row(f"{TENSOR_ROW}, round {i}", addr, infer_path,
+                                        v2_script, args, wrk_log, s.proc.pid))
                 s.stop()
                 started.remove(s)
     except (RuntimeError, OSError, KeyError, ValueError, subprocess.CalledProcessError) as e:
@@ -581,7 +596,9 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
         ratios["ceiling_over_peer"] = rate(ceiling) / peer
         ratios["on_over_ceiling"] = statistics.median(on) / rate(ceiling)
     if heavy:
-        bare_rows = [r for r in rows if r["target"].startswith("bare onnxruntime")]
+        # The best of the four settings' single runs; the paired rounds come after them.
+        bare_rows = [r for r in rows
+                     if r["target"].startswith("bare onnxruntime") and "round" not in r["target"]]
         best = max(rate(r) for r in bare_rows)
         ratios["bare_best_images_per_second"] = best
         for r in bare_rows:
@@ -589,12 +606,32 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
                 f"| {r['target']} | {rate(r):,.1f} | – | {rate(r) / best:.2f} of best | – | – |"
             )
         for r in rows:
-            if "heavy" in r["target"]:
+            if "heavy" in r["target"] and "round" not in r["target"]:
                 lines.append(
                     f"| {r['target']} | {rate(r):,.1f} | {loadtest.fmt_ms(r['p99_us'])} | "
                     f"{rate(r) / best:.2f} of bare | {cpu(r)} |"
                 )
                 ratios[f"{r['target']} / bare"] = rate(r) / best
+        # Each round: the sidecar against the bare run just before it.
+        paired = []
+        for i in range(1, len(rows) + 1):
+            b = next((r for r in rows if r["target"].startswith("bare onnxruntime")
+                      and r["target"].endswith(f", round {i}")), None)
+            t = by.get(f"{TENSOR_ROW}, round {i}")
+            if b is None or t is None:
+                break
+            paired.append(rate(t) / rate(b))
+            lines.append(
+                f"| {b['target']} | {rate(b):,.1f} | – | 1 | – | – |"
+            )
+            lines.append(
+                f"| {t['target']} | {rate(t):,.1f} | {loadtest.fmt_ms(t['p99_us'])} | "
+                f"{rate(t) / rate(b):.3f} of that bare run, {rate(t) / best:.2f} of best | "
+                f"{cpu(t)} |"
+            )
+        if paired:
+            ratios["tensors_over_bare_each_round"] = paired
+            ratios["tensors_over_bare_median_of_rounds"] = statistics.median(paired)
     lines.append("")
     lines.append("Where shiftwatch's CPU goes, µs per request by thread (from /proc):")
     lines.append("")
@@ -610,6 +647,13 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
         f"interleaved pairs (each: {', '.join(f'{p:.3f}' for p in pairs)}); worst p99 with "
         f"everything on {loadtest.fmt_ms(ratios['on_p99_us_worst'])}"
     )
+    if "tensors_over_bare_each_round" in ratios:
+        each = ratios["tensors_over_bare_each_round"]
+        lines.append(
+            f"heavy, pre-made tensors / bare onnxruntime's best setting run just before: median "
+            f"{ratios['tensors_over_bare_median_of_rounds']:.3f} over {len(each)} paired rounds "
+            f"(each: {', '.join(f'{p:.3f}' for p in each)})"
+        )
     if ceiling:
         lines.append(
             f"the HTTP ceiling (no work at all) / python peer: "
