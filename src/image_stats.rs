@@ -456,14 +456,20 @@ mod tests {
         }
     }
 
-    /// What a photo-sized image costs on the request path beside its decode: the tensor of a
-    /// 224×224 RGB model and the description (statistics, dHash, descriptor), for a 320×240 RGB
-    /// image. `cargo test --release --lib photo_preprocess_cost -- --nocapture` (the fastest of
-    /// 20 rounds; 2 in a debug build).
+    /// What a photo costs on the request path beside its decode: the tensor of a 224×224 RGB
+    /// model and the description (statistics, dHash, descriptor), for a 320×240 and a
+    /// 1920×1080 RGB image. `cargo test --release --lib photo_preprocess_cost -- --nocapture`
+    /// (the fastest of 20 rounds; 2 in a debug build).
     #[test]
     fn photo_preprocess_cost_is_printed() {
+        for (w, h) in [(320, 240), (1920, 1080)] {
+            photo_preprocess_cost(w, h);
+        }
+    }
+
+    fn photo_preprocess_cost(w: u32, h: u32) {
         let rounds = if cfg!(debug_assertions) { 2 } else { 20 };
-        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(320, 240, |x, y| {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
             Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y) as u8])
         }));
         let spec = Preprocess {
@@ -493,7 +499,7 @@ mod tests {
         let describe_us = fastest(&mut || {
             std::hint::black_box(describe(std::hint::black_box(&image)));
         });
-        println!("320x240 RGB: tensor 224x224 {tensor_us:.0} µs, describe {describe_us:.0} µs");
+        println!("{w}x{h} RGB: tensor 224x224 {tensor_us:.0} µs, describe {describe_us:.0} µs");
     }
 
     #[test]
