@@ -187,11 +187,17 @@ fn stats_of_gray(gray: &GrayImage, saturation: f64, width: u32, height: u32) -> 
     let (w, h) = (gray.width() as usize, gray.height() as usize);
     let gray = gray.as_raw();
     let n = gray.len() as f64;
+    // Sums of a row fit 32 bits (a row is at most STATS_MAX_SIDE pixels: 256 · 255² < 2³²),
+    // which the compiler vectorizes; the rows' sums are added in 64 bits. Exact either way.
+    assert!(w <= STATS_MAX_SIDE as usize, "a bounded plane");
     let (mut sum, mut sum_sq) = (0u64, 0u64);
-    for &g in gray {
-        let g = u64::from(g);
-        sum += g;
-        sum_sq += g * g;
+    for row in gray.chunks(w.max(1)) {
+        let (s, s2) = row.iter().fold((0u32, 0u32), |(s, s2), &g| {
+            let g = u32::from(g);
+            (s + g, s2 + g * g)
+        });
+        sum += u64::from(s);
+        sum_sq += u64::from(s2);
     }
     let mean = sum as f64 / n;
     let var = (sum_sq as f64 / n - mean * mean).max(0.0);
@@ -203,15 +209,17 @@ fn stats_of_gray(gray: &GrayImage, saturation: f64, width: u32, height: u32) -> 
                 &gray[y * w..(y + 1) * w],
                 &gray[(y + 1) * w..(y + 2) * w],
             );
-            for x in 1..w - 1 {
-                let v = i64::from(up[x])
-                    + i64::from(down[x])
-                    + i64::from(row[x - 1])
-                    + i64::from(row[x + 1])
-                    - 4 * i64::from(row[x]);
-                s += v;
-                s2 += v * v;
-            }
+            // |v| ≤ 4 · 255, so a row's v² sum is under 256 · 1020² < 2³¹.
+            let (rs, rs2) = (1..w - 1).fold((0i32, 0i32), |(rs, rs2), x| {
+                let v = i32::from(up[x])
+                    + i32::from(down[x])
+                    + i32::from(row[x - 1])
+                    + i32::from(row[x + 1])
+                    - 4 * i32::from(row[x]);
+                (rs + v, rs2 + v * v)
+            });
+            s += i64::from(rs);
+            s2 += i64::from(rs2);
         }
         let m = ((w - 2) * (h - 2)) as f64;
         let (s, s2) = (s as f64, s2 as f64);

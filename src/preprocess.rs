@@ -712,25 +712,12 @@ fn horizontal_pass<'a>(
         3 => fixed_taps::<3>(columns, stride, planes, luma),
         4 => fixed_taps::<4>(columns, stride, planes, luma),
         // A large downscale of an RGB source (a photo into a model or into the statistics'
-        // copy): the four-lane taps of `fixed_taps` over however many pixels each output reads.
+        // copy): the same four-lane taps as `fixed_taps`, however many pixels an output reads.
         _ if planes == 3 => {
             let mut wide: Vec<f32> = Vec::new();
             Box::new(move |row: &[u8], into: &mut [f32]| {
                 widen(row, &mut wide);
-                for (x, out) in into.chunks_exact_mut(3).enumerate() {
-                    let (start, weights) = columns.taps(x);
-                    // The last tap reads up to (start + len − 1) · 3 + 4.
-                    assert!(
-                        (start + weights.len()) * 3 < wide.len(),
-                        "taps past the row"
-                    );
-                    let taps = weights
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &w)| ((start + j) * 3, w));
-                    // SAFETY: every tap lies at or before the last, checked above.
-                    out.copy_from_slice(&unsafe { four_lane_taps(&wide, taps) }[..3]);
-                }
+                rgb_taps(columns, &wide, into);
             })
         }
         _ => Box::new(move |row: &[u8], into: &mut [f32]| {
@@ -739,44 +726,159 @@ fn horizontal_pass<'a>(
     }
 }
 
-/// Σ w · wide[at..at + 4] over the taps `(at, w)`, lane by lane, in the taps' order from 0:
-/// R, G and B of an RGB row widened to f32 (the fourth lane, the next pixel's R, is thrown
-/// away). On x86-64 one SSE multiply and add a tap, which the compiler did not make of the
-/// plain loop (it kept the third lane apart); each lane is the same scalar sum either way, to
-/// the bit.
-///
-/// # Safety
-/// Every tap's `at + 4 <= wide.len()` (the callers check it once for all their taps).
-#[inline]
-unsafe fn four_lane_taps(wide: &[f32], taps: impl Iterator<Item = (usize, f32)>) -> [f32; 4] {
+/// The horizontal pass of one RGB row widened to f32 ([`widen`]) into `into` (R, G, B an
+/// output pixel): each output's taps summed in their order from 0, four lanes at a time (R, G,
+/// B and the next pixel's R, thrown away), and four outputs at once so that their sums do not
+/// wait on each other (the adds' latency, not their count, was the cost). Each lane is the
+/// scalar sum of the plain definition, to the bit.
+fn rgb_taps(columns: &Filter, wide: &[f32], into: &mut [f32]) {
+    // The farthest tap reads up to (reach − 1) · 3 + 4.
+    assert!(columns.reach() * 3 < wide.len(), "taps past the row");
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{
-            _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps, _mm_storeu_ps,
-        };
-        let mut out = [0f32; 4];
-        // SAFETY: SSE is part of x86-64's baseline; each load reads wide[at..at + 4], in
-        // bounds by the caller's promise; the store writes the four floats of `out`.
-        unsafe {
-            let mut acc = _mm_setzero_ps();
-            for (at, w) in taps {
-                debug_assert!(at + 4 <= wide.len(), "a tap past the widened row");
-                let lanes = _mm_loadu_ps(wide.as_ptr().add(at));
-                acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(w), lanes));
-            }
-            _mm_storeu_ps(out.as_mut_ptr(), acc);
-        }
-        out
+    // SAFETY: every tap of every output lies before `reach`, checked above.
+    unsafe {
+        rgb_taps_sse(columns, wide, into);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
+    for (o, out) in into.chunks_exact_mut(3).enumerate() {
+        let (start, weights) = columns.taps(o);
         let mut acc = [0f32; 4];
-        for (at, w) in taps {
-            for (a, &p) in acc.iter_mut().zip(&wide[at..at + 4]) {
+        for (j, &w) in weights.iter().enumerate() {
+            for (a, &p) in acc.iter_mut().zip(&wide[(start + j) * 3..]) {
                 *a += w * p;
             }
         }
-        acc
+        out.copy_from_slice(&acc[..3]);
+    }
+}
+
+/// [`rgb_taps`] with SSE (part of x86-64's baseline): one multiply and one add a tap for all
+/// four lanes, where the compiler kept the third lane apart.
+///
+/// # Safety
+/// Every output's taps end before `wide.len() / 3` pixels: (start + len) · 3 < `wide.len()`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn rgb_taps_sse(columns: &Filter, wide: &[f32], into: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m128, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps, _mm_storeu_ps,
+    };
+    let pixels = wide.as_ptr();
+    // SAFETY: the load reads wide[(start + j) · 3..+ 4] for a tap j of an output, in bounds
+    // by the caller's promise; every caller's `j` is below the weights' length.
+    let tap = |acc: __m128, start: usize, weights: &[f32], j: usize| unsafe {
+        let lanes = _mm_loadu_ps(pixels.add((start + j) * 3));
+        _mm_add_ps(
+            acc,
+            _mm_mul_ps(_mm_set1_ps(*weights.get_unchecked(j)), lanes),
+        )
+    };
+    let emit = |acc: __m128, out: &mut [f32]| {
+        let mut lanes = [0f32; 4];
+        // SAFETY: writes the four floats of `lanes`.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), acc) };
+        out.copy_from_slice(&lanes[..3]);
+    };
+    let n = into.len() / 3;
+    let mut o = 0;
+    while o + 4 <= n {
+        let t = [
+            columns.taps(o),
+            columns.taps(o + 1),
+            columns.taps(o + 2),
+            columns.taps(o + 3),
+        ];
+        let common = t.iter().map(|(_, w)| w.len()).min().unwrap_or(0);
+        // SAFETY: SSE is part of x86-64's baseline.
+        let mut acc = [unsafe { _mm_setzero_ps() }; 4];
+        for j in 0..common {
+            for k in 0..4 {
+                acc[k] = tap(acc[k], t[k].0, t[k].1, j);
+            }
+        }
+        for k in 0..4 {
+            let (start, weights) = t[k];
+            for j in common..weights.len() {
+                acc[k] = tap(acc[k], start, weights, j);
+            }
+            emit(acc[k], &mut into[(o + k) * 3..(o + k + 1) * 3]);
+        }
+        o += 4;
+    }
+    for o in o..n {
+        let (start, weights) = columns.taps(o);
+        // SAFETY: SSE is part of x86-64's baseline.
+        let mut acc = unsafe { _mm_setzero_ps() };
+        for j in 0..weights.len() {
+            acc = tap(acc, start, weights, j);
+        }
+        emit(acc, &mut into[o * 3..(o + 1) * 3]);
+    }
+}
+
+/// [`rgb_taps`] for outputs of `K` taps each (padded with zero weights), at the offsets given.
+///
+/// # Safety
+/// Every offset + 4 ≤ `wide.len()`.
+unsafe fn rgb_fixed_taps<const K: usize>(
+    wide: &[f32],
+    offsets: &[[usize; K]],
+    weights: &[[f32; K]],
+    into: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps,
+            _mm_storeu_ps,
+        };
+        let pixels = wide.as_ptr();
+        // SAFETY: the load reads wide[at..at + 4], in bounds by the caller's promise.
+        let tap = |acc: __m128, at: usize, w: f32| unsafe {
+            _mm_add_ps(
+                acc,
+                _mm_mul_ps(_mm_set1_ps(w), _mm_loadu_ps(pixels.add(at))),
+            )
+        };
+        let emit = |acc: __m128, out: &mut [f32]| {
+            let mut lanes = [0f32; 4];
+            // SAFETY: writes the four floats of `lanes`.
+            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), acc) };
+            out.copy_from_slice(&lanes[..3]);
+        };
+        let mut outs = into.chunks_exact_mut(12);
+        let mut o = 0;
+        for four in &mut outs {
+            // SAFETY: SSE is part of x86-64's baseline.
+            let mut acc = [unsafe { _mm_setzero_ps() }; 4];
+            for j in 0..K {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = tap(*a, offsets[o + k][j], weights[o + k][j]);
+                }
+            }
+            for (a, out) in acc.into_iter().zip(four.chunks_exact_mut(3)) {
+                emit(a, out);
+            }
+            o += 4;
+        }
+        for out in outs.into_remainder().chunks_exact_mut(3) {
+            // SAFETY: SSE is part of x86-64's baseline.
+            let mut acc = unsafe { _mm_setzero_ps() };
+            for j in 0..K {
+                acc = tap(acc, offsets[o][j], weights[o][j]);
+            }
+            emit(acc, out);
+            o += 1;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for ((out, off), wt) in into.chunks_exact_mut(3).zip(offsets).zip(weights) {
+        let mut acc = [0f32; 4];
+        for j in 0..K {
+            for (a, &p) in acc.iter_mut().zip(&wide[off[j]..off[j] + 4]) {
+                *a += wt[j] * p;
+            }
+        }
+        out.copy_from_slice(&acc[..3]);
     }
 }
 
@@ -788,7 +890,7 @@ fn widen(row: &[u8], wide: &mut Vec<f32>) {
 }
 
 fn fixed_taps<'a, const K: usize>(
-    columns: &Filter,
+    columns: &'a Filter,
     stride: usize,
     planes: usize,
     luma: bool,
@@ -809,19 +911,17 @@ fn fixed_taps<'a, const K: usize>(
     match (planes, luma) {
         // RGB: the row is widened to f32 once (one more value at the end), and each tap adds
         // four lanes at a time, R, G, B and the next pixel's R, whose sum is thrown away: one
-        // vector multiply and add a tap instead of three of each. Each lane is the same scalar
-        // sum as before, so nothing changes but the speed.
+        // vector multiply and add a tap instead of three of each, four outputs at once
+        // (`rgb_fixed_taps`). Each lane is the same scalar sum as before, so nothing changes
+        // but the speed.
         (3, _) => {
             let mut wide: Vec<f32> = Vec::new();
             let farthest = offsets.iter().flatten().copied().max().unwrap_or(0);
             Box::new(move |row: &[u8], into: &mut [f32]| {
                 widen(row, &mut wide);
                 assert!(farthest + 4 <= wide.len(), "taps past the row");
-                for ((out, off), wt) in into.chunks_exact_mut(3).zip(&offsets).zip(&weights) {
-                    let taps = off.iter().copied().zip(wt.iter().copied());
-                    // SAFETY: no tap lies past `farthest`, checked above for this row.
-                    out.copy_from_slice(&unsafe { four_lane_taps(&wide, taps) }[..3]);
-                }
+                // SAFETY: no tap lies past `farthest`, checked above for this row.
+                unsafe { rgb_fixed_taps(&wide, &offsets, &weights, into) };
             })
         }
         (_, true) => Box::new(move |row: &[u8], into: &mut [f32]| {
@@ -914,6 +1014,8 @@ struct Filter {
     weights: Vec<f32>,
     /// The most source pixels one output position reads (kept: every resize asks).
     widest: usize,
+    /// One past the last source pixel any output position reads.
+    reach: usize,
 }
 
 impl Filter {
@@ -923,16 +1025,24 @@ impl Filter {
             .map(|o| f.taps(o).1.len())
             .max()
             .unwrap_or(0);
+        f.reach = (0..f.starts.len())
+            .map(|o| {
+                let (start, weights) = f.taps(o);
+                start + weights.len()
+            })
+            .max()
+            .unwrap_or(0);
         f
     }
 
-    /// The taps of every output position (`widest` left at 0).
+    /// The taps of every output position (`widest` and `reach` left at 0).
     fn taps_of(src: usize, dst: usize, filter: Resize) -> Filter {
         let mut f = Filter {
             starts: Vec::with_capacity(dst),
             ends: Vec::with_capacity(dst),
             weights: Vec::with_capacity(dst * 3),
             widest: 0,
+            reach: 0,
         };
         let one = |f: &mut Filter, start: usize, weights: &mut dyn Iterator<Item = f32>| {
             f.starts.push(start);
@@ -1022,6 +1132,11 @@ impl Filter {
     fn widest(&self) -> usize {
         self.widest
     }
+
+    /// One past the last source pixel any output position reads.
+    fn reach(&self) -> usize {
+        self.reach
+    }
 }
 
 #[cfg(test)]
@@ -1091,6 +1206,9 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-5);
         }
         assert_eq!(f.widest(), 9);
+        // The last output reads up to the last pixel; bilinear's first reads from pixel 0.
+        assert_eq!(f.reach(), 37);
+        assert_eq!(Filter::new(4, 2, Resize::Bilinear).reach(), 4);
     }
 
     #[test]
