@@ -740,6 +740,13 @@ fn rgb_taps(columns: &Filter, wide: &[f32], into: &mut [f32]) {
         rgb_taps_sse(columns, wide, into);
     }
     #[cfg(not(target_arch = "x86_64"))]
+    rgb_taps_portable(columns, wide, into);
+}
+
+/// [`rgb_taps`] without SSE: the other architectures' way, and the tests' reference for the
+/// SSE one.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn rgb_taps_portable(columns: &Filter, wide: &[f32], into: &mut [f32]) {
     for (o, out) in into.chunks_exact_mut(3).enumerate() {
         let (start, weights) = columns.taps(o);
         let mut acc = [0f32; 4];
@@ -871,6 +878,18 @@ unsafe fn rgb_fixed_taps<const K: usize>(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
+    rgb_fixed_taps_portable(wide, offsets, weights, into);
+}
+
+/// [`rgb_fixed_taps`] without SSE: the other architectures' way, and the tests' reference for
+/// the SSE one.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn rgb_fixed_taps_portable<const K: usize>(
+    wide: &[f32],
+    offsets: &[[usize; K]],
+    weights: &[[f32; K]],
+    into: &mut [f32],
+) {
     for ((out, off), wt) in into.chunks_exact_mut(3).zip(offsets).zip(weights) {
         let mut acc = [0f32; 4];
         for j in 0..K {
@@ -1209,6 +1228,61 @@ mod tests {
         // The last output reads up to the last pixel; bilinear's first reads from pixel 0.
         assert_eq!(f.reach(), 37);
         assert_eq!(Filter::new(4, 2, Resize::Bilinear).reach(), 4);
+    }
+
+    /// The SSE taps against the portable ones (what other architectures run), bit for bit,
+    /// over many widths and filters, both the fixed-count and the any-count forms.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sse_rgb_taps_equal_the_portable_ones_to_the_bit() {
+        let mut rng = crate::stats::random::SplitMix64::new(7);
+        for &(src, dst) in &[
+            (1, 1),
+            (5, 3),
+            (37, 5),
+            (320, 224),
+            (1920, 224),
+            (1920, 256),
+        ] {
+            let row: Vec<u8> = (0..src * 3).map(|_| rng.next_u64() as u8).collect();
+            let mut wide = Vec::new();
+            widen(&row, &mut wide);
+            for resize in [Resize::Area, Resize::Bilinear, Resize::Nearest] {
+                let f = Filter::new(src, dst, resize);
+                let (mut sse, mut portable) = (vec![0f32; dst * 3], vec![1f32; dst * 3]);
+                assert!(f.reach() * 3 < wide.len());
+                // SAFETY: checked just above, as `rgb_taps` does.
+                unsafe { rgb_taps_sse(&f, &wide, &mut sse) };
+                rgb_taps_portable(&f, &wide, &mut portable);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&sse), bits(&portable), "{src} → {dst} {resize:?}");
+                if f.widest() <= 4 {
+                    let mut offsets = Vec::new();
+                    let mut weights = Vec::new();
+                    for o in 0..dst {
+                        let (start, w) = f.taps(o);
+                        let (mut off, mut wt) = ([start * 3; 4], [0f32; 4]);
+                        for (j, &v) in w.iter().enumerate() {
+                            off[j] = (start + j) * 3;
+                            wt[j] = v;
+                        }
+                        offsets.push(off);
+                        weights.push(wt);
+                    }
+                    let mut fixed = vec![2f32; dst * 3];
+                    // SAFETY: every offset is at most (src − 1) · 3, and `wide` holds src · 3 + 1.
+                    unsafe { rgb_fixed_taps(&wide, &offsets, &weights, &mut fixed) };
+                    let mut fixed_portable = vec![3f32; dst * 3];
+                    rgb_fixed_taps_portable(&wide, &offsets, &weights, &mut fixed_portable);
+                    assert_eq!(
+                        bits(&fixed),
+                        bits(&fixed_portable),
+                        "{src} → {dst} {resize:?}"
+                    );
+                    assert_eq!(bits(&fixed), bits(&sse), "{src} → {dst} {resize:?}");
+                }
+            }
+        }
     }
 
     #[test]
