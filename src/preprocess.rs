@@ -721,7 +721,7 @@ fn horizontal_pass<'a>(
             })
         }
         _ => Box::new(move |row: &[u8], into: &mut [f32]| {
-            horizontal_row(row, stride, planes, luma, columns, into);
+            horizontal_row(row, stride, luma, columns, into);
         }),
     }
 }
@@ -759,6 +759,45 @@ fn rgb_taps_portable(columns: &Filter, wide: &[f32], into: &mut [f32]) {
     }
 }
 
+/// The SSE steps both RGB tap kernels share: four lanes, R, G, B and the next pixel's R.
+#[cfg(target_arch = "x86_64")]
+mod sse {
+    use std::arch::x86_64::{
+        __m128, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps, _mm_storeu_ps,
+    };
+
+    /// A sum of nothing yet.
+    #[inline(always)]
+    pub(super) fn zero() -> __m128 {
+        // SAFETY: SSE is part of x86-64's baseline.
+        unsafe { _mm_setzero_ps() }
+    }
+
+    /// `acc + w · pixels[at..at + 4]`, lane by lane.
+    ///
+    /// # Safety
+    /// `pixels[at..at + 4]` is readable.
+    #[inline(always)]
+    pub(super) unsafe fn tap(acc: __m128, pixels: *const f32, at: usize, w: f32) -> __m128 {
+        // SAFETY: the caller's promise; SSE is part of x86-64's baseline.
+        unsafe {
+            _mm_add_ps(
+                acc,
+                _mm_mul_ps(_mm_set1_ps(w), _mm_loadu_ps(pixels.add(at))),
+            )
+        }
+    }
+
+    /// The first three lanes (R, G, B) into `out`.
+    #[inline(always)]
+    pub(super) fn emit(acc: __m128, out: &mut [f32]) {
+        let mut lanes = [0f32; 4];
+        // SAFETY: writes the four floats of `lanes`.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), acc) };
+        out.copy_from_slice(&lanes[..3]);
+    }
+}
+
 /// [`rgb_taps`] with SSE (part of x86-64's baseline): one multiply and one add a tap for all
 /// four lanes, where the compiler kept the third lane apart.
 ///
@@ -766,24 +805,12 @@ fn rgb_taps_portable(columns: &Filter, wide: &[f32], into: &mut [f32]) {
 /// Every output's taps end before `wide.len() / 3` pixels: (start + len) · 3 < `wide.len()`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn rgb_taps_sse(columns: &Filter, wide: &[f32], into: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m128, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps, _mm_storeu_ps,
-    };
+    use sse::{emit, zero};
     let pixels = wide.as_ptr();
-    // SAFETY: the load reads wide[(start + j) · 3..+ 4] for a tap j of an output, in bounds
-    // by the caller's promise; every caller's `j` is below the weights' length.
-    let tap = |acc: __m128, start: usize, weights: &[f32], j: usize| unsafe {
-        let lanes = _mm_loadu_ps(pixels.add((start + j) * 3));
-        _mm_add_ps(
-            acc,
-            _mm_mul_ps(_mm_set1_ps(*weights.get_unchecked(j)), lanes),
-        )
-    };
-    let emit = |acc: __m128, out: &mut [f32]| {
-        let mut lanes = [0f32; 4];
-        // SAFETY: writes the four floats of `lanes`.
-        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), acc) };
-        out.copy_from_slice(&lanes[..3]);
+    // SAFETY: reads wide[(start + j) · 3..+ 4] for a tap j of an output, in bounds by the
+    // caller's promise; every caller's `j` is below the weights' length.
+    let tap = |acc, start: usize, weights: &[f32], j: usize| unsafe {
+        sse::tap(acc, pixels, (start + j) * 3, *weights.get_unchecked(j))
     };
     let n = into.len() / 3;
     let mut o = 0;
@@ -795,8 +822,7 @@ unsafe fn rgb_taps_sse(columns: &Filter, wide: &[f32], into: &mut [f32]) {
             columns.taps(o + 3),
         ];
         let common = t.iter().map(|(_, w)| w.len()).min().unwrap_or(0);
-        // SAFETY: SSE is part of x86-64's baseline.
-        let mut acc = [unsafe { _mm_setzero_ps() }; 4];
+        let mut acc = [zero(); 4];
         for j in 0..common {
             for k in 0..4 {
                 acc[k] = tap(acc[k], t[k].0, t[k].1, j);
@@ -813,8 +839,7 @@ unsafe fn rgb_taps_sse(columns: &Filter, wide: &[f32], into: &mut [f32]) {
     }
     for o in o..n {
         let (start, weights) = columns.taps(o);
-        // SAFETY: SSE is part of x86-64's baseline.
-        let mut acc = unsafe { _mm_setzero_ps() };
+        let mut acc = zero();
         for j in 0..weights.len() {
             acc = tap(acc, start, weights, j);
         }
@@ -834,29 +859,14 @@ unsafe fn rgb_fixed_taps<const K: usize>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{
-            __m128, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps,
-            _mm_storeu_ps,
-        };
+        use sse::{emit, zero};
         let pixels = wide.as_ptr();
-        // SAFETY: the load reads wide[at..at + 4], in bounds by the caller's promise.
-        let tap = |acc: __m128, at: usize, w: f32| unsafe {
-            _mm_add_ps(
-                acc,
-                _mm_mul_ps(_mm_set1_ps(w), _mm_loadu_ps(pixels.add(at))),
-            )
-        };
-        let emit = |acc: __m128, out: &mut [f32]| {
-            let mut lanes = [0f32; 4];
-            // SAFETY: writes the four floats of `lanes`.
-            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), acc) };
-            out.copy_from_slice(&lanes[..3]);
-        };
+        // SAFETY: reads wide[at..at + 4], in bounds by the caller's promise.
+        let tap = |acc, at: usize, w: f32| unsafe { sse::tap(acc, pixels, at, w) };
         let mut outs = into.chunks_exact_mut(12);
         let mut o = 0;
         for four in &mut outs {
-            // SAFETY: SSE is part of x86-64's baseline.
-            let mut acc = [unsafe { _mm_setzero_ps() }; 4];
+            let mut acc = [zero(); 4];
             for j in 0..K {
                 for (k, a) in acc.iter_mut().enumerate() {
                     *a = tap(*a, offsets[o + k][j], weights[o + k][j]);
@@ -868,8 +878,7 @@ unsafe fn rgb_fixed_taps<const K: usize>(
             o += 4;
         }
         for out in outs.into_remainder().chunks_exact_mut(3) {
-            // SAFETY: SSE is part of x86-64's baseline.
-            let mut acc = unsafe { _mm_setzero_ps() };
+            let mut acc = zero();
             for j in 0..K {
                 acc = tap(acc, offsets[o][j], weights[o][j]);
             }
@@ -908,25 +917,33 @@ fn widen(row: &[u8], wide: &mut Vec<f32>) {
     wide.push(0.0);
 }
 
+/// Every output position's taps padded to `K` (at most `columns.widest()`): the byte offset
+/// of each tap's pixel in a row of `stride` bytes a pixel, and its weight; a padding tap
+/// reads the first pixel with weight 0.
+fn padded_taps<const K: usize>(
+    columns: &Filter,
+    stride: usize,
+) -> (Vec<[usize; K]>, Vec<[f32; K]>) {
+    (0..columns.starts.len())
+        .map(|o| {
+            let (start, w) = columns.taps(o);
+            let (mut off, mut wt) = ([start * stride; K], [0f32; K]);
+            for (j, &v) in w.iter().enumerate() {
+                off[j] = (start + j) * stride;
+                wt[j] = v;
+            }
+            (off, wt)
+        })
+        .unzip()
+}
+
 fn fixed_taps<'a, const K: usize>(
     columns: &'a Filter,
     stride: usize,
     planes: usize,
     luma: bool,
 ) -> RowPass<'a> {
-    let n = columns.starts.len();
-    let mut offsets = Vec::with_capacity(n);
-    let mut weights = Vec::with_capacity(n);
-    for o in 0..n {
-        let (start, w) = columns.taps(o);
-        let (mut off, mut wt) = ([start * stride; K], [0f32; K]);
-        for (j, &v) in w.iter().enumerate() {
-            off[j] = (start + j) * stride;
-            wt[j] = v;
-        }
-        offsets.push(off);
-        weights.push(wt);
-    }
+    let (offsets, weights) = padded_taps::<K>(columns, stride);
     match (planes, luma) {
         // RGB: the row is widened to f32 once (one more value at the end), and each tap adds
         // four lanes at a time, R, G, B and the next pixel's R, whose sum is thrown away: one
@@ -965,60 +982,35 @@ fn fixed_taps<'a, const K: usize>(
     }
 }
 
-/// One source row resized horizontally into `into` (`planes` values per output pixel,
-/// interleaved). `luma`: gray from RGB pixels by the 601 weights, tap by tap.
-fn horizontal_row(
-    row: &[u8],
-    stride: usize,
-    planes: usize,
-    luma: bool,
-    columns: &Filter,
-    into: &mut [f32],
-) {
+/// One source row resized horizontally into `into`, one value per output pixel (an RGB
+/// source for a colour model goes through `rgb_taps`). `luma`: gray from RGB pixels by the 601
+/// weights, tap by tap.
+fn horizontal_row(row: &[u8], stride: usize, luma: bool, columns: &Filter, into: &mut [f32]) {
     // Plain index loops: this pass reads every source pixel, and is the cost of a large image
     // (also in a debug build, where each iterator step is a call).
-    match (planes, luma) {
-        (3, _) => {
-            for (x, out) in into.chunks_exact_mut(3).enumerate() {
-                let (start, weights) = columns.taps(x);
-                let (mut r, mut g, mut b) = (0f32, 0f32, 0f32);
-                let mut i = start * 3;
-                for &wt in weights {
-                    r += wt * f32::from(row[i]);
-                    g += wt * f32::from(row[i + 1]);
-                    b += wt * f32::from(row[i + 2]);
-                    i += 3;
-                }
-                out[0] = r;
-                out[1] = g;
-                out[2] = b;
+    if luma {
+        for (x, out) in into.iter_mut().enumerate() {
+            let (start, weights) = columns.taps(x);
+            let mut acc = 0f32;
+            let mut i = start * 3;
+            for &wt in weights {
+                acc += wt * f32::from(luma_601(row[i], row[i + 1], row[i + 2]));
+                i += 3;
             }
+            *out = acc;
         }
-        (_, true) => {
-            for (x, out) in into.iter_mut().enumerate() {
-                let (start, weights) = columns.taps(x);
-                let mut acc = 0f32;
-                let mut i = start * 3;
-                for &wt in weights {
-                    acc += wt * f32::from(luma_601(row[i], row[i + 1], row[i + 2]));
-                    i += 3;
-                }
-                *out = acc;
-            }
-        }
+    } else {
         // One value per source pixel: gray, or one byte of each RGB pixel is never asked for
-        // here (a colour model reads all three above).
-        _ => {
-            for (x, out) in into.iter_mut().enumerate() {
-                let (start, weights) = columns.taps(x);
-                let mut acc = 0f32;
-                let mut i = start * stride;
-                for &wt in weights {
-                    acc += wt * f32::from(row[i]);
-                    i += stride;
-                }
-                *out = acc;
+        // here (a colour model reads all three in `rgb_taps`).
+        for (x, out) in into.iter_mut().enumerate() {
+            let (start, weights) = columns.taps(x);
+            let mut acc = 0f32;
+            let mut i = start * stride;
+            for &wt in weights {
+                acc += wt * f32::from(row[i]);
+                i += stride;
             }
+            *out = acc;
         }
     }
 }
@@ -1040,17 +1032,11 @@ struct Filter {
 impl Filter {
     fn new(src: usize, dst: usize, filter: Resize) -> Filter {
         let mut f = Filter::taps_of(src, dst, filter);
-        f.widest = (0..f.starts.len())
-            .map(|o| f.taps(o).1.len())
-            .max()
-            .unwrap_or(0);
-        f.reach = (0..f.starts.len())
-            .map(|o| {
-                let (start, weights) = f.taps(o);
-                start + weights.len()
-            })
-            .max()
-            .unwrap_or(0);
+        for o in 0..f.starts.len() {
+            let (start, len) = (f.starts[o], f.taps(o).1.len());
+            f.widest = f.widest.max(len);
+            f.reach = f.reach.max(start + len);
+        }
         f
     }
 
@@ -1257,18 +1243,7 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&sse), bits(&portable), "{src} → {dst} {resize:?}");
                 if f.widest() <= 4 {
-                    let mut offsets = Vec::new();
-                    let mut weights = Vec::new();
-                    for o in 0..dst {
-                        let (start, w) = f.taps(o);
-                        let (mut off, mut wt) = ([start * 3; 4], [0f32; 4]);
-                        for (j, &v) in w.iter().enumerate() {
-                            off[j] = (start + j) * 3;
-                            wt[j] = v;
-                        }
-                        offsets.push(off);
-                        weights.push(wt);
-                    }
+                    let (offsets, weights) = padded_taps::<4>(&f, 3);
                     let mut fixed = vec![2f32; dst * 3];
                     // SAFETY: every offset is at most (src − 1) · 3, and `wide` holds src · 3 + 1.
                     unsafe { rgb_fixed_taps(&wide, &offsets, &weights, &mut fixed) };
