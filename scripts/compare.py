@@ -514,11 +514,14 @@ def main() -> int:
                     r = bare(HEAVY_DIR / "heavy.onnx", HEAVY_DIR / "tensor.npy", *setting,
                              args.duration)
                     r["target"] = f"{r['target']}, round {i}"
+                    r["round"] = i
                     rows.append(r)
                     print(f"  {r['target']}: {r['images_per_second']:,.1f} images/s",
                           flush=True)
-                    rows.append(wrk_row(f"{TENSOR_ROW}, round {i}", addr, infer_path,
-                                        v2_script, args, wrk_log, s.proc.pid))
+                    t = wrk_row(f"{TENSOR_ROW}, round {i}", addr, infer_path, v2_script, args,
+                                wrk_log, s.proc.pid)
+                    t["round"] = i
+                    rows.append(t)
                 s.stop()
                 started.remove(s)
     except (RuntimeError, OSError, KeyError, ValueError, subprocess.CalledProcessError) as e:
@@ -598,7 +601,7 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
     if heavy:
         # The best of the four settings' single runs; the paired rounds come after them.
         bare_rows = [r for r in rows
-                     if r["target"].startswith("bare onnxruntime") and "round" not in r["target"]]
+                     if r["target"].startswith("bare onnxruntime") and "round" not in r]
         best = max(rate(r) for r in bare_rows)
         ratios["bare_best_images_per_second"] = best
         for r in bare_rows:
@@ -606,20 +609,16 @@ def summarize(rows: list[dict], heavy: bool) -> dict:
                 f"| {r['target']} | {rate(r):,.1f} | – | {rate(r) / best:.2f} of best | – | – |"
             )
         for r in rows:
-            if "heavy" in r["target"] and "round" not in r["target"]:
+            if "heavy" in r["target"] and "round" not in r:
                 lines.append(
                     f"| {r['target']} | {rate(r):,.1f} | {loadtest.fmt_ms(r['p99_us'])} | "
                     f"{rate(r) / best:.2f} of bare | {cpu(r)} |"
                 )
                 ratios[f"{r['target']} / bare"] = rate(r) / best
-        # Each round: the sidecar against the bare run just before it.
+        # Each round: the sidecar against the bare run just before it (rows in run order).
+        rounds = [r for r in rows if "round" in r]
         paired = []
-        for i in range(1, len(rows) + 1):
-            b = next((r for r in rows if r["target"].startswith("bare onnxruntime")
-                      and r["target"].endswith(f", round {i}")), None)
-            t = by.get(f"{TENSOR_ROW}, round {i}")
-            if b is None or t is None:
-                break
+        for b, t in zip(rounds[::2], rounds[1::2]):
             paired.append(rate(t) / rate(b))
             lines.append(
                 f"| {b['target']} | {rate(b):,.1f} | – | 1 | – | – |"
